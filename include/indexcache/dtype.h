@@ -1,0 +1,28 @@
+// Element types found in checkpoints, and conversion of their raw bytes to f32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace indexcache {
+
+enum class DType { kF32, kBF16, kF16, kI32, kI64, kF8E4M3, kU8, kI8, kBool, kF64, kI16 };
+
+// Size of one element in bytes.
+size_t dtype_size(DType t);
+// The safetensors spelling ("F32", "BF16", ...).
+std::string_view dtype_name(DType t);
+// Parses a safetensors dtype string; nullopt if unknown.
+std::optional<DType> parse_dtype(std::string_view s);
+
+float bf16_to_f32(uint16_t v);
+float f16_to_f32(uint16_t v);
+uint16_t f32_to_bf16(float v);  // round to nearest even
+
+// Converts `n` elements of type `t` at `src` (any alignment) to f32. Supported for F32, BF16,
+// F16; other types are a programming error (callers check first).
+void convert_to_f32(DType t, const void* src, size_t n, float* dst);
+
+}  // namespace indexcache

@@ -1,0 +1,16 @@
+// CPU implementations of the backend ops (multithreaded with OpenMP; projections via OpenBLAS).
+#pragma once
+
+#include "backend/backend.h"
+
+namespace indexcache::cpu {
+
+void linear(const LinearParams& p);
+void norm(const NormParams& p);
+void rope(const RopeParams& p);
+void indexer_scores(const IndexerScoreParams& p);
+void topk(const TopkParams& p);
+void sparse_attention(const SparseAttentionParams& p);
+void silu_mul(const float* gate, const float* up, float* y, int64_t n);
+
+}  // namespace indexcache::cpu

@@ -1,0 +1,79 @@
+// `indexcache dump`: runs prefill on a token-id file and writes the final logits and every
+// layer's top-k selection to a safetensors file.
+#include <fmt/core.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "backend/backend.h"
+#include "commands.h"
+#include "indexcache/error.h"
+#include "indexcache/model.h"
+#include "indexcache/safetensors.h"
+
+namespace indexcache::cli {
+
+namespace {
+
+struct DumpFlags {
+  std::string model, ids, out, plan;
+};
+
+std::vector<int32_t> read_ids(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw_bad_input(path, "cannot open ids file");
+  std::vector<int32_t> ids;
+  std::string tok;
+  while (f >> tok) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != tok.size() || v < 0 || v > INT32_MAX)
+      throw_bad_input(path, "'" + tok + "' is not a token id (non-negative integer)");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) throw_bad_input(path, "no token ids");
+  return ids;
+}
+
+int run_dump(const DumpFlags& f) {
+  const std::string dir = resolve_model_dir(f.model);
+  const std::vector<int32_t> ids = read_ids(f.ids);
+  const ModelSpec spec = load_model_spec(dir);
+  const IndexPlan plan = f.plan.empty() ? IndexPlan::from_config(spec, dir + "/config.json")
+                                        : IndexPlan::parse(f.plan, spec);
+  LoadOptions lo;
+  for (int i = 0; i < plan.num_layers(); ++i) lo.require_indexer.push_back(plan.is_full(i));
+  lo.only_required_indexers = true;
+  auto model = Model::load(dir, lo);
+  auto backend = make_cpu_backend();
+  const PrefillResult r = prefill(*model, plan, ids, *backend);
+
+  std::vector<TensorToWrite> out;
+  auto bytes = [](const auto& v) { return std::as_bytes(std::span(v)); };
+  out.push_back({"logits", DType::kF32, {r.tokens, r.vocab}, bytes(r.logits)});
+  std::vector<std::string> names;
+  for (int l = 0; l < static_cast<int>(r.topk.size()); ++l)
+    out.push_back({"topk." + std::to_string(l), DType::kI32, {r.tokens, r.k}, bytes(r.topk[l])});
+  write_safetensors(f.out, out, {{"plan", plan.pattern()}, {"model", dir}});
+  fmt::print("wrote {}: logits [{}, {}], top-k [{}, {}] x {} layers, plan {}\n", f.out, r.tokens, r.vocab,
+             r.tokens, r.k, r.topk.size(), plan.pattern());
+  return 0;
+}
+
+}  // namespace
+
+Runner register_dump(CLI::App& app) {
+  auto f = std::make_shared<DumpFlags>();
+  app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  app.add_option("--ids", f->ids, "file of whitespace-separated token ids")->required();
+  app.add_option("--out", f->out, "output .safetensors file")->required();
+  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
+  return [f] { return run_dump(*f); };
+}
+
+}  // namespace indexcache::cli

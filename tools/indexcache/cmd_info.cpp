@@ -1,0 +1,77 @@
+// `indexcache info`: what a model directory holds, without running it.
+#include <fmt/core.h>
+
+#include <set>
+
+#include "commands.h"
+#include "indexcache/index_plan.h"
+#include "indexcache/model_spec.h"
+#include "indexcache/weight_store.h"
+
+namespace indexcache::cli {
+
+namespace {
+
+struct InfoFlags {
+  std::string model;
+};
+
+int run_info(const InfoFlags& f) {
+  const std::string dir = resolve_model_dir(f.model);
+  const ModelSpec s = load_model_spec(dir);
+  const IndexPlan plan = IndexPlan::from_config(s, dir + "/config.json");
+  const WeightStore store = WeightStore::open_dir(dir);
+
+  std::set<int> indexer_layers;
+  size_t bytes = 0, indexer_bytes = 0;
+  int64_t params = 0, indexer_params = 0;
+  for (const auto& name : store.names()) {
+    const TensorInfo& t = *store.find(name).info;
+    bytes += t.nbytes;
+    params += t.numel();
+    const auto pos = name.find(".self_attn.indexer.");
+    if (pos != std::string::npos) {
+      indexer_bytes += t.nbytes;
+      indexer_params += t.numel();
+      indexer_layers.insert(std::stoi(name.substr(13, pos - 13)));  // "model.layers."
+    }
+  }
+  int moe_layers = 0;
+  for (bool m : s.layer_is_moe) moe_layers += m;
+
+  fmt::print("model        {}\n", dir);
+  fmt::print("family       {}\n", s.model_type);
+  fmt::print("layers       {} ({} dense MLP, {} MoE)\n", s.num_layers, s.num_layers - moe_layers, moe_layers);
+  fmt::print("hidden       {}   vocab {}   max positions {}\n", s.hidden_size, s.vocab_size,
+             s.max_position_embeddings);
+  fmt::print("MLA          {} heads, q_lora {}, kv_lora {}, nope/rope/v {}/{}/{}, scale {:.6g}\n", s.num_heads,
+             s.q_lora_rank, s.kv_lora_rank, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
+             s.attention_scale());
+  fmt::print("rope         {} theta {}", s.rope.type == RopeType::kYarn ? "yarn" : "default", s.rope.theta);
+  if (s.rope.type == RopeType::kYarn)
+    fmt::print(" factor {} original {} attention factor {:.6g}", s.rope.factor, s.rope.original_max_position,
+               s.rope_attention_factor());
+  fmt::print("\n");
+  fmt::print("indexer      {} heads x {}, top-k {}, rope layout {}\n", s.index_n_heads, s.index_head_dim,
+             s.index_topk, s.indexer_rope_layout() == RopeLayout::kInterleaved ? "interleaved" : "half-split");
+  fmt::print("MoE          {} routed experts (top {}, groups {}/{}), {} shared, intermediate {}, dense {}\n",
+             s.n_routed_experts, s.num_experts_per_tok, s.topk_group, s.n_group, s.n_shared_experts,
+             s.moe_intermediate_size, s.intermediate_size);
+  fmt::print("plan         {} ({} F / {} layers)\n", plan.pattern(), plan.num_full(), plan.num_layers());
+  fmt::print("indexers     present in {} layers of the checkpoint\n", indexer_layers.size());
+  fmt::print("parameters   {} ({:.2f} M), indexer {:.2f} M ({:.2f} %)\n", params, params / 1e6,
+             indexer_params / 1e6, params ? 100.0 * indexer_params / params : 0.0);
+  fmt::print("weights      {} tensors in {} file(s), {:.2f} MiB (indexer {:.2f} MiB)\n", store.names().size(),
+             store.files().size(), bytes / 1048576.0, indexer_bytes / 1048576.0);
+  return 0;
+}
+
+}  // namespace
+
+Runner register_info(CLI::App& app) {
+  auto f = std::make_shared<InfoFlags>();
+  app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  return [f] { return run_info(*f); };
+}
+
+}  // namespace indexcache::cli

@@ -1,0 +1,18 @@
+// Each subcommand registers its flags on the app and returns the function that runs it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+namespace indexcache::cli {
+
+using Runner = std::function<int()>;
+
+// The model directory: -m DIR, or the embedded default model when omitted.
+std::string resolve_model_dir(const std::string& flag_value);
+
+Runner register_info(CLI::App& app);
+Runner register_dump(CLI::App& app);
+
+}  // namespace indexcache::cli

@@ -1,0 +1,58 @@
+// indexcache CLI entry point: parses the subcommand, runs it, maps errors to exit codes
+// (0 ok, 1 runtime failure, 2 bad input or usage) with one-line `error: ...` messages.
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "commands.h"
+#include "indexcache/error.h"
+
+namespace indexcache::cli {
+
+std::string resolve_model_dir(const std::string& flag_value) {
+  if (!flag_value.empty()) return flag_value;
+  const std::string dflt = INDEXCACHE_DEFAULT_MODEL;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dflt, ec))
+    throw_bad_input("-m", "no model given and the embedded default model is missing (" + dflt + ")");
+  return dflt;
+}
+
+}  // namespace indexcache::cli
+
+int main(int argc, char** argv) {
+  using namespace indexcache;
+  CLI::App app{"indexcache: DeepSeek-Sparse-Attention models with IndexCache"};
+  app.require_subcommand(1);
+  std::map<CLI::App*, cli::Runner> runners;
+  {
+    auto* info = app.add_subcommand("info", "config summary, IndexPlan, parameter and memory counts");
+    runners[info] = cli::register_info(*info);
+    auto* dump = app.add_subcommand("dump", "final logits and every layer's top-k to a safetensors file");
+    runners[dump] = cli::register_dump(*dump);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  try {
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: internal: %s\n", e.what());
+    return 1;
+  }
+}
