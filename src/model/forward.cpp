@@ -18,6 +18,8 @@ namespace {
 
 using Vec = std::vector<float>;
 
+constexpr float kLatentNormEps = 1e-6f;
+
 struct Context {
   const ModelSpec& s;
   Backend& be;
@@ -80,8 +82,10 @@ void attention(const Context& c, const LayerWeights& lw, const float* h, int k, 
   Vec qr(static_cast<size_t>(T) * qlr);
   c.be.linear({.x = h, .x_stride = H, .w = lw.q_a, .bias = lw.q_a_bias, .y = qr.data(), .y_stride = qlr,
                .tokens = T, .in = H, .out = qlr});
+  // transformers builds q_a_layernorm and kv_a_layernorm with the RMSNorm default eps (1e-6),
+  // not rms_norm_eps.
   c.be.norm({.x = qr.data(), .x_stride = qlr, .w = lw.q_a_norm, .y = qr.data(), .y_stride = qlr,
-             .tokens = T, .dim = qlr, .eps = static_cast<float>(s.rms_norm_eps)});
+             .tokens = T, .dim = qlr, .eps = kLatentNormEps});
   Vec q(static_cast<size_t>(T) * nh * qkd);
   c.be.linear({.x = qr.data(), .x_stride = qlr, .w = lw.q_b, .y = q.data(), .y_stride = nh * qkd,
                .tokens = T, .in = qlr, .out = nh * qkd});
@@ -89,7 +93,7 @@ void attention(const Context& c, const LayerWeights& lw, const float* h, int k, 
   c.be.linear({.x = h, .x_stride = H, .w = lw.kv_a, .bias = lw.kv_a_bias, .y = kv.data(),
                .y_stride = kvlr + rd, .tokens = T, .in = H, .out = kvlr + rd});
   c.be.norm({.x = kv.data(), .x_stride = kvlr + rd, .w = lw.kv_a_norm, .y = kv.data(),
-             .y_stride = kvlr + rd, .tokens = T, .dim = kvlr, .eps = static_cast<float>(s.rms_norm_eps)});
+             .y_stride = kvlr + rd, .tokens = T, .dim = kvlr, .eps = kLatentNormEps});
   // Main MLA rope: interleaved, on the last rd dims of each query head and on the shared k_pe.
   c.be.rope({.x = q.data(), .token_stride = static_cast<int64_t>(nh) * qkd, .head_stride = qkd,
              .tokens = T, .heads = nh, .offset = nope, .rope_dim = rd, .cos = c.rope.cos.data(),
