@@ -56,6 +56,8 @@ struct PrefillOptions {
   bool capture_index_scores = false;
   // Queries scored per indexer block (bounds the score buffer to query_block x T floats).
   int query_block = 256;
+  // Tokens per prefill chunk (0: the whole sequence in one chunk).
+  int chunk = 0;
 };
 
 struct PrefillResult {
@@ -67,7 +69,8 @@ struct PrefillResult {
   std::vector<std::vector<float>> index_scores;  // per layer [tokens, tokens] (F layers, if captured)
 };
 
-// Runs the whole sequence `ids` (positions 0..T-1) through the model with `plan`.
+// Runs the whole sequence `ids` (positions 0..T-1) through the model with `plan`, in chunks of
+// `options.chunk` tokens over one Session.
 PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const int32_t> ids,
                       Backend& backend, const PrefillOptions& options = {});
 

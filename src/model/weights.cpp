@@ -39,8 +39,15 @@ class Loader {
 
   bool has(const std::string& name) const { return w_.store.has(name); }
 
-  // A slice [offset, offset+count) of elements of an already-loaded packed tensor.
-  static const float* slice(const float* base, int64_t offset) { return base + offset; }
+  // From kv_b [heads*(nope+v), kvlr]: each head's nope key rows transposed, [heads, kvlr, nope].
+  const float* transposed_key_rows(const float* kv_b, int64_t heads, int64_t nope, int64_t v, int64_t kvlr) {
+    auto& buf = w_.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < nope; ++i)
+        for (int64_t c = 0; c < kvlr; ++c)
+          buf[(h * kvlr + c) * nope + i] = kv_b[(h * (nope + v) + i) * kvlr + c];
+    return buf.data();
+  }
 
  private:
   const float* as_f32(const TensorInfo& t, const SafetensorsFile& f, const std::string& what) {
@@ -109,6 +116,7 @@ void load_layer(Loader& L, const ModelSpec& s, int i, bool load_indexer, bool re
   lw.kv_a_norm = L.get(a + "kv_a_layernorm.weight", {kvlr});
   lw.kv_b = L.get(a + "kv_b_proj.weight", {nh * (s.qk_nope_head_dim + s.v_head_dim), kvlr});
   lw.o = L.get(a + "o_proj.weight", {H, nh * s.v_head_dim});
+  lw.uk_t = L.transposed_key_rows(lw.kv_b, nh, s.qk_nope_head_dim, s.v_head_dim, kvlr);
   if (s.attention_bias) {
     lw.q_a_bias = L.get(a + "q_a_proj.bias", {qlr});
     lw.kv_a_bias = L.get(a + "kv_a_proj_with_mqa.bias", {kvlr + rope});

@@ -36,6 +36,8 @@ struct LayerWeights {
   const float* kv_a_bias = nullptr;
   const float* kv_a_norm = nullptr;  // [kv_lora_rank]
   const float* kv_b = nullptr;       // [heads*(nope+v), kv_lora_rank]
+  // kv_b's key rows transposed per head, for the absorbed form: [heads, kv_lora_rank, nope].
+  const float* uk_t = nullptr;
   const float* o = nullptr;          // [hidden, heads*v]
   const float* o_bias = nullptr;
   bool has_indexer = false;

@@ -1,0 +1,65 @@
+// A Session runs one sequence through a model incrementally: chunked prefill and decode share one
+// code path over a KV cache in MLA's compressed form (per layer: the normed kv latent and the
+// roped key part per token; indexer keys only for F layers of the plan).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "indexcache/index_plan.h"
+
+namespace indexcache {
+
+class Model;
+class Backend;
+struct SessionState;
+
+// Bytes the cache stores per token (f32, as this engine keeps it).
+struct KvCacheFootprint {
+  int64_t latent_bytes_per_token_per_layer = 0;   // (kv_lora_rank + qk_rope_head_dim) * 4
+  int64_t indexer_bytes_per_token_per_layer = 0;  // index_head_dim * 4, F layers only
+  int indexer_layers = 0;                         // F layers of the plan
+  int64_t bytes_per_token() const;                // all layers together
+  int layers = 0;
+};
+KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan);
+
+enum class LogitsWanted { kAll, kLast, kNone };
+
+struct ForwardOptions {
+  LogitsWanted logits = LogitsWanted::kAll;
+  bool capture_topk = false;           // keep every layer's selection of the chunk's queries
+  bool capture_index_scores = false;   // keep F layers' scores [chunk, length] (tests)
+  int query_block = 256;               // indexer queries scored per block (bounds memory)
+};
+
+struct ChunkResult {
+  int tokens = 0;                                // tokens in the chunk
+  int first_position = 0;                        // position of the chunk's first token
+  int vocab = 0;
+  int k = 0;                                     // selection width (index_topk)
+  std::vector<float> logits;                     // [tokens or 1, vocab] per `logits`
+  std::vector<std::vector<int32_t>> topk;        // per layer [tokens, k], -1 where unused
+  std::vector<std::vector<float>> index_scores;  // per F layer [tokens, first_position + tokens]
+};
+
+class Session {
+ public:
+  // `plan` must fit the model (Model::check_plan). The cache grows as tokens arrive.
+  Session(const Model& model, const IndexPlan& plan, Backend& backend);
+  ~Session();
+  Session(Session&&) noexcept;
+
+  // Appends `ids` at positions length()..length()+n-1 and runs them through every layer.
+  ChunkResult forward(std::span<const int32_t> ids, const ForwardOptions& options = {});
+  int length() const;
+  const IndexPlan& plan() const;
+  void reset();  // forget every token (keeps the allocation)
+
+ private:
+  std::unique_ptr<SessionState> s_;
+};
+
+}  // namespace indexcache

@@ -1,0 +1,130 @@
+// Chunked prefill and decode against one-pass prefill, on every golden model and plan: the same
+// logits and the same selections whatever the chunking (C = 1, C not dividing T, C << T), and
+// decode logits at step t equal to the prefill logits at position t.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "backend/backend.h"
+#include "golden_fixture.h"
+#include "indexcache/model.h"
+#include "indexcache/safetensors.h"
+#include "indexcache/session.h"
+#include "indexcache/error.h"
+
+namespace indexcache {
+namespace {
+
+std::vector<int32_t> golden_ids(const test::GoldenCase& c) {
+  auto f = SafetensorsFile::open(c.expected_path);
+  const TensorInfo* t = f->find("input_ids");
+  std::vector<int32_t> ids(static_cast<size_t>(t->numel()));
+  std::memcpy(ids.data(), f->data(*t), t->nbytes);
+  return ids;
+}
+
+double row_relative_error(const float* a, const float* b, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return num / den;
+}
+
+std::set<int32_t> row_set(const std::vector<int32_t>& v, int t, int k) {
+  std::set<int32_t> s;
+  for (int i = 0; i < k; ++i)
+    if (v[static_cast<size_t>(t) * k + i] >= 0) s.insert(v[static_cast<size_t>(t) * k + i]);
+  return s;
+}
+
+class SessionTest : public ::testing::TestWithParam<test::GoldenCase> {
+ protected:
+  void SetUp() override {
+    const auto& c = GetParam();
+    const ModelSpec spec = load_model_spec(c.model_dir);
+    plan_ = std::make_unique<IndexPlan>(IndexPlan::parse(c.plan, spec));
+    model_ = Model::load(c.model_dir);
+    ids_ = golden_ids(c);
+    be_ = make_cpu_backend();
+    one_pass_ = prefill(*model_, *plan_, ids_, *be_);
+  }
+  std::unique_ptr<IndexPlan> plan_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Backend> be_;
+  std::vector<int32_t> ids_;
+  PrefillResult one_pass_;
+};
+
+TEST_P(SessionTest, ChunkedPrefillEqualsOnePass) {
+  const int T = one_pass_.tokens, V = one_pass_.vocab, k = one_pass_.k;
+  for (int chunk : {1, 5, 16, T - 1}) {
+    PrefillOptions po;
+    po.chunk = chunk;
+    const PrefillResult r = prefill(*model_, *plan_, ids_, *be_, po);
+    for (int t = 0; t < T; ++t) {
+      EXPECT_LE(row_relative_error(r.logits.data() + static_cast<size_t>(t) * V,
+                                   one_pass_.logits.data() + static_cast<size_t>(t) * V, V),
+                1e-5)
+          << "chunk " << chunk << " position " << t;
+    }
+    for (size_t l = 0; l < r.topk.size(); ++l)
+      for (int t = 0; t < T; ++t)
+        ASSERT_EQ(row_set(r.topk[l], t, k), row_set(one_pass_.topk[l], t, k))
+            << "chunk " << chunk << " layer " << l << " query " << t;
+  }
+}
+
+TEST_P(SessionTest, DecodeEqualsPrefill) {
+  const int T = one_pass_.tokens, V = one_pass_.vocab;
+  Session s(*model_, *plan_, *be_);
+  const int prompt = T / 3;
+  ForwardOptions fo;
+  fo.logits = LogitsWanted::kLast;
+  ChunkResult r = s.forward(std::span(ids_).first(prompt), fo);
+  ASSERT_EQ(r.logits.size(), static_cast<size_t>(V));
+  EXPECT_LE(row_relative_error(r.logits.data(), one_pass_.logits.data() + static_cast<size_t>(prompt - 1) * V, V),
+            1e-4);
+  for (int t = prompt; t < T; ++t) {
+    r = s.forward(std::span(ids_).subspan(t, 1), fo);
+    ASSERT_EQ(r.first_position, t);
+    EXPECT_LE(row_relative_error(r.logits.data(), one_pass_.logits.data() + static_cast<size_t>(t) * V, V), 1e-4)
+        << "decode step at position " << t;
+  }
+  EXPECT_EQ(s.length(), T);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, SessionTest, ::testing::ValuesIn(test::golden_cases()),
+                         [](const auto& info) { return info.param.name(); });
+
+TEST(KvCache, SharedLayersStoreNoIndexerKeys) {
+  ModelSpec s;
+  s.num_layers = 8;
+  s.kv_lora_rank = 512;
+  s.qk_rope_head_dim = 64;
+  s.index_head_dim = 128;
+  const auto full = kv_cache_footprint(s, IndexPlan::full(8));
+  const auto quarter = kv_cache_footprint(s, IndexPlan::parse("1/4", s));
+  EXPECT_EQ(full.latent_bytes_per_token_per_layer, 576 * 4);
+  EXPECT_EQ(full.bytes_per_token(), 8 * (576 + 128) * 4);
+  EXPECT_EQ(quarter.indexer_layers, 2);
+  EXPECT_EQ(quarter.bytes_per_token(), (8 * 576 + 2 * 128) * 4);
+}
+
+TEST(Session, OverlongInputIsAnError) {
+  const auto cases = test::golden_cases();
+  ASSERT_FALSE(cases.empty());
+  auto model = Model::load(cases[0].model_dir);
+  auto be = make_cpu_backend();
+  Session s(*model, model->config_plan(), *be);
+  std::vector<int32_t> ids(model->spec().max_position_embeddings + 1, 1);
+  EXPECT_THROW(s.forward(ids), Error);
+  EXPECT_EQ(s.length(), 0);
+}
+
+}  // namespace
+}  // namespace indexcache
