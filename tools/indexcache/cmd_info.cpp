@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "indexcache/index_plan.h"
 #include "indexcache/model_spec.h"
+#include "indexcache/session.h"
 #include "indexcache/weight_store.h"
 
 namespace indexcache::cli {
@@ -14,12 +15,20 @@ namespace {
 
 struct InfoFlags {
   std::string model;
+  std::string plan;
 };
+
+void print_kv(const char* label, const KvCacheFootprint& f) {
+  fmt::print("KV cache     {}: {} B/token ({} B latent x {} layers + {} B indexer keys x {} F layers)\n", label,
+             f.bytes_per_token(), f.latent_bytes_per_token_per_layer, f.layers,
+             f.indexer_bytes_per_token_per_layer, f.indexer_layers);
+}
 
 int run_info(const InfoFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
   const ModelSpec s = load_model_spec(dir);
-  const IndexPlan plan = IndexPlan::from_config(s, dir + "/config.json");
+  const IndexPlan plan =
+      f.plan.empty() ? IndexPlan::from_config(s, dir + "/config.json") : IndexPlan::parse(f.plan, s);
   const WeightStore store = WeightStore::open_dir(dir);
 
   std::set<int> indexer_layers;
@@ -61,6 +70,15 @@ int run_info(const InfoFlags& f) {
   fmt::print("indexers     present in {} layers of the checkpoint\n", indexer_layers.size());
   fmt::print("parameters   {} ({:.2f} M), indexer {:.2f} M ({:.2f} %)\n", params, params / 1e6,
              indexer_params / 1e6, params ? 100.0 * indexer_params / params : 0.0);
+  const auto full_kv = kv_cache_footprint(s, IndexPlan::full(s.num_layers));
+  const auto plan_kv = kv_cache_footprint(s, plan);
+  print_kv("all F", full_kv);
+  print_kv("plan ", plan_kv);
+  fmt::print("KV saved     {} B/token ({:.1f} %) by the plan; at {} tokens: {:.1f} MiB vs {:.1f} MiB (f32)\n",
+             full_kv.bytes_per_token() - plan_kv.bytes_per_token(),
+             100.0 * (full_kv.bytes_per_token() - plan_kv.bytes_per_token()) / full_kv.bytes_per_token(),
+             s.max_position_embeddings, plan_kv.bytes_per_token() * double(s.max_position_embeddings) / 1048576.0,
+             full_kv.bytes_per_token() * double(s.max_position_embeddings) / 1048576.0);
   fmt::print("weights      {} tensors in {} file(s), {:.2f} MiB (indexer {:.2f} MiB)\n", store.names().size(),
              store.files().size(), bytes / 1048576.0, indexer_bytes / 1048576.0);
   return 0;
@@ -71,6 +89,7 @@ int run_info(const InfoFlags& f) {
 Runner register_info(CLI::App& app) {
   auto f = std::make_shared<InfoFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  app.add_option("--plan", f->plan, "plan to report (default: the config's)");
   return [f] { return run_info(*f); };
 }
 
