@@ -98,6 +98,36 @@ TEST_P(SessionTest, DecodeEqualsPrefill) {
   EXPECT_EQ(s.length(), T);
 }
 
+// Flipping layer l to S changes nothing before l: resuming at l from the hidden state and
+// selections of a run under the old plan gives the logits of a fresh run under the new plan.
+TEST_P(SessionTest, ForwardFromLayerEqualsFreshRun) {
+  const int L = model_->spec().num_layers, V = one_pass_.vocab;
+  Session s(*model_, *plan_, *be_);
+  std::vector<std::vector<float>> inputs;
+  ForwardOptions capture;
+  capture.capture_topk = true;
+  capture.layer_inputs = &inputs;
+  capture.logits = LogitsWanted::kNone;
+  const ChunkResult base = s.forward(ids_, capture);
+  ASSERT_EQ(inputs.size(), static_cast<size_t>(L));
+  for (int l = 1; l < L; ++l) {
+    if (!plan_->is_full(l)) continue;
+    std::string pattern = plan_->pattern();
+    pattern[l] = 'S';
+    const IndexPlan flipped = IndexPlan::from_pattern(pattern, L);
+    const PrefillResult fresh = prefill(*model_, flipped, ids_, *be_);
+    s.set_plan(flipped);
+    const ChunkResult resumed = s.forward_from(l, ids_, {.hidden = inputs[l], .selections = &base.topk});
+    ASSERT_EQ(resumed.logits.size(), fresh.logits.size());
+    for (int t = 0; t < one_pass_.tokens; ++t)
+      EXPECT_LE(row_relative_error(resumed.logits.data() + static_cast<size_t>(t) * V,
+                                   fresh.logits.data() + static_cast<size_t>(t) * V, V),
+                1e-6)
+          << pattern << " position " << t;
+    s.set_plan(*plan_);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, SessionTest, ::testing::ValuesIn(test::golden_cases()),
                          [](const auto& info) { return info.param.name(); });
 

@@ -90,5 +90,7 @@ struct ModelSpec {
 ModelSpec parse_model_spec(const std::string& json_text, const std::string& source);
 // Reads `dir`/config.json.
 ModelSpec load_model_spec(const std::string& dir);
+// End-of-sequence ids: config.json's eos_token_id plus generation_config.json's (if present).
+std::vector<int64_t> load_eos_ids(const std::string& dir, const ModelSpec& spec);
 
 }  // namespace indexcache

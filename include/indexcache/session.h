@@ -33,6 +33,16 @@ struct ForwardOptions {
   bool capture_topk = false;           // keep every layer's selection of the chunk's queries
   bool capture_index_scores = false;   // keep F layers' scores [chunk, length] (tests)
   int query_block = 256;               // indexer queries scored per block (bounds memory)
+  // When set, receives the hidden state entering each layer run, [tokens, hidden] per layer.
+  std::vector<std::vector<float>>* layer_inputs = nullptr;
+};
+
+// Where forward_from() picks a whole-sequence run up: the hidden state entering its first layer
+// and the selections of the F layers before it (e.g. captured with layer_inputs / capture_topk
+// by an earlier forward of the same ids under a plan that agrees before that layer).
+struct ResumePoint {
+  std::span<const float> hidden;                              // [tokens, hidden]
+  const std::vector<std::vector<int32_t>>* selections = nullptr;  // per layer [tokens, k]
 };
 
 struct ChunkResult {
@@ -54,8 +64,15 @@ class Session {
 
   // Appends `ids` at positions length()..length()+n-1 and runs them through every layer.
   ChunkResult forward(std::span<const int32_t> ids, const ForwardOptions& options = {});
+  // Runs `ids` as one chunk from position 0 through layers first_layer..N-1 only, starting from
+  // `from`; the layers before first_layer are not run (used by the greedy layer search: flipping
+  // layer l to S changes nothing before l).
+  ChunkResult forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
+                           const ForwardOptions& options = {});
   int length() const;
   const IndexPlan& plan() const;
+  // Switches to another plan without reloading weights; forgets every token.
+  void set_plan(const IndexPlan& plan);
   void reset();  // forget every token (keeps the allocation)
 
  private:

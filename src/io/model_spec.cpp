@@ -1,5 +1,6 @@
 // config.json -> ModelSpec. Defaults follow the transformers 5.17 config classes of each family,
 // so a config that omits a key means what it means there.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -286,6 +287,21 @@ ModelSpec parse_model_spec(const std::string& json_text, const std::string& sour
   if (!bos.empty()) s.bos_token_id = bos.front();
   validate(s, r);
   return s;
+}
+
+std::vector<int64_t> load_eos_ids(const std::string& dir, const ModelSpec& spec) {
+  std::vector<int64_t> ids = spec.eos_token_ids;
+  const std::string path = dir + "/generation_config.json";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return ids;
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  json j = json::parse(ss.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw_bad_input(path, "invalid JSON");
+  ConfigReader r(j, path);
+  for (int64_t id : read_token_ids(j, r, "eos_token_id"))
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
 }
 
 ModelSpec load_model_spec(const std::string& dir) {

@@ -94,6 +94,9 @@ struct SessionState {
   }
 
   ChunkResult forward(std::span<const int32_t> ids, const ForwardOptions& o);
+  ChunkResult forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
+                           const ForwardOptions& o);
+  void set_plan(const IndexPlan& p);
 
  private:
   struct Chunk {
@@ -102,6 +105,9 @@ struct SessionState {
     int total = 0;  // tokens in the cache after the chunk
     std::vector<int32_t> positions;
   };
+  Chunk begin_chunk(std::span<const int32_t> ids);
+  ChunkResult run_layers(const Chunk& c, int first_layer, Vec& x, std::vector<std::vector<int32_t>>& sel,
+                         const ForwardOptions& o);
   void run_indexer(const Chunk& c, int layer, const float* h, const float* qr, int k,
                    const ForwardOptions& o, std::vector<int32_t>& sel, Vec* captured);
   void attention(const Chunk& c, int layer, const float* h, int k, const ForwardOptions& o,
@@ -210,7 +216,7 @@ void SessionState::attention(const Chunk& c, int layer, const float* h, int k, c
   for (size_t i = 0; i < o_out.size(); ++i) x[i] += o_out[i];
 }
 
-ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOptions& o) {
+SessionState::Chunk SessionState::begin_chunk(std::span<const int32_t> ids) {
   const int n = static_cast<int>(ids.size());
   if (n == 0) throw_bad_input("input ids", "empty chunk");
   if (static_cast<int64_t>(length) + n > s.max_position_embeddings)
@@ -227,22 +233,23 @@ ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOpt
   c.positions.resize(n);
   std::iota(c.positions.begin(), c.positions.end(), c.p0);
   ensure_capacity(c.total);
+  return c;
+}
 
-  const int H = s.hidden_size;
-  const int k = s.index_topk;
+ChunkResult SessionState::run_layers(const Chunk& c, int first_layer, Vec& x,
+                                     std::vector<std::vector<int32_t>>& sel, const ForwardOptions& o) {
+  const int n = c.n, H = s.hidden_size, k = s.index_topk;
   ChunkResult r;
   r.tokens = n;
   r.first_position = c.p0;
   r.vocab = s.vocab_size;
   r.k = k;
-  std::vector<std::vector<int32_t>> sel(s.num_layers);
   if (o.capture_index_scores) r.index_scores.resize(s.num_layers);
-
-  Vec x(static_cast<size_t>(n) * H), hn(x.size()), mlp_out(x.size());
-  for (int t = 0; t < n; ++t)
-    std::copy_n(w.embed + static_cast<size_t>(ids[t]) * H, H, x.data() + static_cast<size_t>(t) * H);
-  for (int l = 0; l < s.num_layers; ++l) {
+  if (o.layer_inputs) o.layer_inputs->resize(s.num_layers);
+  Vec hn(x.size()), mlp_out(x.size());
+  for (int l = first_layer; l < s.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
+    if (o.layer_inputs) (*o.layer_inputs)[l] = x;
     be.norm({.x = x.data(), .x_stride = H, .w = lw.input_norm, .y = hn.data(), .y_stride = H, .tokens = n,
              .dim = H, .eps = static_cast<float>(s.rms_norm_eps)});
     const bool full = plan.is_full(l);
@@ -272,6 +279,44 @@ ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOpt
   return r;
 }
 
+ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOptions& o) {
+  const Chunk c = begin_chunk(ids);
+  const int H = s.hidden_size;
+  Vec x(static_cast<size_t>(c.n) * H);
+  for (int t = 0; t < c.n; ++t)
+    std::copy_n(w.embed + static_cast<size_t>(ids[t]) * H, H, x.data() + static_cast<size_t>(t) * H);
+  std::vector<std::vector<int32_t>> sel(s.num_layers);
+  return run_layers(c, 0, x, sel, o);
+}
+
+ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
+                                       const ForwardOptions& o) {
+  if (first_layer < 0 || first_layer >= s.num_layers) throw_runtime("forward_from", "layer out of range");
+  length = 0;
+  const Chunk c = begin_chunk(ids);
+  if (from.hidden.size() != static_cast<size_t>(c.n) * s.hidden_size)
+    throw_runtime("forward_from", "hidden state does not match the chunk");
+  Vec x(from.hidden.begin(), from.hidden.end());
+  std::vector<std::vector<int32_t>> sel(s.num_layers);
+  for (int l = 0; l < first_layer; ++l)
+    if (plan.is_full(l)) {
+      if (!from.selections || (*from.selections)[l].empty())
+        throw_runtime("forward_from", "missing the selection of layer " + std::to_string(l));
+      sel[l] = (*from.selections)[l];
+    }
+  return run_layers(c, first_layer, x, sel, o);
+}
+
+void SessionState::set_plan(const IndexPlan& p) {
+  model.check_plan(p);
+  plan = p;
+  length = 0;
+  for (int l = 0; l < s.num_layers; ++l) {
+    const int width = plan.is_full(l) ? s.index_head_dim : 0;
+    if (index_keys[l].width() != width) index_keys[l] = GrowingRows(width);
+  }
+}
+
 Session::Session(const Model& model, const IndexPlan& plan, Backend& backend)
     : s_(std::make_unique<SessionState>(model, plan, backend)) {}
 Session::~Session() = default;
@@ -281,6 +326,11 @@ ChunkResult Session::forward(std::span<const int32_t> ids, const ForwardOptions&
 }
 int Session::length() const { return s_->length; }
 const IndexPlan& Session::plan() const { return s_->plan; }
+void Session::set_plan(const IndexPlan& plan) { s_->set_plan(plan); }
+ChunkResult Session::forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
+                                  const ForwardOptions& options) {
+  return s_->forward_from(first_layer, ids, from, options);
+}
 void Session::reset() { s_->length = 0; }
 
 PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const int32_t> ids, Backend& be,

@@ -14,5 +14,6 @@ std::string resolve_model_dir(const std::string& flag_value);
 
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);
+Runner register_generate(CLI::App& app);
 
 }  // namespace indexcache::cli

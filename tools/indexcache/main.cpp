@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     runners[info] = cli::register_info(*info);
     auto* dump = app.add_subcommand("dump", "final logits and every layer's top-k to a safetensors file");
     runners[dump] = cli::register_dump(*dump);
+    // GENERATE_PENDING
   }
   try {
     app.parse(argc, argv);

@@ -1,0 +1,116 @@
+// `indexcache generate`: tokenizes a prompt, prefills it (optionally in chunks), decodes new
+// tokens while streaming the text, and reports prefill and decode tokens per second.
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "backend/backend.h"
+#include "commands.h"
+#include "indexcache/error.h"
+#include "indexcache/generate.h"
+#include "indexcache/model.h"
+#include "indexcache/session.h"
+#include "indexcache/tokenizer.h"
+
+namespace indexcache::cli {
+
+namespace {
+
+struct GenerateFlags {
+  std::string model, prompt, plan;
+  int n = 64;
+  int chunk = 0;
+  float temp = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  bool chat = false;
+};
+
+// Text decoded so far minus what was printed; holds back a trailing cut UTF-8 character.
+class TextStream {
+ public:
+  explicit TextStream(const Tokenizer& tok) : tok_(tok) {}
+  void push(int32_t id, bool final) {
+    ids_.push_back(id);
+    const std::string text = tok_.decode(ids_);
+    static const std::string kReplacement = "\xEF\xBF\xBD";
+    if (!final && text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) return;
+    if (text.size() > printed_) {
+      fmt::print("{}", text.substr(printed_));
+      std::fflush(stdout);
+      printed_ = text.size();
+    }
+  }
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int32_t> ids_;
+  size_t printed_ = 0;
+};
+
+int run_generate(const GenerateFlags& f) {
+  const std::string dir = resolve_model_dir(f.model);
+  if (f.prompt.empty()) throw_bad_input("-p", "empty prompt");
+  const ModelSpec spec = load_model_spec(dir);
+  const std::string tok_path = dir + "/tokenizer.json";
+  if (!std::filesystem::exists(tok_path)) throw_bad_input(tok_path, "missing: the model has no tokenizer");
+  const Tokenizer tok = Tokenizer::load(tok_path);
+  const std::string text =
+      f.chat ? wrap_chat(f.prompt, spec.family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3())
+             : f.prompt;
+  const std::vector<int32_t> prompt = tok.encode(text);
+  if (prompt.empty()) throw_bad_input("-p", "the prompt has no tokens");
+  if (static_cast<int64_t>(prompt.size()) > spec.max_position_embeddings)
+    throw_bad_input("-p", "prompt of " + std::to_string(prompt.size()) + " tokens is longer than max_position_embeddings " +
+                              std::to_string(spec.max_position_embeddings));
+  if (f.n < 0) throw_bad_input("-n", "must be >= 0");
+  if (f.chunk < 0) throw_bad_input("--chunk", "must be >= 0");
+  const IndexPlan plan = f.plan.empty() ? IndexPlan::from_config(spec, dir + "/config.json") : IndexPlan::parse(f.plan, spec);
+
+  LoadOptions lo;
+  for (int i = 0; i < plan.num_layers(); ++i) lo.require_indexer.push_back(plan.is_full(i));
+  lo.only_required_indexers = true;
+  auto model = Model::load(dir, lo);
+  auto backend = make_cpu_backend();
+  Session session(*model, plan, *backend);
+
+  GenerateOptions go;
+  go.max_new_tokens = std::min<int64_t>(f.n, spec.max_position_embeddings - static_cast<int64_t>(prompt.size()));
+  go.chunk = f.chunk;
+  go.sampler = {.temperature = f.temp, .top_k = f.top_k, .top_p = f.top_p, .seed = f.seed};
+  go.eos_ids = load_eos_ids(dir, spec);
+  TextStream stream(tok);
+  int produced = 0;
+  const GenerateStats st = generate(session, prompt, go, [&](int32_t id) {
+    ++produced;
+    stream.push(id, produced == go.max_new_tokens);
+    return true;
+  });
+  fmt::print("\n");
+  fmt::print(stderr, "plan {} | prefill {} tokens in {:.3f} s: {:.1f} tok/s | decode {} tokens in {:.3f} s: {:.1f} tok/s{}\n",
+             plan.pattern(), st.prompt_tokens, st.prefill_seconds, st.prefill_tokens_per_second(),
+             std::max(0, st.new_tokens - 1), st.decode_seconds, st.decode_tokens_per_second(),
+             st.stopped_at_eos ? " | stopped at EOS" : "");
+  return 0;
+}
+
+}  // namespace
+
+Runner register_generate(CLI::App& app) {
+  auto f = std::make_shared<GenerateFlags>();
+  app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)")->required();
+  app.add_option("-n", f->n, "tokens to generate (default 64)");
+  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
+  app.add_option("--chunk", f->chunk, "prefill chunk size in tokens (0: whole prompt)");
+  app.add_option("--temp", f->temp, "sampling temperature (0: greedy)");
+  app.add_option("--top-k", f->top_k, "keep the k most likely tokens (0: all)");
+  app.add_option("--top-p", f->top_p, "nucleus sampling mass (1: all)");
+  app.add_option("--seed", f->seed, "random seed");
+  app.add_flag("--chat", f->chat, "wrap the prompt in the family's chat format");
+  return [f] { return run_generate(*f); };
+}
+
+}  // namespace indexcache::cli
