@@ -19,30 +19,9 @@ struct DumpFlags {
   std::string model, ids, out, plan;
 };
 
-std::vector<int32_t> read_ids(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw_bad_input(path, "cannot open ids file");
-  std::vector<int32_t> ids;
-  std::string tok;
-  while (f >> tok) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(tok, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != tok.size() || v < 0 || v > INT32_MAX)
-      throw_bad_input(path, "'" + tok + "' is not a token id (non-negative integer)");
-    ids.push_back(static_cast<int32_t>(v));
-  }
-  if (ids.empty()) throw_bad_input(path, "no token ids");
-  return ids;
-}
-
 int run_dump(const DumpFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
-  const std::vector<int32_t> ids = read_ids(f.ids);
+  const std::vector<int32_t> ids = read_token_ids(f.ids);
   const ModelSpec spec = load_model_spec(dir);
   const IndexPlan plan = f.plan.empty() ? IndexPlan::from_config(spec, dir + "/config.json")
                                         : IndexPlan::parse(f.plan, spec);

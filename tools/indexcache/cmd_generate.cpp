@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "backend/backend.h"
 #include "commands.h"
@@ -18,7 +19,7 @@ namespace indexcache::cli {
 namespace {
 
 struct GenerateFlags {
-  std::string model, prompt, plan;
+  std::string model, prompt, ids, plan;
   int n = 64;
   int chunk = 0;
   float temp = 0.0f;
@@ -52,15 +53,23 @@ class TextStream {
 
 int run_generate(const GenerateFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
-  if (f.prompt.empty()) throw_bad_input("-p", "empty prompt");
+  if (f.prompt.empty() == f.ids.empty()) throw_bad_input("-p", "give a non-empty prompt with -p, or token ids with --ids");
   const ModelSpec spec = load_model_spec(dir);
   const std::string tok_path = dir + "/tokenizer.json";
-  if (!std::filesystem::exists(tok_path)) throw_bad_input(tok_path, "missing: the model has no tokenizer");
-  const Tokenizer tok = Tokenizer::load(tok_path);
-  const std::string text =
-      f.chat ? wrap_chat(f.prompt, spec.family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3())
-             : f.prompt;
-  const std::vector<int32_t> prompt = tok.encode(text);
+  std::optional<Tokenizer> tok;
+  if (!f.prompt.empty() || std::filesystem::exists(tok_path)) {
+    if (!std::filesystem::exists(tok_path)) throw_bad_input(tok_path, "missing: the model has no tokenizer (use --ids)");
+    tok = Tokenizer::load(tok_path);
+  }
+  std::vector<int32_t> prompt;
+  if (!f.prompt.empty()) {
+    const std::string text =
+        f.chat ? wrap_chat(f.prompt, spec.family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3())
+               : f.prompt;
+    prompt = tok->encode(text);
+  } else {
+    prompt = read_token_ids(f.ids);
+  }
   if (prompt.empty()) throw_bad_input("-p", "the prompt has no tokens");
   if (static_cast<int64_t>(prompt.size()) > spec.max_position_embeddings)
     throw_bad_input("-p", "prompt of " + std::to_string(prompt.size()) + " tokens is longer than max_position_embeddings " +
@@ -81,11 +90,16 @@ int run_generate(const GenerateFlags& f) {
   go.chunk = f.chunk;
   go.sampler = {.temperature = f.temp, .top_k = f.top_k, .top_p = f.top_p, .seed = f.seed};
   go.eos_ids = load_eos_ids(dir, spec);
-  TextStream stream(tok);
+  std::optional<TextStream> stream;
+  if (tok && f.ids.empty()) stream.emplace(*tok);
   int produced = 0;
   const GenerateStats st = generate(session, prompt, go, [&](int32_t id) {
     ++produced;
-    stream.push(id, produced == go.max_new_tokens);
+    if (stream)
+      stream->push(id, produced == go.max_new_tokens);
+    else
+      fmt::print("{}{}", produced > 1 ? " " : "", id);  // token-id mode: ids, space-separated
+    std::fflush(stdout);
     return true;
   });
   fmt::print("\n");
@@ -101,7 +115,8 @@ int run_generate(const GenerateFlags& f) {
 Runner register_generate(CLI::App& app) {
   auto f = std::make_shared<GenerateFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
-  app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)")->required();
+  app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)");
+  app.add_option("--ids", f->ids, "prompt as a file of token ids (prints generated ids)");
   app.add_option("-n", f->n, "tokens to generate (default 64)");
   app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
   app.add_option("--chunk", f->chunk, "prefill chunk size in tokens (0: whole prompt)");

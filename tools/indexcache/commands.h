@@ -3,7 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace indexcache::cli {
 
@@ -11,6 +13,8 @@ using Runner = std::function<int()>;
 
 // The model directory: -m DIR, or the embedded default model when omitted.
 std::string resolve_model_dir(const std::string& flag_value);
+// Whitespace-separated non-negative token ids from `path`; errors name the file and the token.
+std::vector<int32_t> read_token_ids(const std::string& path);
 
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);

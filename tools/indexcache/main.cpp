@@ -2,6 +2,9 @@
 // (0 ok, 1 runtime failure, 2 bad input or usage) with one-line `error: ...` messages.
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 #include <map>
 
 #include "commands.h"
@@ -18,6 +21,27 @@ std::string resolve_model_dir(const std::string& flag_value) {
   return dflt;
 }
 
+std::vector<int32_t> read_token_ids(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw_bad_input(path, "cannot open ids file");
+  std::vector<int32_t> ids;
+  std::string tok;
+  while (f >> tok) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != tok.size() || v < 0 || v > INT32_MAX)
+      throw_bad_input(path, "'" + tok + "' is not a token id (non-negative integer)");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) throw_bad_input(path, "no token ids");
+  return ids;
+}
+
 }  // namespace indexcache::cli
 
 int main(int argc, char** argv) {
@@ -30,7 +54,8 @@ int main(int argc, char** argv) {
     runners[info] = cli::register_info(*info);
     auto* dump = app.add_subcommand("dump", "final logits and every layer's top-k to a safetensors file");
     runners[dump] = cli::register_dump(*dump);
-    // GENERATE_PENDING
+    auto* gen = app.add_subcommand("generate", "stream generated text; prints prefill and decode tokens/s");
+    runners[gen] = cli::register_generate(*gen);
   }
   try {
     app.parse(argc, argv);
