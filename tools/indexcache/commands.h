@@ -19,5 +19,8 @@ std::vector<int32_t> read_token_ids(const std::string& path);
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);
 Runner register_generate(CLI::App& app);
+Runner register_eval(CLI::App& app);
+Runner register_overlap(CLI::App& app);
+Runner register_calibrate(CLI::App& app);
 
 }  // namespace indexcache::cli

@@ -56,6 +56,12 @@ int main(int argc, char** argv) {
     runners[dump] = cli::register_dump(*dump);
     auto* gen = app.add_subcommand("generate", "stream generated text; prints prefill and decode tokens/s");
     runners[gen] = cli::register_generate(*gen);
+    auto* ev = app.add_subcommand("eval", "LM loss / perplexity and retrieval accuracy, plans side by side");
+    runners[ev] = cli::register_eval(*ev);
+    auto* ov = app.add_subcommand("overlap", "cross-layer top-k overlap matrix (JSON, CSV, SVG heatmap)");
+    runners[ov] = cli::register_overlap(*ov);
+    auto* cal = app.add_subcommand("calibrate", "greedy IndexCache search: plan, report, config export");
+    runners[cal] = cli::register_calibrate(*cal);
   }
   try {
     app.parse(argc, argv);
