@@ -103,6 +103,7 @@ int run_generate(const GenerateFlags& f) {
     return true;
   });
   fmt::print("\n");
+  std::fflush(stdout);
   fmt::print(stderr, "plan {} | prefill {} tokens in {:.3f} s: {:.1f} tok/s | decode {} tokens in {:.3f} s: {:.1f} tok/s{}\n",
              plan.pattern(), st.prompt_tokens, st.prefill_seconds, st.prefill_tokens_per_second(),
              std::max(0, st.new_tokens - 1), st.decode_seconds, st.decode_tokens_per_second(),
