@@ -29,7 +29,7 @@ void topk(const TopkParams& p) {
       int32_t* out = p.indices + static_cast<int64_t>(t) * p.k;
       const int n = p.valid[t];
       const float* row = p.scores + t * p.scores_stride;
-      if (n <= p.k) {
+      if (n < p.k) {
         for (int i = 0; i < p.k; ++i) out[i] = i < n ? i : -1;
         continue;
       }
