@@ -39,7 +39,7 @@ const std::vector<TokenizerDir>& tokenizer_dirs() {
       {"gpt2_style", d + "gpt2_style", false},      // prefix space, lstrip / rstrip tokens
       {"splits_style", d + "splits_style", false},  // Removed splits drop text
       {"unk_style", d + "unk_style", false},        // no decoder, unk
-      // {"default", test::test_data_dir() + "/../../models/default", true},
+      {"dsa-mini", test::test_data_dir() + "/../../models/dsa-mini", true},  // the embedded model
   };
   return dirs;
 }
