@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace indexcache {
 
@@ -24,5 +25,9 @@ class Error : public std::runtime_error {
 // `what` names the file, tensor or key; `why` says what is wrong with it.
 [[noreturn]] void throw_bad_input(const std::string& what, const std::string& why);
 [[noreturn]] void throw_runtime(const std::string& what, const std::string& why);
+
+// A name quoted for a one-line message: 'name', with control, non-ASCII, quote and backslash bytes
+// written as \xNN (file and tensor names in hostile input stay on one line).
+std::string quote_for_message(std::string_view name);
 
 }  // namespace indexcache

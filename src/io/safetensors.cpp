@@ -23,24 +23,8 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr int kMaxJsonDepth = 8;
 constexpr std::string_view kMetadataKey = "__metadata__";
 
-// Quotes a name for a one-line message: control and non-ASCII-printable bytes become \xNN.
-std::string quote_name(std::string_view name) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "'";
-  for (unsigned char c : name) {
-    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out + "'";
-}
-
 std::string tensor_what(const std::string& source, std::string_view name) {
-  return source + ": tensor " + quote_name(name);
+  return source + ": tensor " + quote_for_message(name);
 }
 
 uint64_t read_u64_le(const std::byte* p) {
@@ -84,7 +68,7 @@ std::map<std::string, std::string> parse_metadata(const json& meta, const std::s
   std::map<std::string, std::string> out;
   for (const auto& [key, value] : meta.items()) {
     if (!value.is_string()) {
-      throw_bad_input(source, "__metadata__ value of " + quote_name(key) + " is not a string");
+      throw_bad_input(source, "__metadata__ value of " + quote_for_message(key) + " is not a string");
     }
     out.emplace(key, value.get<std::string>());
   }
@@ -97,7 +81,7 @@ DType parse_entry_dtype(const json& entry, const std::string& what) {
   if (!it->is_string()) throw_bad_input(what, "'dtype' is not a string");
   auto dtype = parse_dtype(it->get_ref<const std::string&>());
   if (!dtype)
-    throw_bad_input(what, "unknown dtype " + quote_name(it->get_ref<const std::string&>()));
+    throw_bad_input(what, "unknown dtype " + quote_for_message(it->get_ref<const std::string&>()));
   return *dtype;
 }
 
@@ -179,7 +163,7 @@ void check_no_overlap(const std::vector<TensorInfo>& tensors, const std::string&
   const TensorInfo* reach = nullptr;  // the tensor extending furthest so far
   for (const TensorInfo* t : by_offset) {
     if (reach && t->offset < reach->offset + reach->nbytes) {
-      throw_bad_input(source, "tensors " + quote_name(reach->name) + " and " + quote_name(t->name) +
+      throw_bad_input(source, "tensors " + quote_for_message(reach->name) + " and " + quote_for_message(t->name) +
                                   " overlap in the data block");
     }
     if (!reach || t->offset + t->nbytes > reach->offset + reach->nbytes) reach = t;

@@ -21,22 +21,6 @@ using nlohmann::json;
 constexpr char kIndexName[] = "model.safetensors.index.json";
 constexpr char kSingleName[] = "model.safetensors";
 
-// Quotes a name for a one-line message: control and non-printable bytes become \xNN.
-std::string quote_name(std::string_view name) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "'";
-  for (unsigned char c : name) {
-    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out + "'";
-}
-
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_bad_input(path.string(), "cannot open");
@@ -58,13 +42,13 @@ std::map<std::string, std::string> read_weight_map(const fs::path& index_path) {
   std::map<std::string, std::string> map;
   for (const auto& [tensor, shard] : it->items()) {
     if (!shard.is_string()) {
-      throw_bad_input(what, "weight_map entry for " + quote_name(tensor) + " is not a string");
+      throw_bad_input(what, "weight_map entry for " + quote_for_message(tensor) + " is not a string");
     }
     const auto& name = shard.get_ref<const std::string&>();
     // Shards live next to the index; a path could point anywhere on the machine.
     if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
       throw_bad_input(what,
-                      "weight_map entry for " + quote_name(tensor) + " is not a plain file name");
+                      "weight_map entry for " + quote_for_message(tensor) + " is not a plain file name");
     }
     map.emplace(tensor, name);
   }
@@ -102,7 +86,7 @@ WeightStore WeightStore::open_dir(const std::string& dir_name) {
       }
       const TensorInfo* info = it->second->find(tensor);
       if (!info) {
-        throw_bad_input(it->second->path() + ": tensor " + quote_name(tensor),
+        throw_bad_input(it->second->path() + ": tensor " + quote_for_message(tensor),
                         std::string("listed in ") + kIndexName + " but missing from the shard");
       }
       store.sorted_.push_back({tensor, Entry{info, it->second}});
@@ -127,7 +111,7 @@ WeightStore WeightStore::open_dir(const std::string& dir_name) {
   for (size_t i = 1; i < store.sorted_.size(); ++i) {
     const auto& [name, entry] = store.sorted_[i];
     if (name == store.sorted_[i - 1].first) {
-      throw_bad_input(entry.file->path() + ": tensor " + quote_name(name),
+      throw_bad_input(entry.file->path() + ": tensor " + quote_for_message(name),
                       "also present in " + store.sorted_[i - 1].second.file->path());
     }
   }
