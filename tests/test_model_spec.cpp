@@ -6,6 +6,7 @@
 
 #include "indexcache/error.h"
 #include "indexcache/model_spec.h"
+#include "test_util.h"
 
 namespace indexcache {
 namespace {
@@ -170,6 +171,25 @@ TEST(ModelSpec, BadConfigs) {
   j = small_config();
   j["indexer_types"] = "FFFF";
   expect_error(j, {"indexer_types"});
+}
+
+}  // namespace
+}  // namespace indexcache
+
+namespace indexcache {
+namespace {
+
+TEST(ModelSpec, EosIdsFromConfigAndGenerationConfig) {
+  const std::string dir = test::make_temp_dir("eos");
+  json j = small_config();
+  j["eos_token_id"] = 1;
+  test::write_file(dir + "/config.json", j.dump());
+  const ModelSpec s = load_model_spec(dir);
+  EXPECT_EQ(load_eos_ids(dir, s), (std::vector<int64_t>{1}));
+  test::write_file(dir + "/generation_config.json", R"({"eos_token_id": [1, 5, 9]})");
+  EXPECT_EQ(load_eos_ids(dir, s), (std::vector<int64_t>{1, 5, 9}));
+  test::write_file(dir + "/generation_config.json", "{broken");
+  EXPECT_THROW(load_eos_ids(dir, s), Error);
 }
 
 }  // namespace
