@@ -18,6 +18,7 @@ constexpr int kLanes = 8;
 constexpr int kTile = 16;  // keys per tile: two v8f
 constexpr int kHeads = 4;  // heads per register block
 constexpr int kQueryBlock = 8;
+constexpr int kTilesPerChunk = 32;  // 512 keys per work item
 
 // Packs keys [S, D] into tiles [S/kTile][D][kTile], zero-padding the last tile.
 std::vector<float> pack_keys(const float* k, int keys, int dim) {
@@ -88,34 +89,33 @@ void indexer_scores(const IndexerScoreParams& p) {
   const std::vector<float> packed = pack_keys(p.k, p.keys, p.head_dim);
   const int tiles = (p.keys + kTile - 1) / kTile;
   const int qblocks = (p.tokens + kQueryBlock - 1) / kQueryBlock;
+  // Work items are (query block, run of key tiles), so that a single decode query still spreads
+  // over every thread; each item writes its whole key range of every query in its block.
+  const int chunks = (tiles + kTilesPerChunk - 1) / kTilesPerChunk;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
   for (int b = 0; b < qblocks; ++b) {
-    const int t0 = b * kQueryBlock;
-    const int t1 = std::min(p.tokens, t0 + kQueryBlock);
-    int max_pos = -1;
-    for (int t = t0; t < t1; ++t) max_pos = std::max(max_pos, p.positions[t]);
-    const int last_tile = std::min(tiles - 1, max_pos / kTile);
-    float buf[kTile];
-    for (int j = 0; j <= last_tile; ++j) {
-      const float* tile = packed.data() + static_cast<size_t>(j) * p.head_dim * kTile;
-      for (int t = t0; t < t1; ++t) {
-        const int pos = p.positions[t];
-        float* row = p.scores + t * p.scores_stride;
+    for (int c = 0; c < chunks; ++c) {
+      const int t0 = b * kQueryBlock;
+      const int t1 = std::min(p.tokens, t0 + kQueryBlock);
+      const int j1 = std::min(tiles, (c + 1) * kTilesPerChunk);
+      float buf[kTile];
+      for (int j = c * kTilesPerChunk; j < j1; ++j) {
+        const float* tile = packed.data() + static_cast<size_t>(j) * p.head_dim * kTile;
         const int s0 = j * kTile;
-        if (s0 > pos) continue;
-        score_tile(p.q + static_cast<size_t>(t) * p.heads * p.head_dim,
-                   p.w + static_cast<size_t>(t) * p.heads, tile, p.heads, p.head_dim, buf);
         const int n = std::min(kTile, p.keys - s0);
-        for (int l = 0; l < n; ++l) row[s0 + l] = (s0 + l <= pos) ? buf[l] * p.scale : neg_inf;
+        for (int t = t0; t < t1; ++t) {
+          const int pos = p.positions[t];
+          float* row = p.scores + t * p.scores_stride;
+          if (s0 > pos) {  // the whole tile is in this query's future
+            std::fill(row + s0, row + s0 + n, neg_inf);
+            continue;
+          }
+          score_tile(p.q + static_cast<size_t>(t) * p.heads * p.head_dim,
+                     p.w + static_cast<size_t>(t) * p.heads, tile, p.heads, p.head_dim, buf);
+          for (int l = 0; l < n; ++l) row[s0 + l] = (s0 + l <= pos) ? buf[l] * p.scale : neg_inf;
+        }
       }
-    }
-    // Everything past the last computed tile is in the future for every query of the block.
-    for (int t = t0; t < t1; ++t) {
-      float* row = p.scores + t * p.scores_stride;
-      const int pos = p.positions[t];
-      const int first_unset = std::min(p.keys, (pos / kTile + 1) * kTile);
-      std::fill(row + first_unset, row + p.keys, neg_inf);
     }
   }
 }
