@@ -51,10 +51,7 @@ TEST_P(GoldenTest, LogitsAndSelectionsMatchTransformers) {
 
   const ModelSpec spec = load_model_spec(c.model_dir);
   const IndexPlan plan = IndexPlan::parse(c.plan, spec);
-  LoadOptions lo;
-  for (int i = 0; i < spec.num_layers; ++i) lo.require_indexer.push_back(plan.is_full(i));
-  lo.only_required_indexers = true;
-  auto model = Model::load(c.model_dir, lo);
+  auto model = Model::load(c.model_dir, LoadOptions::for_plan(plan));
   auto be = make_cpu_backend();
   PrefillOptions po;
   po.capture_index_scores = true;

@@ -22,6 +22,9 @@ struct LoadOptions {
   std::vector<bool> require_indexer;
   // Load only required indexers (memory-frugal) instead of every indexer present.
   bool only_required_indexers = false;
+
+  // Exactly the indexers `plan` runs (its F layers), nothing else.
+  static LoadOptions for_plan(const IndexPlan& plan);
 };
 
 class Model {

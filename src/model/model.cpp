@@ -8,6 +8,13 @@ namespace indexcache {
 
 Model::~Model() = default;
 
+LoadOptions LoadOptions::for_plan(const IndexPlan& plan) {
+  LoadOptions lo;
+  for (int i = 0; i < plan.num_layers(); ++i) lo.require_indexer.push_back(plan.is_full(i));
+  lo.only_required_indexers = true;
+  return lo;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& options) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) throw_bad_input(dir, "not a model directory");

@@ -23,12 +23,8 @@ int run_dump(const DumpFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
   const std::vector<int32_t> ids = read_token_ids(f.ids);
   const ModelSpec spec = load_model_spec(dir);
-  const IndexPlan plan = f.plan.empty() ? IndexPlan::from_config(spec, dir + "/config.json")
-                                        : IndexPlan::parse(f.plan, spec);
-  LoadOptions lo;
-  for (int i = 0; i < plan.num_layers(); ++i) lo.require_indexer.push_back(plan.is_full(i));
-  lo.only_required_indexers = true;
-  auto model = Model::load(dir, lo);
+  const IndexPlan plan = resolve_plan(f.plan, spec, dir);
+  auto model = Model::load(dir, LoadOptions::for_plan(plan));
   auto backend = make_cpu_backend();
   const PrefillResult r = prefill(*model, plan, ids, *backend);
 

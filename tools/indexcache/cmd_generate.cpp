@@ -76,12 +76,9 @@ int run_generate(const GenerateFlags& f) {
                               std::to_string(spec.max_position_embeddings));
   if (f.n < 0) throw_bad_input("-n", "must be >= 0");
   if (f.chunk < 0) throw_bad_input("--chunk", "must be >= 0");
-  const IndexPlan plan = f.plan.empty() ? IndexPlan::from_config(spec, dir + "/config.json") : IndexPlan::parse(f.plan, spec);
+  const IndexPlan plan = resolve_plan(f.plan, spec, dir);
 
-  LoadOptions lo;
-  for (int i = 0; i < plan.num_layers(); ++i) lo.require_indexer.push_back(plan.is_full(i));
-  lo.only_required_indexers = true;
-  auto model = Model::load(dir, lo);
+  auto model = Model::load(dir, LoadOptions::for_plan(plan));
   auto backend = make_cpu_backend();
   Session session(*model, plan, *backend);
 

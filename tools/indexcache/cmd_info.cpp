@@ -27,8 +27,7 @@ void print_kv(const char* label, const KvCacheFootprint& f) {
 int run_info(const InfoFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
   const ModelSpec s = load_model_spec(dir);
-  const IndexPlan plan =
-      f.plan.empty() ? IndexPlan::from_config(s, dir + "/config.json") : IndexPlan::parse(f.plan, s);
+  const IndexPlan plan = resolve_plan(f.plan, s, dir);
   const WeightStore store = WeightStore::open_dir(dir);
 
   std::set<int> indexer_layers;

@@ -7,12 +7,16 @@
 #include <string>
 #include <vector>
 
+#include "indexcache/index_plan.h"
+
 namespace indexcache::cli {
 
 using Runner = std::function<int()>;
 
 // The model directory: -m DIR, or the embedded default model when omitted.
 std::string resolve_model_dir(const std::string& flag_value);
+// The --plan flag if given, else the plan the model's config.json declares.
+IndexPlan resolve_plan(const std::string& flag_value, const ModelSpec& spec, const std::string& model_dir);
 // Whitespace-separated non-negative token ids from `path`; errors name the file and the token.
 std::vector<int32_t> read_token_ids(const std::string& path);
 

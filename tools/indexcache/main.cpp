@@ -12,6 +12,11 @@
 
 namespace indexcache::cli {
 
+IndexPlan resolve_plan(const std::string& flag_value, const ModelSpec& spec, const std::string& model_dir) {
+  return flag_value.empty() ? IndexPlan::from_config(spec, model_dir + "/config.json")
+                            : IndexPlan::parse(flag_value, spec);
+}
+
 std::string resolve_model_dir(const std::string& flag_value) {
   if (!flag_value.empty()) return flag_value;
   const std::string dflt = INDEXCACHE_DEFAULT_MODEL;
