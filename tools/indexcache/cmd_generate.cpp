@@ -29,26 +29,31 @@ struct GenerateFlags {
   bool chat = false;
 };
 
-// Text decoded so far minus what was printed; holds back a trailing cut UTF-8 character.
+// Prints generated text as it comes: the ids since the last print are decoded together and held
+// back while they end in a cut UTF-8 character (byte-level BPE splits characters across tokens).
+// Each id is decoded about once, so streaming stays linear in the output length.
 class TextStream {
  public:
   explicit TextStream(const Tokenizer& tok) : tok_(tok) {}
-  void push(int32_t id, bool final) {
-    ids_.push_back(id);
-    const std::string text = tok_.decode(ids_);
+  void push(int32_t id) {
+    pending_.push_back(id);
+    const std::string text = tok_.decode(pending_);
     static const std::string kReplacement = "\xEF\xBF\xBD";
-    if (!final && text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) return;
-    if (text.size() > printed_) {
-      fmt::print("{}", text.substr(printed_));
-      std::fflush(stdout);
-      printed_ = text.size();
-    }
+    if (text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) return;
+    print(text);
+  }
+  void finish() {
+    if (!pending_.empty()) print(tok_.decode(pending_));
   }
 
  private:
+  void print(const std::string& text) {
+    fmt::print("{}", text);
+    std::fflush(stdout);
+    pending_.clear();
+  }
   const Tokenizer& tok_;
-  std::vector<int32_t> ids_;
-  size_t printed_ = 0;
+  std::vector<int32_t> pending_;
 };
 
 int run_generate(const GenerateFlags& f) {
@@ -93,12 +98,13 @@ int run_generate(const GenerateFlags& f) {
   const GenerateStats st = generate(session, prompt, go, [&](int32_t id) {
     ++produced;
     if (stream)
-      stream->push(id, produced == go.max_new_tokens);
+      stream->push(id);
     else
       fmt::print("{}{}", produced > 1 ? " " : "", id);  // token-id mode: ids, space-separated
     std::fflush(stdout);
     return true;
   });
+  if (stream) stream->finish();
   fmt::print("\n");
   std::fflush(stdout);
   fmt::print(stderr, "plan {} | prefill {} tokens in {:.3f} s: {:.1f} tok/s | decode {} tokens in {:.3f} s: {:.1f} tok/s{}\n",
