@@ -210,6 +210,17 @@ def lr_at(frac, step, peak, warmup_steps, decay_start=0.7, floor=0.05):
     return peak * w * d
 
 
+def halve_micro_batch(opt, stage, micro):
+    """Out of memory: drop the partial gradients and retry the step with half the micro-batch."""
+    opt.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    if micro == 1:
+        raise
+    micro //= 2
+    log(f"{stage}: out of memory, micro-batch now {micro}")
+    return micro
+
+
 def skip_step(opt, stage, step, bad):
     """A non-finite gradient: drop the update; give up after 20 in a row."""
     opt.zero_grad(set_to_none=True)
@@ -318,12 +329,7 @@ def stage_pretrain(ctx):
                 loads = st["expert_load"] if loads is None else [l0 + l1 for l0, l1 in zip(loads, st["expert_load"])]
                 del logits, ce, loss
         except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            if micro == 1:
-                raise
-            micro //= 2
-            log(f"pretrain: out of memory, micro-batch now {micro}")
+            micro = halve_micro_batch(opt, "pretrain", micro)
             continue
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         if not torch.isfinite(gn):
@@ -407,12 +413,7 @@ def stage_warmup(ctx):
                     model.hidden(xb, mode="dense", st=st)
                 kls.append(torch.stack(st["kl"]))
         except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            if micro == 1:
-                raise
-            micro //= 2
-            log(f"warmup: out of memory, micro-batch now {micro}")
+            micro = halve_micro_batch(opt, "warmup", micro)
             continue
         gi_n = torch.nn.utils.clip_grad_norm_(model.indexer_parameters(), a.clip)
         if not torch.isfinite(gi_n):
@@ -520,12 +521,7 @@ def stage_sparse(ctx):
                 loads = st["expert_load"] if loads is None else [l0 + l1 for l0, l1 in zip(loads, st["expert_load"])]
                 del logits, ce, loss
         except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            if micro == 1:
-                raise
-            micro //= 2
-            log(f"sparse: out of memory, micro-batch now {micro}")
+            micro = halve_micro_batch(opt, "sparse", micro)
             continue
         gn = torch.nn.utils.clip_grad_norm_([p for _, p in main], a.clip)
         gi_n = torch.nn.utils.clip_grad_norm_([p for _, p in idx], a.clip)
