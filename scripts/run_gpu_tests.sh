@@ -9,12 +9,19 @@
 # a tiny GoogleTest stand-in) rather than the whole tree. Where the full dependencies exist, the
 # same test also runs as `ctest -L gpu` in a normal build.
 #
+# Needs .gpu-deps/ (nlohmann/json), made by scripts/gpu_deps.sh here and carried along.
+#
 # Usage (from anywhere): scripts/run_gpu_tests.sh [extra cmake args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD=${BUILD_DIR:-$ROOT/build-gpu}
 
+if [[ ! -f "$ROOT/.gpu-deps/include/nlohmann/json.hpp" ]]; then
+  echo "run_gpu_tests: .gpu-deps/include/nlohmann/json.hpp missing: run scripts/gpu_deps.sh on the" \
+       "development machine and carry .gpu-deps" >&2
+  exit 1
+fi
 NVCC=$(command -v nvcc || true)
 [[ -z "$NVCC" && -x /usr/local/cuda/bin/nvcc ]] && NVCC=/usr/local/cuda/bin/nvcc
 if [[ -z "$NVCC" ]]; then

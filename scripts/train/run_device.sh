@@ -12,7 +12,9 @@
 # 3) collect again only if 2 printed NOT DONE.
 #
 # Environment knobs: MIN_PRETRAIN (10), MIN_WARMUP (1.5), MIN_SPARSE (4) minutes; WAIT_S (550);
-# WORK (/tmp/work); NAME (dsa-mini); TRAIN_ARGS (extra train.py flags); PY (python3).
+# WORK (/tmp/work); NAME (dsa-mini); TRAIN_ARGS (extra train.py flags); PY (python3);
+# INIT_MODEL (a checkpoint folder of the repo, e.g. models/dsa-mini: pre-training continues from it
+# instead of starting from random weights).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/tmp/work}
@@ -22,6 +24,7 @@ MIN_PRETRAIN=${MIN_PRETRAIN:-10}
 MIN_WARMUP=${MIN_WARMUP:-1.5}
 MIN_SPARSE=${MIN_SPARSE:-4}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+INIT_MODEL=${INIT_MODEL:-}
 PY=${PY:-python3}          # local tests: PY=/opt/ref/py ALLOW_CPU=1 TRAIN_ARGS=--tiny
 ALLOW_CPU=${ALLOW_CPU:-0}
 export PYTHONUNBUFFERED=1
@@ -77,13 +80,19 @@ start)
   elif finished; then
     echo "pipeline already finished: call collect"
   else
-    for f in train.bin.xz heldout.bin tokenizer.json synth_kit.npz; do
+    for f in train.bin.xz heldout.bin synth_kit.npz; do
       [ -f "$ROOT/corpus/$f" ] || { echo "error: corpus/$f missing (carry [\"corpus\"] in this call)"; exit 2; }
     done
     [ -f "$ROOT/data/heldout.txt" ] || { echo "error: data/heldout.txt missing"; exit 2; }
     mkdir -p "$WORK"
     rm -rf "$WORK/corpus" "$WORK/data" "$WORK/code"
     cp -r "$ROOT/corpus" "$WORK/corpus"; cp -r "$ROOT/data" "$WORK/data"; cp -r "$ROOT/scripts/train" "$WORK/code"
+    [ -f "$WORK/corpus/tokenizer.json" ] || cp "$ROOT/models/dsa-mini/tokenizer.json" "$ROOT/models/dsa-mini/tokenizer_config.json" "$WORK/corpus/"
+    if [ -n "$INIT_MODEL" ]; then
+      [ -f "$ROOT/$INIT_MODEL/config.json" ] || { echo "error: INIT_MODEL $INIT_MODEL has no config.json"; exit 2; }
+      rm -rf "$WORK/init"; cp -r "$ROOT/$INIT_MODEL" "$WORK/init"
+      TRAIN_ARGS="--init-from $WORK/init $TRAIN_ARGS"
+    fi
     {
       date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
       $PY -c 'import sys, torch, transformers, tokenizers, safetensors, numpy; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "tokenizers", tokenizers.__version__, "numpy", numpy.__version__)'

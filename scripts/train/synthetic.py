@@ -246,12 +246,73 @@ def make_example(kit, rng, task, length, pool="train", with_text=False, depth=No
     return assemble(kit, prompt, pool), assemble(kit, answer, pool)
 
 
-def training_sequence(kit, rng, length, min_len=384):
-    """One synthetic training example: ids of prompt+answer, with a random task and length."""
-    task = TASKS[int(rng.integers(len(TASKS)))]
+def training_sequence(kit, rng, length, min_len=384, task_p=None, max_queries=1):
+    """One synthetic training example with a random task and length.
+
+    Returns (ids, answer_mask): the ids of the prompt and its answer, and a bool mask that is true on
+    the answer tokens. With max_queries > 1, kv and copy examples ask up to that many questions about
+    different records / notes of the same text, each followed by its answer (more supervised answer
+    tokens per long row); the first question and answer read exactly as in an evaluation example.
+    task_p: probabilities of passkey, kv, copy (default uniform)."""
+    task = TASKS[int(rng.choice(len(TASKS), p=task_p))] if task_p is not None else TASKS[int(rng.integers(len(TASKS)))]
     n = int(rng.integers(min_len, length + 1))
-    p, a = make_example(kit, rng, task, n, "train")
-    return np.concatenate([p, a])
+    if max_queries <= 1 or task == "passkey":
+        p, a = make_example(kit, rng, task, n, "train")
+        return np.concatenate([p, a]), np.concatenate([np.zeros(len(p), bool), np.ones(len(a), bool)])
+    qa = _multi_query_parts(kit, rng, task, n, "train", max_queries)
+    ids, mask = [], []
+    for parts, is_answer in qa:
+        x = assemble(kit, parts, "train")
+        ids.append(x)
+        mask.append(np.full(len(x), is_answer))
+    return np.concatenate(ids), np.concatenate(mask)
+
+
+def _multi_query_parts(kit, rng, task, length, pool, max_queries):
+    """[(parts, is_answer)]: the body of a kv / copy example followed by several question-answer pairs,
+    all within `length` tokens."""
+    if task == "kv":
+        n_rec = max(2, min(48, length // 160 + int(rng.integers(-2, 3))))
+        objs = []
+        while len(objs) < n_rec:
+            o = (ADJECTIVES[int(rng.integers(len(ADJECTIVES)))], NOUNS[int(rng.integers(len(NOUNS)))])
+            if o not in objs:
+                objs.append(o)
+        vals = [int(rng.integers(1000, 100000)) for _ in objs]
+        inserts = [[("p", " The"), ("p", " " + a), ("p", " " + b), ("p", " has number")] + _number_parts(v) + [("p", ".")]
+                   for (a, b), v in zip(objs, vals)]
+        qs = rng.choice(n_rec, size=min(max_queries, n_rec), replace=False)
+        qa = []
+        for i, q in enumerate(qs):
+            a, b = objs[int(q)]
+            lead = [("p", ".")] if i > 0 else []
+            qa.append((lead + [("p", " Question: what number does the"), ("p", " " + a), ("p", " " + b),
+                               ("p", " have? Answer: the"), ("p", " " + a), ("p", " " + b), ("p", " has number")], False))
+            qa.append((_number_parts(vals[int(q)]), True))
+    else:  # copy
+        n_notes = int(rng.integers(2, 5))
+        firsts = rng.choice(len(NOTE_WORDS), size=n_notes, replace=False)
+        notes = [[NOTE_WORDS[int(f)]] + [NOTE_WORDS[int(i)] for i in rng.integers(len(NOTE_WORDS), size=7)]
+                 for f in firsts]
+        inserts = [[("p", " Note:")] + [("p", " " + w) for w in ws] + [("p", ".")] for ws in notes]
+        qs = rng.choice(n_notes, size=min(max_queries, n_notes), replace=False)
+        qa = []
+        for q in qs:
+            ws = notes[int(q)]
+            qa.append(([("p", " Question: repeat the note that begins with")] + [("p", " " + w) for w in ws[:3]]
+                       + [("p", ". Answer: the note is")] + [("p", " " + w) for w in ws[:3]], False))
+            qa.append(([("p", " " + w) for w in ws[3:]] + [("p", ".")], True))
+    head = [("p", HEAD[task])]
+    fixed = _parts_len(kit, head, pool) + sum(_parts_len(kit, x, pool) for x in inserts) \
+        + sum(_parts_len(kit, x, pool) for x, _ in qa)
+    while fixed > length and len(qa) > 2:  # too short for all questions: drop the last ones
+        fixed -= _parts_len(kit, qa[-1][0], pool) + _parts_len(kit, qa[-2][0], pool)
+        qa = qa[:-2]
+    budget = length - fixed
+    if budget < 0:
+        raise ValueError(f"length {length} too short for task {task}")
+    body = _place(_filler(kit, rng, pool, budget), inserts, rng)
+    return [(head + body, False)] + qa
 
 
 # ----------------------------------------------------------------------------------------------

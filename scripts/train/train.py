@@ -49,10 +49,12 @@ class Batches:
     """Background producer of [B, T+1] int64 token batches: random corpus windows, and a fraction of
     rows that start with a synthetic long-range example (then <|endoftext|> and corpus text)."""
 
-    def __init__(self, corpus, B, T, synth_frac, seed, kit=None, prefetch=6, work=None):
+    def __init__(self, corpus, B, T, synth_frac, seed, kit=None, prefetch=6, work=None, task_p=None,
+                 max_queries=1):
         self.data = np.memmap(train_bin(corpus, work), dtype=np.uint16, mode="r")
         self.kit = kit
         self.B, self.T, self.synth_frac = B, T, synth_frac
+        self.task_p, self.max_queries = task_p, max_queries
         self.rng = np.random.default_rng(seed)
         self.q = queue.Queue(maxsize=prefetch)
         self.stop = False
@@ -60,42 +62,49 @@ class Batches:
         self.th.start()
 
     def _row(self, synth):
+        """(ids [T+1], answer mask [T+1], synthetic?)"""
         T1 = self.T + 1
         if synth and self.kit is not None:
             try:
-                ex = synthetic.training_sequence(self.kit, self.rng, min(self.T, T1 - 1),
-                                                 min_len=min(384, self.T // 2))
+                ex, ans = synthetic.training_sequence(self.kit, self.rng, min(self.T, T1 - 1),
+                                                      min_len=min(384, self.T // 2), task_p=self.task_p,
+                                                      max_queries=self.max_queries)
                 ex = np.concatenate([ex, [synthetic.EOT_ID]])[:T1]
+                ans = np.concatenate([ans, [False]])[:T1]
                 rest = T1 - len(ex)
                 if rest > 0:
                     s = int(self.rng.integers(0, len(self.data) - rest))
                     ex = np.concatenate([ex, self.data[s:s + rest].astype(np.int64)])
-                return ex, True
+                    ans = np.concatenate([ans, np.zeros(rest, bool)])
+                return ex, ans, True
             except ValueError:
                 pass
         s = int(self.rng.integers(0, len(self.data) - T1))
-        return self.data[s:s + T1].astype(np.int64), False
+        return self.data[s:s + T1].astype(np.int64), np.zeros(T1, bool), False
 
     def _run(self):
         while not self.stop:
             n_syn = int(round(self.B * self.synth_frac))
-            rows, flags = [], []
+            rows, masks, flags = [], [], []
             for i in range(self.B):
-                r, f = self._row(i < n_syn)
+                r, m, f = self._row(i < n_syn)
                 rows.append(r)
+                masks.append(m)
                 flags.append(f)
             x = torch.from_numpy(np.stack(rows))
+            am = torch.from_numpy(np.stack(masks)[:, 1:])  # answer mask of the targets x[:, 1:]
             fl = torch.tensor(flags)
             if torch.cuda.is_available():
-                x = x.pin_memory()
+                x, am = x.pin_memory(), am.pin_memory()
             while not self.stop:
                 try:
-                    self.q.put((x, fl), timeout=0.5)
+                    self.q.put((x, am, fl), timeout=0.5)
                     break
                 except queue.Full:
                     pass
 
     def get(self):
+        """(ids [B, T+1], answer mask of the targets [B, T], synthetic-row flags [B])"""
         return self.q.get()
 
     def close(self):
@@ -254,6 +263,57 @@ def eval_loss(ctx, model, windows, mode="dense", plan=None, bs=4):
     return tot / n
 
 
+def token_weights(am, answer_weight):
+    """Loss weight per target token: answer_weight on the answers of synthetic tasks, 1 elsewhere."""
+    return 1.0 + (answer_weight - 1.0) * am.float()
+
+
+def answer_stats(logits, targets, am):
+    """(sum of answer-token losses is not needed) -> (#answer tokens, #answer tokens predicted right)."""
+    n = int(am.sum())
+    if n == 0:
+        return 0, 0
+    return n, int((logits.argmax(-1)[am] == targets[am]).sum())
+
+
+_PROBE = {}
+
+
+@torch.no_grad()
+def retrieval_probe(ctx, model, kit, mode="dense", n_per_task=6):
+    """Greedy exact-match retrieval accuracy on fresh examples built from the held-out sentence pool
+    (not the data/ sets), at the training context: a progress signal during training."""
+    key = (ctx.args.seq, n_per_task)
+    if key not in _PROBE:
+        rng = np.random.default_rng(99)
+        exs = []
+        for task in synthetic.TASKS:
+            for i in range(n_per_task):
+                p, a = synthetic.make_example(kit, rng, task, ctx.args.seq - 8, "eval",
+                                              depth=(i + 0.5) / n_per_task)
+                exs.append({"task": task, "prompt_ids": p.tolist(), "answer_ids": a.tolist()})
+        _PROBE[key] = exs
+    exs = _PROBE[key]
+    was = model.training
+    model.eval()
+
+    def logits_fn(ids):
+        with ctx.amp:
+            return model(torch.tensor([ids], device=ctx.dev), mode=mode)[0].float().cpu().numpy()
+
+    acc, ok = synthetic.retrieval_accuracy(logits_fn, exs)
+    model.train(was)
+    by = {t: sum(o for o, e in zip(ok, exs) if e["task"] == t) / n_per_task for t in synthetic.TASKS}
+    return acc, by
+
+
+def task_probs(a):
+    if not a.task_weights:
+        return None
+    w = np.array([float(x) for x in a.task_weights.split(",")])
+    return w / w.sum()
+
+
 class Timer:
     def __init__(self, minutes, used=0.0):
         self.budget = minutes * 60.0
@@ -288,6 +348,12 @@ def stage_pretrain(ctx):
     if resume:
         model, obj = load_ckpt(ctx, "pretrain_partial.pt")
         log(f"pretrain: resuming at step {obj['step']} ({obj['elapsed']:.0f} s used)")
+    elif a.init_from:
+        import export as X
+        model, _ = X.load_checkpoint(a.init_from)
+        model.train()
+        obj = {"step": 0, "elapsed": 0.0, "curve": [], "evals": []}
+        log(f"pretrain: continuing from the checkpoint {a.init_from}")
     else:
         model, obj = GlmMoeDsaLM(model_config(a)), {"step": 0, "elapsed": 0.0, "curve": [], "evals": []}
     model.to(ctx.dev).train()
@@ -299,7 +365,8 @@ def stage_pretrain(ctx):
     kit = synthetic.Kit.load(os.path.join(a.corpus, "synth_kit.npz"))
     B, T = a.batch, a.seq
     micro, accum = B, 1
-    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + obj["step"], kit, work=ctx.work)
+    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + obj["step"], kit, work=ctx.work, task_p=task_probs(a),
+                   max_queries=a.queries)
     held = heldout_windows(a.corpus, T, a.eval_windows)
     timer = Timer(a.minutes_pretrain, obj["elapsed"])
     step, curve, evals = obj["step"], obj["curve"], obj["evals"]
@@ -308,14 +375,15 @@ def stage_pretrain(ctx):
     tok_t0, tok_n = time.time(), 0
     ctx.status(stage="pretrain", state="running", params=counts)
     while not timer.done() and (a.max_steps <= 0 or step < a.max_steps):
-        x, synth = data.get()
-        x = x.to(ctx.dev, non_blocking=True)
+        x, am, synth = data.get()
+        x, am = x.to(ctx.dev, non_blocking=True), am.to(ctx.dev, non_blocking=True)
         lr = lr_at(timer.frac(), step, a.lr, a.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = lr
         try:
             loads = None
             row_loss = torch.zeros(B, device=ctx.dev)
+            ans_n, ans_ok = 0, 0
             for m0 in range(0, B, micro):
                 xb = x[m0:m0 + micro]
                 st = {"expert_load": []}
@@ -323,7 +391,10 @@ def stage_pretrain(ctx):
                     logits = model(xb[:, :-1], mode="dense", st=st)
                     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xb[:, 1:].reshape(-1),
                                          reduction="none").view(xb.shape[0], -1)
-                    loss = ce.mean() * (xb.shape[0] / B)
+                    amb = am[m0:m0 + micro]
+                    loss = (ce * token_weights(amb, a.answer_weight)).mean() * (xb.shape[0] / B)
+                n, c = answer_stats(logits.detach(), xb[:, 1:], amb)
+                ans_n, ans_ok = ans_n + n, ans_ok + c
                 loss.backward()
                 row_loss[m0:m0 + micro] = ce.detach().mean(-1)
                 loads = st["expert_load"] if loads is None else [l0 + l1 for l0, l1 in zip(loads, st["expert_load"])]
@@ -348,16 +419,19 @@ def stage_pretrain(ctx):
             rec = {"step": step, "t": round(timer.elapsed(), 1), "lr": lr, "loss": float(rl.mean()),
                    "loss_text": float(rl[~s].mean()) if (~s).any() else None,
                    "loss_synth": float(rl[s].mean()) if s.any() else None, "grad_norm": float(gn),
+                   "answer_acc": ans_ok / ans_n if ans_n else None,
                    "tok_per_s": round(tok_n / max(1e-9, time.time() - tok_t0))}
             curve.append(rec)
             tok_t0, tok_n = time.time(), 0
             log(f"pretrain step {step} loss {rec['loss']:.3f} (text {rec['loss_text'] or 0:.3f} synth "
-                f"{rec['loss_synth'] or 0:.3f}) lr {lr:.2e} gn {rec['grad_norm']:.2f} {rec['tok_per_s']} tok/s "
+                f"{rec['loss_synth'] or 0:.3f} answers {rec['answer_acc'] or 0:.2f}) lr {lr:.2e} gn {rec['grad_norm']:.2f} {rec['tok_per_s']} tok/s "
                 f"t {rec['t']:.0f}s")
         if time.time() - last_eval > a.eval_every or (a.tiny and step % 10 == 0):
             hl = eval_loss(ctx, model, held)
-            evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hl})
-            log(f"pretrain eval step {step}: held-out loss {hl:.4f}")
+            racc, rby = retrieval_probe(ctx, model, kit)
+            evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hl, "retrieval_dense": racc,
+                          "retrieval_dense_by_task": rby})
+            log(f"pretrain eval step {step}: held-out loss {hl:.4f}, retrieval probe {racc:.2f} {rby}")
             last_eval = time.time()
             write_log(ctx, "log_pretrain.json", {"curve": curve, "evals": evals, "params": counts})
         if time.time() - last_ckpt > a.ckpt_every:
@@ -366,8 +440,11 @@ def stage_pretrain(ctx):
             last_ckpt = time.time()
     data.close()
     hl = eval_loss(ctx, model, held)
-    evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hl})
-    log(f"pretrain: finished at step {step}, {timer.elapsed():.0f} s, held-out loss {hl:.4f}")
+    racc, rby = retrieval_probe(ctx, model, kit)
+    evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hl, "retrieval_dense": racc,
+                  "retrieval_dense_by_task": rby})
+    log(f"pretrain: finished at step {step}, {timer.elapsed():.0f} s, held-out loss {hl:.4f}, retrieval probe "
+        f"{racc:.2f} {rby}")
     write_log(ctx, "log_pretrain.json", {"curve": curve, "evals": evals, "params": counts, "steps": step,
                                          "seconds": timer.elapsed(), "tokens": step * B * T})
     save_ckpt(ctx, "pretrain.pt", model, step=step)
@@ -393,13 +470,14 @@ def stage_warmup(ctx):
     kit = synthetic.Kit.load(os.path.join(a.corpus, "synth_kit.npz"))
     B, T = a.batch_warmup, a.seq
     micro = B
-    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + 1000, kit, work=ctx.work)
+    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + 1000, kit, work=ctx.work, task_p=task_probs(a),
+                   max_queries=a.queries)
     timer = Timer(a.minutes_warmup)
     L = model.cfg.num_hidden_layers
     step, curve, bad = 0, [], 0
     ctx.status(stage="warmup", state="running")
     while not timer.done() and (a.max_steps <= 0 or step < a.max_steps):
-        x, _ = data.get()
+        x, _, _ = data.get()
         x = x.to(ctx.dev, non_blocking=True)
         lr = lr_at(timer.frac(), step, a.lr_warmup, 10, decay_start=0.8)
         for g in opt.param_groups:
@@ -485,7 +563,8 @@ def stage_sparse(ctx):
     kit = synthetic.Kit.load(os.path.join(a.corpus, "synth_kit.npz"))
     B, T = a.batch_sparse, a.seq
     micro = B
-    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + 2000, kit, work=ctx.work)
+    data = Batches(a.corpus, B, T, a.synth_frac, a.seed + 2000, kit, work=ctx.work, task_p=task_probs(a),
+                   max_queries=a.queries)
     held = heldout_windows(a.corpus, T, a.eval_windows)
     timer = Timer(a.minutes_sparse)
     L = model.cfg.num_hidden_layers
@@ -495,14 +574,15 @@ def stage_sparse(ctx):
     log(f"sparse: attention path '{sdpa_state['sdpa_mode']}'")
     ctx.status(stage="sparse", state="running")
     while not timer.done() and (a.max_steps <= 0 or step < a.max_steps):
-        x, synth = data.get()
-        x = x.to(ctx.dev, non_blocking=True)
+        x, am, synth = data.get()
+        x, am = x.to(ctx.dev, non_blocking=True), am.to(ctx.dev, non_blocking=True)
         f = lr_at(timer.frac(), step, 1.0, 20, decay_start=0.5, floor=0.1)
         for g in opt.param_groups:
             g["lr"] = g["base"] * f
         try:
             loads, kls = None, []
             row_loss = torch.zeros(B, device=ctx.dev)
+            ans_n, ans_ok = 0, 0
             for m0 in range(0, B, micro):
                 xb = x[m0:m0 + micro]
                 st = {"indexer_loss": "sparse_kl", "kl_backward": True, "kl_scale": (xb.shape[0] / B) / L,
@@ -511,7 +591,10 @@ def stage_sparse(ctx):
                     logits = model(xb[:, :-1], mode="sparse", st=st)
                     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), xb[:, 1:].reshape(-1),
                                          reduction="none").view(xb.shape[0], -1)
-                    loss = ce.mean() * (xb.shape[0] / B)
+                    amb = am[m0:m0 + micro]
+                    loss = (ce * token_weights(amb, a.answer_weight)).mean() * (xb.shape[0] / B)
+                n, c = answer_stats(logits.detach(), xb[:, 1:], amb)
+                ans_n, ans_ok = ans_n + n, ans_ok + c
                 loss.backward()
                 if st.get("sdpa_mode") and st.get("sdpa_mode") != sdpa_state.get("sdpa_mode"):
                     sdpa_state["sdpa_mode"] = st["sdpa_mode"]
@@ -541,14 +624,18 @@ def stage_sparse(ctx):
             rec = {"step": step, "t": round(timer.elapsed(), 1), "lr_factor": f, "loss": float(rl.mean()),
                    "loss_text": float(rl[~s].mean()) if (~s).any() else None,
                    "loss_synth": float(rl[s].mean()) if s.any() else None, "grad_norm": float(gn),
+                   "answer_acc": ans_ok / ans_n if ans_n else None,
                    "kl_mean": float(kl.mean()), "kl_per_layer": [round(float(v), 4) for v in kl]}
             curve.append(rec)
             log(f"sparse step {step} loss {rec['loss']:.3f} (text {rec['loss_text'] or 0:.3f} synth "
-                f"{rec['loss_synth'] or 0:.3f}) KL {rec['kl_mean']:.4f} t {rec['t']:.0f}s")
+                f"{rec['loss_synth'] or 0:.3f} answers {rec['answer_acc'] or 0:.2f}) KL {rec['kl_mean']:.4f} t {rec['t']:.0f}s")
         if time.time() - last_eval > a.eval_every or (a.tiny and step % 10 == 0):
             hd, hs = eval_loss(ctx, model, held, "dense"), eval_loss(ctx, model, held, "sparse")
-            evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hd, "heldout_sparse": hs})
-            log(f"sparse eval step {step}: held-out dense {hd:.4f} sparse {hs:.4f}")
+            racc, rby = retrieval_probe(ctx, model, kit, "sparse")
+            evals.append({"step": step, "t": round(timer.elapsed(), 1), "heldout_dense": hd, "heldout_sparse": hs,
+                          "retrieval_sparse": racc, "retrieval_sparse_by_task": rby})
+            log(f"sparse eval step {step}: held-out dense {hd:.4f} sparse {hs:.4f}, retrieval probe (sparse) "
+                f"{racc:.2f} {rby}")
             last_eval = time.time()
             write_log(ctx, "log_sparse.json", {"curve": curve, "evals": evals})
     data.close()
@@ -626,6 +713,10 @@ def main(argv=None):
     ap.add_argument("--batch-sparse", type=int, default=16)
     ap.add_argument("--kl-rows", type=int, default=4, help="rows of each sparse-stage batch that carry the KL")
     ap.add_argument("--synth-frac", type=float, default=0.3)
+    ap.add_argument("--task-weights", default="", help="relative frequency of passkey,kv,copy (default equal)")
+    ap.add_argument("--queries", type=int, default=1, help="questions per kv / copy training example")
+    ap.add_argument("--answer-weight", type=float, default=1.0, help="loss weight of synthetic answer tokens")
+    ap.add_argument("--init-from", default="", help="start pre-training from this Hugging Face checkpoint")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lr-warmup", type=float, default=1e-3)
     ap.add_argument("--lr-sparse", type=float, default=3e-4)

@@ -26,5 +26,6 @@ Runner register_generate(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_overlap(CLI::App& app);
 Runner register_calibrate(CLI::App& app);
+Runner register_bench(CLI::App& app);
 
 }  // namespace indexcache::cli

@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
     runners[ov] = cli::register_overlap(*ov);
     auto* cal = app.add_subcommand("calibrate", "greedy IndexCache search: plan, report, config export");
     runners[cal] = cli::register_calibrate(*cal);
+    auto* bench = app.add_subcommand("bench", "prefill and decode speed of a synthetic model per context and plan");
+    runners[bench] = cli::register_bench(*bench);
   }
   try {
     app.parse(argc, argv);

@@ -1,0 +1,84 @@
+// What `indexcache bench` measured, and its two renderings: a markdown report (header block +
+// one row per context x plan) and the same data as JSON. Plain data; no device types.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "indexcache/index_plan.h"
+#include "indexcache/model_spec.h"
+
+namespace indexcache::bench {
+
+// Seconds per kernel class over one phase (same classes on both devices; on the CPU `moe` is the
+// router and expert projections, `gemm` every other projection, `other` the rest of the wall time).
+struct ClassSeconds {
+  double gemm = 0, moe = 0, attention = 0, indexer = 0, topk = 0, other = 0;
+};
+
+// Counted floating-point work of the DSA kernels over a phase.
+struct DsaFlops {
+  double indexer = 0;    // 2 * Hi * Di per (query, visible key) pair, F layers only
+  double attention = 0;  // 2 * heads * (dim_k + dim_v) per (query, selected key), every layer
+};
+
+// Counted for one request of `context` tokens prefilled from position 0, and for `steps` decode
+// steps after it (absorbed MLA: dim_k = kv_lora + rope, dim_v = kv_lora).
+DsaFlops count_prefill_flops(const ModelSpec& spec, const IndexPlan& plan, int64_t context);
+DsaFlops count_decode_flops(const ModelSpec& spec, const IndexPlan& plan, int64_t context, int64_t steps);
+
+struct PhaseStats {
+  double seconds = 0;                   // wall time (median over repeats)
+  int64_t tokens = 0;                   // prompt tokens (prefill) or steps (decode)
+  std::optional<ClassSeconds> classes;  // per-class breakdown, when measured
+  DsaFlops flops;
+};
+
+struct BenchRow {
+  int64_t ctx = 0;
+  std::string plan;     // as given, e.g. "1/2"
+  std::string pattern;  // F/S per layer
+  int full_layers = 0;  // F layers of the plan
+  std::optional<PhaseStats> prefill;
+  std::optional<PhaseStats> decode;
+};
+
+struct MachineInfo {
+  std::string device;  // "cpu" or "cuda"
+  std::string name;    // GPU name, or the CPU model
+  int sm_count = 0;    // GPU only
+  int cc_major = 0, cc_minor = 0;
+  double memory_gib = 0;
+  int threads = 0;     // CPU only: worker threads
+  std::string driver_version, runtime_version;
+  std::optional<double> bf16_peak_tflops;  // measured
+  std::optional<double> fp8_peak_tflops;   // measured, when available
+};
+
+struct BenchReport {
+  std::string preset, preset_description;
+  ModelSpec spec;
+  int preset_layers = 0, preset_experts = 0;  // before --layers / --experts
+  int64_t parameters = 0, indexer_parameters = 0;
+  int64_t weight_bytes = 0;                   // bf16
+  std::optional<int64_t> device_weight_bytes; // as allocated by the device runner
+  MachineInfo machine;
+  std::string commit, date, command;
+  int64_t chunk = 0;
+  int decode_steps = 0, repeat = 1;
+  uint64_t seed = 0;
+  bool cuda_graphs = false;
+  std::vector<BenchRow> rows;
+};
+
+std::string format_markdown(const BenchReport& r);
+std::string format_json(const BenchReport& r);
+
+// The commit the binary was built from (compile definition INDEXCACHE_GIT_COMMIT, else "unknown").
+std::string build_commit();
+// Now, UTC, ISO 8601.
+std::string utc_now();
+
+}  // namespace indexcache::bench

@@ -1,0 +1,44 @@
+#include "bench/bench_run.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "indexcache/error.h"
+
+namespace indexcache::bench {
+
+#ifdef INDEXCACHE_BENCH_NO_CPU
+// The self-contained GPU bench binary has no CPU model (no BLAS, no safetensors loader).
+BenchReport run_cpu_bench(const BenchSetup&, const Progress&) {
+  throw_bad_input("--device cpu", "this GPU-only bench binary has no CPU path; use `indexcache bench --device cpu`");
+}
+#endif
+
+int bench_main(const std::vector<std::string>& args) {
+  const BenchOptions opts = parse_bench_args(args);
+  if (opts.help) {
+    std::fputs(bench_usage().c_str(), stdout);
+    return 0;
+  }
+  const BenchSetup setup = resolve_bench(opts);
+  Progress progress = [quiet = opts.quiet](const std::string& line) {
+    if (quiet) return;
+    std::fprintf(stderr, "[bench] %s\n", line.c_str());
+    std::fflush(stderr);
+  };
+  const BenchReport report =
+      opts.device == Device::kCuda ? run_gpu_bench(setup, progress) : run_cpu_bench(setup, progress);
+  const std::string json = format_json(report);
+  if (!opts.json_out.empty()) {
+    std::ofstream f(opts.json_out, std::ios::binary);
+    f << json;
+    f.close();
+    if (!f) throw_runtime(opts.json_out, "cannot write the JSON report");
+  }
+  const std::string text = opts.json ? json : format_markdown(report);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace indexcache::bench

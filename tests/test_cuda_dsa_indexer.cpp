@@ -1,0 +1,661 @@
+// Tensor-core indexer scores (cuda::indexer_scores_bf16) and radix top-k (cuda::topk_radix) against
+// the CPU backend ops (src/backend/cpu/kernels.h) on fresh random inputs from fixed seeds.
+//  - indexer: the CPU runs on the SAME bf16-rounded q and k (converted to f32), so the only
+//    difference is f32 summation order; tolerance 5e-4 of the Cauchy-Schwarz bound
+//    scale * sum_h |w_h| |q_h| |k_s| (f32 accumulation error is ~1e-5 of it; any fragment or index
+//    error is ~1e-1 of it). -inf must match exactly; scores are NaN-poisoned before the run, so an
+//    unwritten element fails, and the stride padding (s >= keys) must still hold the poison.
+//  - top-k: on identical scores the selected SET must equal the CPU's exactly (ties included: the
+//    lower index wins on both); indices are 0x7F7F7F7F-poisoned first.
+//  - real shapes: timings (median of 10, CUDA events) printed as "[cuda-ops]" lines, with sampled
+//    rows checked against the CPU.
+// Without a CUDA device every GPU test is skipped. Builds against GoogleTest and mini_gtest (uses
+// only TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ).
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/dsa_bf16.h"
+
+namespace indexcache {
+namespace {
+
+using cuda::DeviceBuffer;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int kDim = 128;
+constexpr double kRelTol = 5e-4;
+
+#define REQUIRE_GPU()                                                                          \
+  if (!cuda::cuda_available())                                                                 \
+  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
+               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
+
+// f32 -> bf16 bits, round to nearest even (inputs are finite).
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Random bf16 tensor: device bits and the same values as f32 for the CPU.
+struct Bf16Data {
+  std::vector<uint16_t> bits;
+  std::vector<float> f32;
+};
+Bf16Data random_bf16(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  Bf16Data d;
+  d.bits.resize(n);
+  d.f32.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    d.bits[i] = to_bf16(dist(rng));
+    d.f32[i] = from_bf16(d.bits[i]);
+  }
+  return d;
+}
+
+std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+bool is_poison(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u == 0xFFFFFFFFu;
+}
+
+// Copies `count` floats starting at element `offset` of a device buffer.
+std::vector<float> download_range(const DeviceBuffer& b, size_t offset, size_t count) {
+  std::vector<float> v(count);
+  const cudaError_t e = cudaMemcpy(v.data(), b.as<float>() + offset, count * sizeof(float), cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) std::fill(v.begin(), v.end(), std::nanf(""));
+  return v;
+}
+
+// ---------------------------------------------------------------- indexer
+
+struct IndexerInputs {
+  int tokens = 0, keys = 0, heads = 0;
+  Bf16Data q, k;
+  std::vector<float> w;
+  std::vector<int32_t> pos;
+  float scale = 0;
+  std::vector<double> q_weight;  // per token: sum_h |w_h| * |q_h|
+  std::vector<double> k_norm;    // per key: |k_s|
+};
+
+// pos_mode 0: the last chunk of the cache (positions keys - tokens + t); 1: a chunk in the middle
+// (keys / 3 + t, capped at keys - 1); 2: random positions.
+IndexerInputs make_indexer_inputs(int tokens, int keys, int heads, int pos_mode, std::mt19937& rng) {
+  IndexerInputs in;
+  in.tokens = tokens;
+  in.keys = keys;
+  in.heads = heads;
+  in.q = random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng);
+  in.k = random_bf16(static_cast<size_t>(keys) * kDim, rng);
+  in.w = uniform(static_cast<size_t>(tokens) * heads, rng);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  std::uniform_int_distribution<int> any(0, keys - 1);
+  in.pos.resize(tokens);
+  for (int t = 0; t < tokens; ++t)
+    in.pos[t] = pos_mode == 0   ? std::max(0, keys - tokens + t)
+                : pos_mode == 1 ? std::min(keys - 1, keys / 3 + t)
+                                : any(rng);
+  in.q_weight.assign(tokens, 0.0);
+  for (int t = 0; t < tokens; ++t)
+    for (int h = 0; h < heads; ++h) {
+      const float* qh = in.q.f32.data() + (static_cast<size_t>(t) * heads + h) * kDim;
+      double s = 0;
+      for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
+      in.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
+    }
+  in.k_norm.assign(keys, 0.0);
+  for (int s = 0; s < keys; ++s) {
+    double a = 0;
+    for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
+    in.k_norm[s] = std::sqrt(a);
+  }
+  return in;
+}
+
+// CPU reference for tokens [t0, t0 + n) into ref (n rows of `stride`).
+void cpu_indexer_rows(const IndexerInputs& in, int t0, int n, int64_t stride, std::vector<float>* ref) {
+  ref->assign(static_cast<size_t>(n) * stride, 0.0f);
+  IndexerScoreParams p;
+  p.q = in.q.f32.data() + static_cast<size_t>(t0) * in.heads * kDim;
+  p.w = in.w.data() + static_cast<size_t>(t0) * in.heads;
+  p.k = in.k.f32.data();
+  p.positions = in.pos.data() + t0;
+  p.scores = ref->data();
+  p.scores_stride = stride;
+  p.tokens = n;
+  p.keys = in.keys;
+  p.heads = in.heads;
+  p.head_dim = kDim;
+  p.scale = in.scale;
+  cpu::indexer_scores(p);
+}
+
+struct FloatCheck {
+  int64_t checked = 0, bad = 0;
+  double max_ratio = 0;
+  std::ostringstream first;
+  void check(float got, float ref, double tol, int64_t t, int64_t s) {
+    ++checked;
+    bool ok;
+    if (std::isinf(ref)) {
+      ok = got == ref;
+    } else {
+      const double err = std::fabs(static_cast<double>(got) - ref);
+      ok = !std::isnan(got) && !std::isinf(got) && err <= tol;
+      if (ok && tol > 0) max_ratio = std::max(max_ratio, err / tol);
+    }
+    if (!ok && bad++ < 5)
+      first << "  at (t " << t << ", s " << s << "): got " << got << " want " << ref << " tol " << tol << "\n";
+  }
+  void fail(const std::string& why) {
+    if (bad++ < 5) first << "  " << why << "\n";
+  }
+  std::string summary() const {
+    std::ostringstream o;
+    o << bad << " of " << checked << " bad, max err/tol " << max_ratio << "\n" << first.str();
+    return o.str();
+  }
+};
+
+// Checks rows [t0, t0 + n) of GPU scores (got, n rows of stride) against the CPU.
+void check_indexer_rows(const IndexerInputs& in, int t0, int n, int64_t stride, const std::vector<float>& got,
+                        FloatCheck* fc) {
+  std::vector<float> ref;
+  cpu_indexer_rows(in, t0, n, stride, &ref);
+  for (int r = 0; r < n; ++r) {
+    const int t = t0 + r;
+    for (int64_t s = 0; s < stride; ++s) {
+      const float g = got[static_cast<size_t>(r) * stride + s];
+      if (s >= in.keys) {
+        if (!is_poison(g)) fc->fail("padding written at t " + std::to_string(t) + " s " + std::to_string(s));
+        continue;
+      }
+      const double tol = kRelTol * in.scale * in.q_weight[t] * in.k_norm[s] + 1e-30;
+      fc->check(g, ref[static_cast<size_t>(r) * stride + s], tol, t, s);
+    }
+  }
+}
+
+struct DeviceIndexer {
+  DeviceBuffer q, k, w, pos;
+  explicit DeviceIndexer(const IndexerInputs& in)
+      : q(DeviceBuffer::from(in.q.bits)), k(DeviceBuffer::from(in.k.bits)), w(DeviceBuffer::from(in.w)),
+        pos(DeviceBuffer::from(in.pos)) {}
+  cuda::IndexerBf16Params params(const IndexerInputs& in, float* scores, int64_t stride) const {
+    cuda::IndexerBf16Params p;
+    p.q = q.data();
+    p.k = k.data();
+    p.w = w.as<float>();
+    p.positions = pos.as<int32_t>();
+    p.scores = scores;
+    p.scores_stride = stride;
+    p.tokens = in.tokens;
+    p.keys = in.keys;
+    p.heads = in.heads;
+    p.head_dim = kDim;
+    p.scale = in.scale;
+    return p;
+  }
+};
+
+void run_indexer_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt19937& rng) {
+  const IndexerInputs in = make_indexer_inputs(tokens, keys, heads, pos_mode, rng);
+  const int64_t stride = keys + pad;
+  DeviceIndexer dev(in);
+  DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
+  dsc.fill_bytes(0xFF);
+  cuda::indexer_scores_bf16(dev.params(in, dsc.as<float>(), stride));
+  cuda::device_synchronize();
+  const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
+  FloatCheck fc;
+  check_indexer_rows(in, 0, tokens, stride, got, &fc);
+  EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
+                           << pos_mode << " pad=" << pad << ": " << fc.summary();
+}
+
+TEST(CudaDsaIndexer, ScoresSmallShapes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(1001);
+  int i = 0;
+  for (int heads : {8, 32, 64})
+    for (int tokens : {1, 3, 37, 130})
+      for (int keys : {1, 17, 1000, 5000}) {
+        run_indexer_case(tokens, keys, heads, i % 3, i % 3, rng);
+        ++i;
+      }
+}
+
+TEST(CudaDsaIndexer, ScoresOtherHeadCounts) {
+  REQUIRE_GPU();
+  std::mt19937 rng(1002);
+  for (int heads : {16, 24, 40, 96, 128}) {
+    run_indexer_case(37, 1000, heads, 0, 1, rng);
+    run_indexer_case(19, 3001, heads, 2, 0, rng);
+  }
+  // Longer chunks of keys per block and more query blocks than key chunks, and vice versa.
+  run_indexer_case(300, 9000, 32, 1, 3, rng);
+  run_indexer_case(2, 40000, 64, 0, 0, rng);
+}
+
+TEST(CudaDsaIndexer, RejectsBadShapes) {
+  // Argument checks happen before any launch, so this runs without a GPU too.
+  auto throws = [](int heads, int head_dim) {
+    cuda::IndexerBf16Params p;
+    alignas(16) static char dummy[64];
+    p.q = dummy;
+    p.k = dummy;
+    p.w = reinterpret_cast<const float*>(dummy);
+    p.positions = reinterpret_cast<const int32_t*>(dummy);
+    p.scores = reinterpret_cast<float*>(dummy);
+    p.tokens = 1;
+    p.keys = 1;
+    p.scores_stride = 1;
+    p.heads = heads;
+    p.head_dim = head_dim;
+    try {
+      cuda::indexer_scores_bf16(p);
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(throws(12, 128));
+  EXPECT_TRUE(throws(136, 128));
+  EXPECT_TRUE(throws(32, 64));
+  auto topk_throws = [](int k) {
+    cuda::TopkRadixParams p;
+    alignas(16) static char dummy[64];
+    p.scores = reinterpret_cast<const float*>(dummy);
+    p.valid = reinterpret_cast<const int32_t*>(dummy);
+    p.indices = reinterpret_cast<int32_t*>(dummy);
+    p.scores_stride = 1;
+    p.tokens = 1;
+    p.k = k;
+    try {
+      cuda::topk_radix(p);
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(topk_throws(0));
+  EXPECT_TRUE(topk_throws(2049));
+}
+
+// ---------------------------------------------------------------- top-k
+
+enum class Kind {
+  kUniform,    // U(-1, 1): distinct values, the threshold's first-digit bin fits the buffer
+  kNarrow,     // U(0.5, 1): one exponent, the top bin overflows the buffer -> a second global pass
+  kVeryNarrow, // 1 + U(0, 2^-12): first two digits shared -> three global passes
+  kLevels4,    // 4 levels: tens of thousands of exact ties at the threshold (ordered fallback)
+  kLevels64,   // 64 levels: hundreds of ties at the threshold, resolved in the buffer
+  kSomeInf,    // U(-1, 1) with 30 % -inf
+  kMostlyInf,  // 1000 finite values, the rest -inf: ties at -inf
+};
+
+std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt19937& rng) {
+  std::vector<float> v(static_cast<size_t>(rows) * stride);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), u01(0.0f, 1.0f);
+  std::uniform_int_distribution<int> l4(0, 3), l64(0, 63);
+  for (int t = 0; t < rows; ++t) {
+    std::vector<int64_t> finite_slots;
+    for (int64_t s = 0; s < stride; ++s) {
+      float x = 0;
+      switch (kind) {
+        case Kind::kUniform: x = u(rng); break;
+        case Kind::kNarrow: x = 0.5f + 0.5f * u01(rng); if (x >= 1.0f) x = 0.5f; break;
+        case Kind::kVeryNarrow: x = 1.0f + std::ldexp(u01(rng), -12); break;
+        case Kind::kLevels4: x = 0.25f * static_cast<float>(l4(rng)); break;
+        case Kind::kLevels64: x = static_cast<float>(l64(rng)) - 20.0f; break;
+        case Kind::kSomeInf: x = u01(rng) < 0.3f ? -kInf : u(rng); break;
+        case Kind::kMostlyInf: x = -kInf; break;
+      }
+      v[static_cast<size_t>(t) * stride + s] = x;
+    }
+    if (kind == Kind::kMostlyInf) {
+      std::uniform_int_distribution<int64_t> any(0, stride - 1);
+      for (int i = 0; i < 1000; ++i) v[static_cast<size_t>(t) * stride + any(rng)] = u(rng);
+    }
+  }
+  return v;
+}
+
+// GPU topk_radix vs CPU topk on the same scores: per row, the sorted index lists must be equal.
+void check_topk_sets(const std::vector<float>& scores, int rows, int64_t stride, const std::vector<int32_t>& valid,
+                     int k, const std::string& label) {
+  std::vector<int32_t> ref(static_cast<size_t>(rows) * k);
+  TopkParams p;
+  p.scores = scores.data();
+  p.scores_stride = stride;
+  p.valid = valid.data();
+  p.indices = ref.data();
+  p.tokens = rows;
+  p.k = k;
+  cpu::topk(p);
+
+  DeviceBuffer ds = DeviceBuffer::from(scores), dv = DeviceBuffer::from(valid);
+  DeviceBuffer di(ref.size() * sizeof(int32_t));
+  di.fill_bytes(0x7F);
+  cuda::TopkRadixParams g;
+  g.scores = ds.as<float>();
+  g.scores_stride = stride;
+  g.valid = dv.as<int32_t>();
+  g.indices = di.as<int32_t>();
+  g.tokens = rows;
+  g.k = k;
+  cuda::topk_radix(g);
+  cuda::device_synchronize();
+  const std::vector<int32_t> got = di.to_vector<int32_t>(ref.size());
+  int bad_rows = 0;
+  std::ostringstream first;
+  for (int t = 0; t < rows; ++t) {
+    std::vector<int32_t> a(got.begin() + static_cast<size_t>(t) * k, got.begin() + static_cast<size_t>(t + 1) * k);
+    std::vector<int32_t> b(ref.begin() + static_cast<size_t>(t) * k, ref.begin() + static_cast<size_t>(t + 1) * k);
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    if (a != b && bad_rows++ < 3) {
+      size_t i = 0;
+      while (i < a.size() && a[i] == b[i]) ++i;
+      first << "  row " << t << " (valid " << valid[t] << "): sorted sets differ first at " << i << ": got "
+            << a[i] << " want " << b[i] << "\n";
+    }
+  }
+  EXPECT_EQ(bad_rows, 0) << label << ": " << bad_rows << " rows with a different set\n" << first.str();
+}
+
+// Row validity patterns: all, all but one, random above k, exactly k, k + 1, 1, below k, 0.
+std::vector<int32_t> make_valid(int rows, int cols, int k, std::mt19937& rng) {
+  std::vector<int32_t> v(rows);
+  std::uniform_int_distribution<int> above(std::min(cols, k + 1), cols);
+  for (int t = 0; t < rows; ++t) {
+    int x = 0;
+    switch (t % 8) {
+      case 0: x = cols; break;
+      case 1: x = cols - 1; break;
+      case 2: x = above(rng); break;
+      case 3: x = k; break;
+      case 4: x = k + 1; break;
+      case 5: x = 1; break;
+      case 6: x = k / 2; break;
+      case 7: x = 0; break;
+    }
+    v[t] = std::max(0, std::min(cols, x));
+  }
+  return v;
+}
+
+void run_topk_case(int rows, int cols, int pad, int k, Kind kind, std::mt19937& rng) {
+  const int64_t stride = cols + pad;
+  const std::vector<float> scores = make_topk_scores(rows, stride, kind, rng);
+  const std::vector<int32_t> valid = make_valid(rows, cols, k, rng);
+  check_topk_sets(scores, rows, stride, valid, k,
+                  "topk_radix rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                      " k=" + std::to_string(k) + " kind=" + std::to_string(static_cast<int>(kind)));
+}
+
+TEST(CudaDsaIndexer, TopkSmallShapes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2001);
+  run_topk_case(8, 1, 0, 1, Kind::kUniform, rng);
+  run_topk_case(8, 1000, 1, 1, Kind::kUniform, rng);
+  run_topk_case(8, 1000, 0, 1, Kind::kLevels4, rng);
+  run_topk_case(8, 5000, 3, 256, Kind::kLevels64, rng);
+  run_topk_case(8, 5000, 2, 256, Kind::kLevels4, rng);
+  run_topk_case(8, 3001, 1, 2048, Kind::kSomeInf, rng);
+  run_topk_case(8, 9000, 0, 2048, Kind::kUniform, rng);
+  run_topk_case(8, 20000, 1, 2048, Kind::kLevels64, rng);
+  run_topk_case(8, 100, 0, 2048, Kind::kUniform, rng);
+  run_topk_case(8, 20000, 0, 777, Kind::kMostlyInf, rng);
+}
+
+TEST(CudaDsaIndexer, TopkLargeRows) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2002);
+  const int cols = 204800, k = 2048;
+  for (Kind kind : {Kind::kUniform, Kind::kNarrow, Kind::kVeryNarrow, Kind::kLevels4, Kind::kLevels64,
+                    Kind::kSomeInf, Kind::kMostlyInf})
+    run_topk_case(8, cols, kind == Kind::kUniform ? 1 : 0, k, kind, rng);
+  run_topk_case(3, 256 * 1024, 0, 1, Kind::kNarrow, rng);
+}
+
+// ---------------------------------------------------------------- real shapes and timings
+
+double visible_pairs(const std::vector<int32_t>& pos, int keys) {
+  double pairs = 0;
+  for (int32_t p : pos) pairs += std::min(keys, p + 1);
+  return pairs;
+}
+
+TEST(CudaDsaIndexer, RealShapeTimings) {
+  REQUIRE_GPU();
+  std::printf("[cuda-ops] device: %s\n", cuda::device_description().c_str());
+  std::mt19937 rng(3001);
+  const int tokens = 4096, heads = 32, max_keys = 204800, k = 2048;
+  // One set of inputs at the largest size; smaller key counts use a prefix of the key cache and
+  // the last `tokens` positions of their own length.
+  IndexerInputs in;
+  in.tokens = tokens;
+  in.heads = heads;
+  in.keys = max_keys;
+  in.q = random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng);
+  in.k = random_bf16(static_cast<size_t>(max_keys) * kDim, rng);
+  in.w = uniform(static_cast<size_t>(tokens) * heads, rng);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  DeviceBuffer dq = DeviceBuffer::from(in.q.bits), dk = DeviceBuffer::from(in.k.bits), dw = DeviceBuffer::from(in.w);
+  DeviceBuffer dsc(static_cast<size_t>(tokens) * max_keys * sizeof(float));
+
+  double ms_indexer_max = 0;
+  std::vector<int32_t> pos_max;
+  for (int keys : {65536, 131072, 204800}) {
+    std::vector<int32_t> pos(tokens);
+    for (int t = 0; t < tokens; ++t) pos[t] = keys - tokens + t;
+    DeviceBuffer dpos = DeviceBuffer::from(pos);
+    cuda::IndexerBf16Params p;
+    p.q = dq.data();
+    p.k = dk.data();
+    p.w = dw.as<float>();
+    p.positions = dpos.as<int32_t>();
+    p.scores = dsc.as<float>();
+    p.scores_stride = keys;
+    p.tokens = tokens;
+    p.keys = keys;
+    p.heads = heads;
+    p.scale = in.scale;
+    dsc.fill_bytes(0xFF);
+    cuda::indexer_scores_bf16(p);
+    cuda::device_synchronize();
+    const double ms = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
+    const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
+    std::printf("[cuda-ops] indexer_bf16 T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s\n", tokens, keys,
+                heads, kDim, ms, tflop / (ms * 1e-3));
+
+    // Sampled rows against the CPU: first, a middle one, last.
+    IndexerInputs view = in;  // same data, this key count and positions
+    view.keys = keys;
+    view.pos = pos;
+    view.q_weight.assign(tokens, 0.0);
+    view.k_norm.assign(keys, 0.0);
+    FloatCheck fc;
+    for (int t : {0, tokens / 2 + 7, tokens - 1}) {
+      for (int h = 0; h < heads; ++h) {
+        const float* qh = in.q.f32.data() + (static_cast<size_t>(t) * heads + h) * kDim;
+        double s = 0;
+        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
+        view.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
+      }
+    }
+    for (int s = 0; s < keys; ++s) {
+      double a = 0;
+      for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
+      view.k_norm[s] = std::sqrt(a);
+    }
+    for (int t : {0, tokens / 2 + 7, tokens - 1}) {
+      const std::vector<float> got = download_range(dsc, static_cast<size_t>(t) * keys, keys);
+      check_indexer_rows(view, t, 1, keys, got, &fc);
+    }
+    EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 real shape S=" << keys << ": " << fc.summary();
+    if (keys == max_keys) {
+      ms_indexer_max = ms;
+      pos_max = pos;
+    }
+  }
+
+  // Top-k of the 204800-key scores (still in dsc), valid = position + 1.
+  {
+    std::vector<int32_t> valid(tokens);
+    for (int t = 0; t < tokens; ++t) valid[t] = std::min(max_keys, pos_max[t] + 1);
+    DeviceBuffer dv = DeviceBuffer::from(valid);
+    DeviceBuffer di(static_cast<size_t>(tokens) * k * sizeof(int32_t));
+    di.fill_bytes(0x7F);
+    cuda::TopkRadixParams p;
+    p.scores = dsc.as<float>();
+    p.scores_stride = max_keys;
+    p.valid = dv.as<int32_t>();
+    p.indices = di.as<int32_t>();
+    p.tokens = tokens;
+    p.k = k;
+    cuda::topk_radix(p);
+    cuda::device_synchronize();
+    const std::vector<int32_t> got = di.to_vector<int32_t>(static_cast<size_t>(tokens) * k);
+    const double ms = cuda::median_ms([&] { cuda::topk_radix(p); });
+    std::printf("[cuda-ops] topk_radix %d rows x %d (indexer scores), k=%d: %.3f ms (%.1f %% of the indexer)\n",
+                tokens, max_keys, k, ms, 100.0 * ms / ms_indexer_max);
+    int bad = 0;
+    for (int t : {0, 1, tokens / 2, tokens - 1}) {
+      const std::vector<float> row = download_range(dsc, static_cast<size_t>(t) * max_keys, max_keys);
+      std::vector<int32_t> ref(k);
+      const int32_t v = valid[t];
+      TopkParams c;
+      c.scores = row.data();
+      c.scores_stride = max_keys;
+      c.valid = &v;
+      c.indices = ref.data();
+      c.tokens = 1;
+      c.k = k;
+      cpu::topk(c);
+      std::vector<int32_t> a(got.begin() + static_cast<size_t>(t) * k, got.begin() + static_cast<size_t>(t + 1) * k);
+      std::sort(a.begin(), a.end());
+      std::sort(ref.begin(), ref.end());
+      if (a != ref) ++bad;
+    }
+    EXPECT_EQ(bad, 0) << "topk_radix on real indexer scores: rows with a different set";
+  }
+
+  // Decode: one query at the end of a 204800-key cache.
+  {
+    const int keys = max_keys;
+    const std::vector<int32_t> pos = {keys - 1};
+    DeviceBuffer dpos = DeviceBuffer::from(pos);
+    DeviceBuffer d1(static_cast<size_t>(keys) * sizeof(float));
+    d1.fill_bytes(0xFF);
+    cuda::IndexerBf16Params p;
+    p.q = dq.data();
+    p.k = dk.data();
+    p.w = dw.as<float>();
+    p.positions = dpos.as<int32_t>();
+    p.scores = d1.as<float>();
+    p.scores_stride = keys;
+    p.tokens = 1;
+    p.keys = keys;
+    p.heads = heads;
+    p.scale = in.scale;
+    cuda::indexer_scores_bf16(p);
+    cuda::device_synchronize();
+    const double ms_i = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
+    const double gb = (static_cast<double>(keys) * kDim * 2 + static_cast<double>(keys) * 4) * 1e-9;
+    std::printf("[cuda-ops] indexer_bf16 decode T=1 S=%d H=%d: %.4f ms, %.0f GB/s (keys read + scores written)\n",
+                keys, heads, ms_i, gb / (ms_i * 1e-3));
+    {
+      IndexerInputs view = in;
+      view.tokens = 1;
+      view.keys = keys;
+      view.pos = pos;
+      view.q_weight.assign(1, 0.0);
+      for (int h = 0; h < heads; ++h) {
+        const float* qh = in.q.f32.data() + static_cast<size_t>(h) * kDim;
+        double s = 0;
+        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
+        view.q_weight[0] += std::fabs(in.w[h]) * std::sqrt(s);
+      }
+      view.k_norm.assign(keys, 0.0);
+      for (int s = 0; s < keys; ++s) {
+        double a = 0;
+        for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
+        view.k_norm[s] = std::sqrt(a);
+      }
+      FloatCheck fc;
+      check_indexer_rows(view, 0, 1, keys, d1.to_vector<float>(keys), &fc);
+      EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 decode: " << fc.summary();
+    }
+
+    const std::vector<int32_t> valid = {keys};
+    DeviceBuffer dv = DeviceBuffer::from(valid);
+    DeviceBuffer di(static_cast<size_t>(k) * sizeof(int32_t));
+    di.fill_bytes(0x7F);
+    cuda::TopkRadixParams tp;
+    tp.scores = d1.as<float>();
+    tp.scores_stride = keys;
+    tp.valid = dv.as<int32_t>();
+    tp.indices = di.as<int32_t>();
+    tp.tokens = 1;
+    tp.k = k;
+    cuda::topk_radix(tp);
+    cuda::device_synchronize();
+    {
+      const std::vector<float> row = d1.to_vector<float>(keys);
+      std::vector<int32_t> ref(k);
+      TopkParams c;
+      c.scores = row.data();
+      c.scores_stride = keys;
+      c.valid = valid.data();
+      c.indices = ref.data();
+      c.tokens = 1;
+      c.k = k;
+      cpu::topk(c);
+      std::vector<int32_t> a = di.to_vector<int32_t>(k);
+      std::sort(a.begin(), a.end());
+      std::sort(ref.begin(), ref.end());
+      EXPECT_TRUE(a == ref) << "topk_radix decode: the set differs from the CPU's";
+    }
+    const double ms_t = cuda::median_ms([&] { cuda::topk_radix(tp); });
+    std::printf("[cuda-ops] topk_radix decode 1 row x %d, k=%d: %.4f ms (%.1f %% of the decode indexer)\n", keys, k,
+                ms_t, 100.0 * ms_t / ms_i);
+  }
+}
+
+}  // namespace
+}  // namespace indexcache

@@ -1,0 +1,446 @@
+// cuda::sparse_mla_bf16 (sparse MLA attention, absorbed form, bf16 tensor cores) against the CPU
+// reference cpu::sparse_attention run on the same bf16 values converted to f32 (kv_heads 1; K and V
+// point into the same latent rows, V = their first 512 dims).
+//  - Fresh random inputs from fixed seeds; outputs and lse poisoned (bf16 / f32 NaN) before each run.
+//  - Every case runs with automatic splits, 1 split (direct path) and 3 splits (split + combine).
+//  - Output tolerance per element: 1e-2 * |ref| + 4e-3 * max|v| over the token's selected rows (the
+//    kernel rounds the probabilities to bf16 before P V: at most 2^-9 * sum_j p_j |v_j|, plus the bf16
+//    rounding of the output). Logits are made peaky (scale 0.25 on uniform data) so outputs are well
+//    above that bound and a wrong row, head or dim shows.
+//  - lse against a double-precision host computation: 1e-3 + 1e-4 |ref|; -inf must match exactly.
+// Without a CUDA device the GPU tests skip. Real-shape timings print "[cuda-ops]" lines (median of
+// 10 CUDA-event-timed runs). Builds against GoogleTest and scripts/gpu_test/mini_gtest alike.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/dsa_bf16.h"
+#include "indexcache/error.h"
+
+namespace indexcache {
+namespace {
+
+using cuda::DeviceBuffer;
+
+constexpr int kDk = 576, kDv = 512;
+constexpr double kBf16PeakTflops = 731.0;  // measured bf16 GEMM ceiling of the H200 (REFERENCE.md)
+
+#define REQUIRE_GPU_MLA()                                                                      \
+  if (!cuda::cuda_available())                                                                 \
+  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
+               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
+
+uint16_t to_bf16(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Fast deterministic generator (the real shapes need ~400M values).
+struct XorShift {
+  uint64_t s;
+  explicit XorShift(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+  float uniform() { return static_cast<float>(next() >> 40) * (2.0f / 16777216.0f) - 1.0f; }  // [-1, 1)
+  int below(int n) { return static_cast<int>((next() >> 33) % static_cast<uint64_t>(n)); }
+};
+
+std::vector<uint16_t> random_bf16(size_t n, XorShift& rng) {
+  std::vector<uint16_t> v(n);
+  for (uint16_t& x : v) x = to_bf16(rng.uniform());
+  return v;
+}
+
+struct MlaCase {
+  int tokens, heads, selected, keys;
+  int64_t kv_stride;
+  float scale;
+  int empty_token;  // a token whose entries are all -1 (-1: none)
+};
+
+struct MlaData {
+  std::vector<uint16_t> q;   // [tokens][heads][576]
+  std::vector<uint16_t> kv;  // [keys][kv_stride]
+  std::vector<int32_t> idx;  // [tokens][selected]
+};
+
+// Random indices with repeats; holes (-1) at i % 11 == 5; every third token is "early in the
+// sequence" (only its first 5 + t entries valid, the rest -1); `empty_token` has no valid entry.
+std::vector<int32_t> make_indices(const MlaCase& c, XorShift& rng) {
+  std::vector<int32_t> idx(static_cast<size_t>(c.tokens) * c.selected);
+  for (int t = 0; t < c.tokens; ++t)
+    for (int i = 0; i < c.selected; ++i) {
+      int32_t j = rng.below(c.keys);
+      if (i % 11 == 5) j = -1;
+      if (t % 3 == 2 && i >= 5 + t) j = -1;
+      if (t == c.empty_token) j = -1;
+      idx[static_cast<size_t>(t) * c.selected + i] = j;
+    }
+  return idx;
+}
+
+MlaData make_data(const MlaCase& c, XorShift& rng) {
+  MlaData d;
+  d.q = random_bf16(static_cast<size_t>(c.tokens) * c.heads * kDk, rng);
+  d.kv = random_bf16(static_cast<size_t>(c.keys) * c.kv_stride, rng);
+  d.idx = make_indices(c, rng);
+  return d;
+}
+
+struct Stats {
+  int64_t checked = 0, bad = 0;
+  double max_abs = 0, max_ratio = 0;
+  std::ostringstream first;
+  void check(float got, double ref, double tol, const char* what, int t, int h, int d) {
+    ++checked;
+    bool ok;
+    if (std::isinf(ref)) {
+      ok = static_cast<double>(got) == ref;
+    } else {
+      const double err = std::fabs(static_cast<double>(got) - ref);
+      ok = !std::isnan(got) && err <= tol;
+      if (!std::isnan(got)) {
+        max_abs = std::max(max_abs, err);
+        max_ratio = std::max(max_ratio, err / tol);
+      }
+    }
+    if (!ok && bad++ < 6)
+      first << "  " << what << " t=" << t << " h=" << h << " d=" << d << ": got " << got << " want " << ref
+            << " tol " << tol << "\n";
+  }
+};
+
+// CPU reference for tokens `toks`: cpu::sparse_attention on a compacted f32 copy of the rows those
+// tokens select, plus lse in double (all heads where cheap, else heads 0, 1, H/2, H-1; NaN = unchecked)
+// and max|v| over each token's selected rows.
+struct Reference {
+  std::vector<int> toks;
+  std::vector<float> out;   // [toks][heads][512]
+  std::vector<double> lse;  // [toks][heads]
+  std::vector<double> vmax; // [toks]
+};
+
+Reference reference(const MlaCase& c, const MlaData& d, const std::vector<int>& toks) {
+  const int n = static_cast<int>(toks.size());
+  const int H = c.heads, K = c.selected;
+  std::vector<int32_t> remap(c.keys, -1);
+  std::vector<float> rows;  // compact [rows][576] f32
+  std::vector<int32_t> idx(static_cast<size_t>(n) * K);
+  std::vector<float> q(static_cast<size_t>(n) * H * kDk);
+  for (int a = 0; a < n; ++a) {
+    const int t = toks[a];
+    for (int i = 0; i < K; ++i) {
+      const int32_t j = d.idx[static_cast<size_t>(t) * K + i];
+      if (j >= 0 && remap[j] < 0) {
+        remap[j] = static_cast<int32_t>(rows.size() / kDk);
+        for (int e = 0; e < kDk; ++e) rows.push_back(from_bf16(d.kv[static_cast<size_t>(j) * c.kv_stride + e]));
+      }
+      idx[static_cast<size_t>(a) * K + i] = j >= 0 ? remap[j] : -1;
+    }
+    for (int e = 0; e < H * kDk; ++e)
+      q[static_cast<size_t>(a) * H * kDk + e] = from_bf16(d.q[static_cast<size_t>(t) * H * kDk + e]);
+  }
+  if (rows.empty()) rows.assign(kDk, 0.0f);
+  Reference r;
+  r.toks = toks;
+  r.out.assign(static_cast<size_t>(n) * H * kDv, std::nanf(""));
+  r.lse.assign(static_cast<size_t>(n) * H, std::nan(""));
+  r.vmax.assign(n, 0.0);
+  SparseAttentionParams p;
+  p.q = q.data();
+  p.q_token_stride = static_cast<int64_t>(H) * kDk;
+  p.q_head_stride = kDk;
+  p.k = rows.data();
+  p.k_token_stride = kDk;
+  p.k_head_stride = 0;
+  p.v = rows.data();
+  p.v_token_stride = kDk;
+  p.v_head_stride = 0;
+  p.indices = idx.data();
+  p.num_selected = K;
+  p.out = r.out.data();
+  p.out_token_stride = static_cast<int64_t>(H) * kDv;
+  p.out_head_stride = kDv;
+  p.tokens = n;
+  p.heads = H;
+  p.kv_heads = 1;
+  p.head_dim_k = kDk;
+  p.head_dim_v = kDv;
+  p.scale = c.scale;
+  cpu::sparse_attention(p);
+
+  for (int a = 0; a < n; ++a) {
+    const int32_t* sel = &idx[static_cast<size_t>(a) * K];
+    int m = 0;
+    for (int i = 0; i < K; ++i) {
+      if (sel[i] < 0) continue;
+      ++m;
+      for (int e = 0; e < kDv; ++e)
+        r.vmax[a] = std::max(r.vmax[a], std::fabs(static_cast<double>(rows[static_cast<size_t>(sel[i]) * kDk + e])));
+    }
+    const bool all_heads = static_cast<int64_t>(m) * H * n <= 400000;
+    for (int h = 0; h < H; ++h) {
+      if (!all_heads && h != 0 && h != 1 && h != H / 2 && h != H - 1) continue;
+      const float* qh = &q[(static_cast<size_t>(a) * H + h) * kDk];
+      double mx = -std::numeric_limits<double>::infinity();
+      std::vector<double> s;
+      s.reserve(m);
+      for (int i = 0; i < K; ++i) {
+        if (sel[i] < 0) continue;
+        const float* kr = &rows[static_cast<size_t>(sel[i]) * kDk];
+        double dot = 0;
+        for (int e = 0; e < kDk; ++e) dot += static_cast<double>(qh[e]) * kr[e];
+        s.push_back(dot * c.scale);
+        mx = std::max(mx, s.back());
+      }
+      double lse = -std::numeric_limits<double>::infinity();
+      if (m > 0) {
+        double sum = 0;
+        for (double x : s) sum += std::exp(x - mx);
+        lse = mx + std::log(sum);
+      }
+      r.lse[static_cast<size_t>(a) * H + h] = lse;
+    }
+  }
+  return r;
+}
+
+// Compares the GPU results (out [tokens][heads][512] bf16, lse [tokens][heads]) on the reference's tokens.
+void compare(const MlaCase& c, const Reference& r, const std::vector<uint16_t>& got_out,
+             const std::vector<float>& got_lse, Stats& st) {
+  const int H = c.heads;
+  for (size_t a = 0; a < r.toks.size(); ++a) {
+    const int t = r.toks[a];
+    for (int h = 0; h < H; ++h) {
+      for (int e = 0; e < kDv; ++e) {
+        const double ref = r.out[(a * H + h) * kDv + e];
+        const float g = from_bf16(got_out[(static_cast<size_t>(t) * H + h) * kDv + e]);
+        st.check(g, ref, 1e-2 * std::fabs(ref) + 4e-3 * r.vmax[a] + 1e-6, "out", t, h, e);
+      }
+      const double lse = r.lse[a * H + h];
+      if (!std::isnan(lse))
+        st.check(got_lse[static_cast<size_t>(t) * H + h], lse, 1e-3 + 1e-4 * std::fabs(lse), "lse", t, h, -1);
+      else if (std::isnan(got_lse[static_cast<size_t>(t) * H + h]))
+        st.check(got_lse[static_cast<size_t>(t) * H + h], 0.0, 1.0, "lse (written)", t, h, -1);
+    }
+  }
+}
+
+struct GpuRun {
+  DeviceBuffer q, kv, idx, out, lse;
+  cuda::SparseMlaParams p;
+  GpuRun(const MlaCase& c, const MlaData& d) {
+    q = DeviceBuffer::from(d.q);
+    kv = DeviceBuffer::from(d.kv);
+    idx = DeviceBuffer::from(d.idx.empty() ? std::vector<int32_t>{0} : d.idx);
+    out = DeviceBuffer(static_cast<size_t>(c.tokens) * c.heads * kDv * 2);
+    lse = DeviceBuffer(static_cast<size_t>(c.tokens) * c.heads * 4);
+    p.q = q.data();
+    p.kv = kv.data();
+    p.kv_stride = c.kv_stride;
+    p.indices = idx.as<int32_t>();
+    p.num_selected = c.selected;
+    p.out = out.data();
+    p.lse = lse.as<float>();
+    p.tokens = c.tokens;
+    p.heads = c.heads;
+    p.scale = c.scale;
+  }
+  // Poisons the outputs, runs with `splits` (0 = automatic), returns out and lse.
+  void run(int splits, std::vector<uint16_t>* o, std::vector<float>* l) {
+    out.fill_bytes(0xFF);  // bf16 0xFFFF and f32 0xFFFFFFFF are NaN
+    lse.fill_bytes(0xFF);
+    cuda::SparseMlaParams g = p;
+    g.num_splits = splits;
+    cuda::sparse_mla_bf16(g);
+    cuda::device_synchronize();
+    *o = out.to_vector<uint16_t>(static_cast<size_t>(p.tokens) * p.heads * kDv);
+    *l = lse.to_vector<float>(static_cast<size_t>(p.tokens) * p.heads);
+  }
+};
+
+std::string name(const MlaCase& c) {
+  std::ostringstream o;
+  o << "T=" << c.tokens << " H=" << c.heads << " K=" << c.selected << " keys=" << c.keys << " stride=" << c.kv_stride
+    << " scale=" << c.scale;
+  return o.str();
+}
+
+TEST(CudaSparseMla, SmallShapes) {
+  REQUIRE_GPU_MLA();
+  XorShift rng(2024);
+  const MlaCase cases[] = {
+      {1, 8, 1, 1000, 576, 0.25f, -1},       {2, 20, 7, 5000, 576, 0.25f, 1},
+      {5, 64, 100, 50000, 576, 0.25f, 3},    {77, 128, 2048, 50000, 576, 0.25f, 10},
+      {1, 128, 2048, 50000, 576, 0.25f, -1}, {2, 64, 2048, 20000, 640, 0.0625f, -1},
+      {5, 20, 2048, 3000, 576, 0.25f, 0},    {77, 8, 100, 1000, 576, 0.25f, 40},
+      {77, 20, 7, 500, 576, 0.13523f, 2},    {5, 128, 1, 100, 576, 0.25f, -1},
+      {1, 64, 7, 100, 576, 0.25f, -1},       {2, 128, 100, 300, 584, 0.25f, 0},
+      {77, 64, 2048, 50000, 576, 0.25f, 76}, {1, 20, 2048, 50000, 576, 0.25f, -1},
+      {5, 8, 2048, 2048, 576, 0.25f, 4},     {1, 64, 100, 2000, 576, 0.25f, 0},
+      {3, 33, 130, 4000, 576, 0.25f, -1},    {2, 100, 1000, 8000, 576, 0.25f, -1}};
+  for (const MlaCase& c : cases) {
+    const MlaData d = make_data(c, rng);
+    GpuRun gpu(c, d);
+    std::vector<int> toks(c.tokens);
+    for (int t = 0; t < c.tokens; ++t) toks[t] = t;
+    const Reference ref = reference(c, d, toks);
+    for (int splits : {0, 1, 3}) {
+      std::vector<uint16_t> out;
+      std::vector<float> lse;
+      gpu.run(splits, &out, &lse);
+      Stats st;
+      compare(c, ref, out, lse, st);
+      std::printf("[cuda-ops] sparse MLA %s splits=%d: max|err| %.3g, max err/tol %.3g\n", name(c).c_str(), splits,
+                  st.max_abs, st.max_ratio);
+      EXPECT_TRUE(st.bad == 0) << "sparse MLA " << name(c) << " splits=" << splits << ": " << st.bad << " of "
+                               << st.checked << " bad\n"
+                               << st.first.str();
+    }
+  }
+}
+
+TEST(CudaSparseMla, RejectsBadArguments) {
+  // Validation happens before any CUDA call, so this runs without a GPU too.
+  cuda::SparseMlaParams ok;
+  ok.q = ok.kv = ok.out = reinterpret_cast<void*>(uintptr_t{256});
+  ok.indices = reinterpret_cast<const int32_t*>(uintptr_t{256});
+  ok.tokens = 1;
+  ok.heads = 8;
+  ok.num_selected = 16;
+  auto throws = [](cuda::SparseMlaParams p) {
+    try {
+      cuda::sparse_mla_bf16(p);
+    } catch (const Error&) {
+      return true;
+    }
+    return false;
+  };
+  cuda::SparseMlaParams p = ok;
+  p.heads = 129;
+  EXPECT_TRUE(throws(p)) << "heads 129";
+  p = ok;
+  p.heads = 0;
+  EXPECT_TRUE(throws(p)) << "heads 0";
+  p = ok;
+  p.dim_k = 512;
+  EXPECT_TRUE(throws(p)) << "dim_k 512";
+  p = ok;
+  p.num_selected = 2049;
+  EXPECT_TRUE(throws(p)) << "num_selected 2049";
+  p = ok;
+  p.kv_stride = 580;
+  EXPECT_TRUE(throws(p)) << "kv_stride 580";
+  p = ok;
+  p.q = nullptr;
+  EXPECT_TRUE(throws(p)) << "null q";
+  p = ok;
+  p.kv = reinterpret_cast<void*>(uintptr_t{258});
+  EXPECT_TRUE(throws(p)) << "misaligned kv";
+  p = ok;
+  p.tokens = 0;  // nothing to do: returns without touching the device
+  EXPECT_TRUE(!throws(p)) << "tokens 0";
+}
+
+// Real shapes: a 4096-token prefill chunk at the end of a 200K context and single-token decode,
+// heads 20 (the paper's 30B), 64 (GLM-5), 128 (DeepSeek-V3.2), 2048 selected rows each.
+TEST(CudaSparseMla, RealShapes) {
+  REQUIRE_GPU_MLA();
+  const int T = 4096, keys = 200000, K = 2048, Hmax = 128;
+  XorShift rng(77);
+  MlaData d;
+  d.q = random_bf16(static_cast<size_t>(T) * Hmax * kDk, rng);  // any prefix is a [T][H][576] tensor
+  d.kv = random_bf16(static_cast<size_t>(keys) * kDk, rng);
+  d.idx.resize(static_cast<size_t>(T) * K);
+  for (int t = 0; t < T; ++t) {
+    const int pos = keys - T + t;  // causal: rows 0..pos
+    for (int i = 0; i < K; ++i) d.idx[static_cast<size_t>(t) * K + i] = rng.below(pos + 1);
+  }
+  DeviceBuffer dq = DeviceBuffer::from(d.q), dkv = DeviceBuffer::from(d.kv), didx = DeviceBuffer::from(d.idx);
+  DeviceBuffer dout(static_cast<size_t>(T) * Hmax * kDv * 2), dlse(static_cast<size_t>(T) * Hmax * 4);
+  for (int H : {20, 64, 128}) {
+    const MlaCase c{T, H, K, keys, kDk, 0.25f, -1};  // peaky logits: a sharper check
+    cuda::SparseMlaParams p;
+    p.q = dq.data();
+    p.kv = dkv.data();
+    p.indices = didx.as<int32_t>();
+    p.num_selected = K;
+    p.out = dout.data();
+    p.lse = dlse.as<float>();
+    p.tokens = T;
+    p.heads = H;
+    p.scale = c.scale;
+    dout.fill_bytes(0xFF);
+    dlse.fill_bytes(0xFF);
+    cuda::sparse_mla_bf16(p);
+    cuda::device_synchronize();
+    {
+      // A few tokens across the chunk (the q prefix viewed as [T][H][576]).
+      const Reference ref = reference(c, d, {0, 1, 2047, 4095});
+      Stats st;
+      compare(c, ref, dout.to_vector<uint16_t>(static_cast<size_t>(T) * H * kDv),
+              dlse.to_vector<float>(static_cast<size_t>(T) * H), st);
+      std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d: max|err| %.3g, max err/tol %.3g (4 tokens checked)\n", T,
+                  H, st.max_abs, st.max_ratio);
+      EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << ": " << st.bad << " of " << st.checked << " bad\n"
+                               << st.first.str();
+    }
+    const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(p); });
+    const double tflop = 2.0 * T * H * static_cast<double>(K) * (kDk + kDv) * 1e-12;
+    const double tflops = tflop / (ms * 1e-3);
+    std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d K=%d cache=%d: %.3f ms, %.1f TFLOP/s (%.0f %% of %.0f), "
+                "%.0f GB/s of gathered rows\n",
+                T, H, K, keys, ms, tflops, 100.0 * tflops / kBf16PeakTflops, kBf16PeakTflops,
+                1.0 * T * K * kDk * 2 * 1e-9 / (ms * 1e-3));
+  }
+  // Decode: the last token of the chunk alone, automatic splits vs one block per head group.
+  for (int H : {20, 64, 128}) {
+    cuda::SparseMlaParams p;
+    p.q = static_cast<const char*>(dq.data()) + static_cast<size_t>(T - 1) * H * kDk * 2;
+    p.kv = dkv.data();
+    p.indices = didx.as<int32_t>() + static_cast<size_t>(T - 1) * K;
+    p.num_selected = K;
+    p.out = dout.data();
+    p.lse = dlse.as<float>();
+    p.tokens = 1;
+    p.heads = H;
+    p.scale = 0.0625f;
+    const double flop = 2.0 * H * static_cast<double>(K) * (kDk + kDv);
+    for (int splits : {0, 1}) {
+      cuda::SparseMlaParams g = p;
+      g.num_splits = splits;
+      const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(g); });
+      std::printf("[cuda-ops] sparse MLA decode T=1 H=%d K=%d splits=%s: %.1f us, %.2f TFLOP/s, %.0f GB/s of rows\n",
+                  H, K, splits == 0 ? "auto" : "1", ms * 1e3, flop / (ms * 1e-3) * 1e-12,
+                  1.0 * K * kDk * 2 * 1e-9 / (ms * 1e-3));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace indexcache
