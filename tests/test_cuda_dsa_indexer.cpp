@@ -380,6 +380,14 @@ void check_topk_sets(const std::vector<float>& scores, int rows, int64_t stride,
   cuda::topk_radix(g);
   cuda::device_synchronize();
   const std::vector<int32_t> got = di.to_vector<int32_t>(ref.size());
+  // The index lists (not only the sets) are deterministic: a second run writes the same lists in the
+  // same order, which is what makes a CUDA-graph replay of a decode step equal its eager run.
+  DeviceBuffer di2(ref.size() * sizeof(int32_t));
+  di2.fill_bytes(0x7F);
+  g.indices = di2.as<int32_t>();
+  cuda::topk_radix(g);
+  cuda::device_synchronize();
+  EXPECT_TRUE(di2.to_vector<int32_t>(ref.size()) == got) << label << ": a second run gave another order";
   int bad_rows = 0;
   std::ostringstream first;
   for (int t = 0; t < rows; ++t) {

@@ -591,6 +591,7 @@ TEST(CudaRunner, ModelDecodeStepMatchesLongerPrefill) {
     o.chunk = 128;
     model.prefill(201, plan, o);
     const std::vector<float> ref = model.last_logits();
+    std::vector<float> graph_logits;
     for (bool graphs : {true, false}) {
       gpu::RunOptions d = o;
       d.decode_steps = 1;
@@ -602,6 +603,15 @@ TEST(CudaRunner, ModelDecodeStepMatchesLongerPrefill) {
       std::printf("[cuda-ops] model %s decode@200 (graphs %d) vs prefill 201: rel L2 %.3g\n", pattern, int(graphs), e);
       EXPECT_TRUE(e < kModelTol) << pattern << " graphs " << graphs << ": rel L2 " << e;
       EXPECT_TRUE(r.seconds > 0 && r.tokens == 1) << "decode result not filled";
+      if (graphs) {
+        graph_logits = got;
+      } else {
+        // The graph replays the same kernels on the same data as the eager step, and every kernel on
+        // the decode path is deterministic: the logits must agree to rounding noise at most.
+        const double ge = rel_l2(graph_logits, got);
+        std::printf("[cuda-ops] model %s decode@200 graph vs eager: rel L2 %.3g\n", pattern, ge);
+        EXPECT_TRUE(ge < 1e-6) << pattern << ": graph replay differs from the eager step: rel L2 " << ge;
+      }
     }
     // Several steps (the graph replayed) stay finite and land on the longer prefill too.
     gpu::RunOptions d = o;

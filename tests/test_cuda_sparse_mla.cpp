@@ -271,12 +271,22 @@ struct GpuRun {
     p.heads = c.heads;
     p.scale = c.scale;
   }
-  // Poisons the outputs, runs with `splits` (0 = automatic), returns out and lse.
-  void run(int splits, std::vector<uint16_t>* o, std::vector<float>* l) {
+  // Poisons the outputs, runs with `splits` (0 = automatic) and kernel `variant`, with a caller
+  // workspace (poisoned too) when `use_ws`, returns out and lse.
+  void run(int splits, std::vector<uint16_t>* o, std::vector<float>* l, int variant = 0, bool use_ws = false) {
     out.fill_bytes(0xFF);  // bf16 0xFFFF and f32 0xFFFFFFFF are NaN
     lse.fill_bytes(0xFF);
     cuda::SparseMlaParams g = p;
     g.num_splits = splits;
+    g.variant = variant;
+    DeviceBuffer ws;
+    if (use_ws) {
+      const size_t bytes = cuda::sparse_mla_workspace_bytes(g);
+      ws = DeviceBuffer(std::max<size_t>(bytes, 16));
+      ws.fill_bytes(0xFF);
+      g.workspace = ws.data();
+      g.workspace_bytes = bytes;
+    }
     cuda::sparse_mla_bf16(g);
     cuda::device_synchronize();
     *o = out.to_vector<uint16_t>(static_cast<size_t>(p.tokens) * p.heads * kDv);
@@ -303,23 +313,34 @@ TEST(CudaSparseMla, SmallShapes) {
       {1, 64, 7, 100, 576, 0.25f, -1},       {2, 128, 100, 300, 584, 0.25f, 0},
       {77, 64, 2048, 50000, 576, 0.25f, 76}, {1, 20, 2048, 50000, 576, 0.25f, -1},
       {5, 8, 2048, 2048, 576, 0.25f, 4},     {1, 64, 100, 2000, 576, 0.25f, 0},
-      {3, 33, 130, 4000, 576, 0.25f, -1},    {2, 100, 1000, 8000, 576, 0.25f, -1}};
+      {3, 33, 130, 4000, 576, 0.25f, -1},    {2, 100, 1000, 8000, 576, 0.25f, -1},
+      // every head count around the 32-head block (1, 16, 24, 32, 33), few keys (many repeats),
+      // selections not a multiple of 32 or 64, an all -1 token
+      {7, 1, 300, 200, 576, 0.25f, 6},       {9, 16, 2048, 3000, 576, 0.25f, 1},
+      {4, 24, 1000, 50, 576, 0.25f, 3},      {6, 32, 2048, 100000, 584, 0.25f, 0},
+      {3, 32, 33, 20, 576, 0.25f, -1},       {5, 33, 2048, 4000, 576, 0.0625f, 2},
+      {11, 20, 1999, 700, 576, 0.25f, 5},    {2, 24, 31, 10, 576, 0.25f, 1}};
   for (const MlaCase& c : cases) {
     const MlaData d = make_data(c, rng);
     GpuRun gpu(c, d);
     std::vector<int> toks(c.tokens);
     for (int t = 0; t < c.tokens; ++t) toks[t] = t;
     const Reference ref = reference(c, d, toks);
-    for (int splits : {0, 1, 3}) {
+    // (splits, variant, caller workspace): automatic, direct, split + combine (allocated and caller
+    // workspace), the deep-pipeline variant (direct path; heads > 32 fall back to the default).
+    const int runs[][3] = {{0, 0, 0}, {1, 0, 0}, {3, 0, 0}, {3, 0, 1}, {0, 0, 1}, {1, 1, 0}, {0, 1, 1}};
+    for (const auto& r : runs) {
+      const int splits = r[0], variant = r[1];
+      const bool use_ws = r[2] != 0;
       std::vector<uint16_t> out;
       std::vector<float> lse;
-      gpu.run(splits, &out, &lse);
+      gpu.run(splits, &out, &lse, variant, use_ws);
       Stats st;
       compare(c, ref, out, lse, st);
-      std::printf("[cuda-ops] sparse MLA %s splits=%d: max|err| %.3g, max err/tol %.3g\n", name(c).c_str(), splits,
-                  st.max_abs, st.max_ratio);
-      EXPECT_TRUE(st.bad == 0) << "sparse MLA " << name(c) << " splits=" << splits << ": " << st.bad << " of "
-                               << st.checked << " bad\n"
+      std::printf("[cuda-ops] sparse MLA %s splits=%d variant=%d ws=%d: max|err| %.3g, max err/tol %.3g\n",
+                  name(c).c_str(), splits, variant, use_ws ? 1 : 0, st.max_abs, st.max_ratio);
+      EXPECT_TRUE(st.bad == 0) << "sparse MLA " << name(c) << " splits=" << splits << " variant=" << variant
+                               << " ws=" << use_ws << ": " << st.bad << " of " << st.checked << " bad\n"
                                << st.first.str();
     }
   }
@@ -363,8 +384,29 @@ TEST(CudaSparseMla, RejectsBadArguments) {
   p.kv = reinterpret_cast<void*>(uintptr_t{258});
   EXPECT_TRUE(throws(p)) << "misaligned kv";
   p = ok;
+  p.variant = 2;
+  EXPECT_TRUE(throws(p)) << "variant 2";
+  // Forced splits: the plan needs no device query, so these run without a GPU too.
+  p = ok;
+  p.num_splits = 1;
+  EXPECT_EQ(cuda::sparse_mla_workspace_bytes(p), size_t{0});
+  p.num_splits = 3;  // 16 selected = one 64-row tile: capped to 1 split
+  EXPECT_EQ(cuda::sparse_mla_workspace_bytes(p), size_t{0});
+  p.num_selected = 2048;
+  p.tokens = 2;
+  p.heads = 20;
+  p.num_splits = 3;  // 32 tiles: 11 per split, 3 splits
+  EXPECT_EQ(cuda::sparse_mla_workspace_bytes(p), size_t{2} * 20 * 3 * 513 * 4);
+  p.workspace = reinterpret_cast<void*>(uintptr_t{256});
+  p.workspace_bytes = size_t{2} * 20 * 3 * 513 * 4 - 4;
+  EXPECT_TRUE(throws(p)) << "workspace too small";
+  p.workspace = reinterpret_cast<void*>(uintptr_t{260});
+  p.workspace_bytes = size_t{1} << 20;
+  EXPECT_TRUE(throws(p)) << "misaligned workspace";
+  p = ok;
   p.tokens = 0;  // nothing to do: returns without touching the device
   EXPECT_TRUE(!throws(p)) << "tokens 0";
+  EXPECT_EQ(cuda::sparse_mla_workspace_bytes(p), size_t{0});
 }
 
 // Real shapes: a 4096-token prefill chunk at the end of a 200K context and single-token decode,
@@ -410,13 +452,33 @@ TEST(CudaSparseMla, RealShapes) {
       EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << ": " << st.bad << " of " << st.checked << " bad\n"
                                << st.first.str();
     }
-    const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(p); });
-    const double tflop = 2.0 * T * H * static_cast<double>(K) * (kDk + kDv) * 1e-12;
-    const double tflops = tflop / (ms * 1e-3);
-    std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d K=%d cache=%d: %.3f ms, %.1f TFLOP/s (%.0f %% of %.0f), "
-                "%.0f GB/s of gathered rows\n",
-                T, H, K, keys, ms, tflops, 100.0 * tflops / kBf16PeakTflops, kBf16PeakTflops,
-                1.0 * T * K * kDk * 2 * 1e-9 / (ms * 1e-3));
+    for (int variant : {0, 1}) {
+      if (variant == 1 && H > 32) continue;  // the deep pipeline is for heads <= 32
+      cuda::SparseMlaParams g = p;
+      g.variant = variant;
+      if (variant == 1) {
+        dout.fill_bytes(0xFF);
+        dlse.fill_bytes(0xFF);
+        cuda::sparse_mla_bf16(g);
+        cuda::device_synchronize();
+        const Reference ref = reference(c, d, {0, 1, 2047, 4095});
+        Stats st;
+        compare(c, ref, dout.to_vector<uint16_t>(static_cast<size_t>(T) * H * kDv),
+                dlse.to_vector<float>(static_cast<size_t>(T) * H), st);
+        std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d variant=1: max|err| %.3g, max err/tol %.3g\n", T, H,
+                    st.max_abs, st.max_ratio);
+        EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << " variant=1: " << st.bad << " of " << st.checked
+                                 << " bad\n"
+                                 << st.first.str();
+      }
+      const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(g); });
+      const double tflop = 2.0 * T * H * static_cast<double>(K) * (kDk + kDv) * 1e-12;
+      const double tflops = tflop / (ms * 1e-3);
+      std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d K=%d cache=%d variant=%d: %.3f ms, %.1f TFLOP/s "
+                  "(%.0f %% of %.0f), %.0f GB/s of gathered rows\n",
+                  T, H, K, keys, variant, ms, tflops, 100.0 * tflops / kBf16PeakTflops, kBf16PeakTflops,
+                  1.0 * T * K * kDk * 2 * 1e-9 / (ms * 1e-3));
+    }
   }
   // Decode: the last token of the chunk alone, automatic splits vs one block per head group.
   for (int H : {20, 64, 128}) {
@@ -431,13 +493,21 @@ TEST(CudaSparseMla, RealShapes) {
     p.heads = H;
     p.scale = 0.0625f;
     const double flop = 2.0 * H * static_cast<double>(K) * (kDk + kDv);
-    for (int splits : {0, 1}) {
+    // Automatic splits with a caller workspace (no allocation per call: the engine's and the
+    // CUDA-graph path), automatic splits allocating per call, one block per head group.
+    for (int mode : {0, 1, 2}) {
       cuda::SparseMlaParams g = p;
-      g.num_splits = splits;
+      g.num_splits = mode == 2 ? 1 : 0;
+      DeviceBuffer ws;
+      if (mode == 0) {
+        g.workspace_bytes = cuda::sparse_mla_workspace_bytes(g);
+        ws = DeviceBuffer(std::max<size_t>(g.workspace_bytes, 16));
+        g.workspace = ws.data();
+      }
       const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(g); });
+      const char* how = mode == 0 ? "auto, caller workspace" : mode == 1 ? "auto, allocated" : "1";
       std::printf("[cuda-ops] sparse MLA decode T=1 H=%d K=%d splits=%s: %.1f us, %.2f TFLOP/s, %.0f GB/s of rows\n",
-                  H, K, splits == 0 ? "auto" : "1", ms * 1e3, flop / (ms * 1e-3) * 1e-12,
-                  1.0 * K * kDk * 2 * 1e-9 / (ms * 1e-3));
+                  H, K, how, ms * 1e3, flop / (ms * 1e-3) * 1e-12, 1.0 * K * kDk * 2 * 1e-9 / (ms * 1e-3));
     }
   }
 }

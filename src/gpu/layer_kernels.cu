@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.cuh"
 #include "indexcache/error.h"
@@ -198,18 +199,37 @@ __global__ void silu_mul_kernel(const T* gu, int64_t ld_gu, bf16* out, int64_t l
 
 constexpr int kMaxExperts = 512, kMaxGroups = 64, kMaxK = 16;
 
-// One thread per token; mirrors route_tokens of the CPU model (src/model/moe.cpp), ties to the lower index.
-__global__ void route_kernel(RouteArgs a) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= a.n) return;
+// One warp per token; mirrors route_tokens of the CPU model (src/model/moe.cpp), ties to the lower
+// index. The warp computes every expert's sigmoid score once into shared memory (lane e % 32 owns
+// expert e), then picks groups and experts with warp arg-max reductions: no long serial loops over
+// global memory, which matters in decode where one token is routed per layer.
+constexpr int kRouteWarps = 4;
+__device__ __forceinline__ bool route_better(float c, int e, float bc, int be) {
+  return e >= 0 && (be < 0 || c > bc || (c == bc && e < be));
+}
+__global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteArgs a) {
+  __shared__ float sig_s[kRouteWarps][kMaxExperts];
+  __shared__ float cho_s[kRouteWarps][kMaxExperts];
+  __shared__ float gs_s[kRouteWarps][kMaxGroups];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * kRouteWarps + warp;
+  if (t >= a.n) return;  // warp-uniform
   const int E = a.experts, G = a.groups, per = E / G;
   const float* lg = a.logits + static_cast<int64_t>(t) * E;
+  float* sig = sig_s[warp];
+  float* cho = cho_s[warp];
+  float* gscore = gs_s[warp];
   const float neg_inf = -__int_as_float(0x7f800000);
-  float gscore[kMaxGroups];
-  for (int g = 0; g < G; ++g) {
+  for (int e = lane; e < E; e += 32) {
+    const float sg = 1.0f / (1.0f + expf(-lg[e]));
+    sig[e] = sg;
+    cho[e] = sg + a.bias[e];
+  }
+  __syncwarp();
+  for (int g = lane; g < G; g += 32) {
     float best = neg_inf, second = neg_inf;
     for (int e = g * per; e < (g + 1) * per; ++e) {
-      const float c = 1.0f / (1.0f + expf(-lg[e])) + a.bias[e];
+      const float c = cho[e];
       if (c > best) {
         second = best;
         best = c;
@@ -219,39 +239,64 @@ __global__ void route_kernel(RouteArgs a) {
     }
     gscore[g] = best + second;
   }
-  uint64_t allowed = 0;  // bit g: group g kept
-  for (int r = 0; r < a.topk_group; ++r) {
-    int bg = -1;
-    for (int g = 0; g < G; ++g)
-      if (!((allowed >> g) & 1) && (bg < 0 || gscore[g] > gscore[bg])) bg = g;
-    allowed |= uint64_t{1} << bg;
+  __syncwarp();
+  uint64_t allowed = 0;  // bit g: group g kept (the same on every lane)
+  if (G == 1) {
+    allowed = 1;
+  } else {
+    for (int r = 0; r < a.topk_group; ++r) {
+      int bg = -1;
+      float bv = 0;
+      for (int g = lane; g < G; g += 32)
+        if (!((allowed >> g) & 1) && route_better(gscore[g], g, bv, bg)) {
+          bg = g;
+          bv = gscore[g];
+        }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int og = __shfl_xor_sync(0xffffffffu, bg, o);
+        if (route_better(ov, og, bv, bg)) {
+          bv = ov;
+          bg = og;
+        }
+      }
+      allowed |= uint64_t{1} << bg;
+    }
   }
-  int chosen[kMaxK];
-  float score[kMaxK];
+  uint32_t taken = 0;  // bit j: expert lane + 32 * j already chosen
   float sum = 0;
+  float score[kMaxK];
+  int chosen[kMaxK];
   for (int r = 0; r < a.k; ++r) {
     int be = -1;
     float bc = 0;
-    for (int e = 0; e < E; ++e) {
-      if (!((allowed >> (e / per)) & 1)) continue;
-      bool taken = false;
-      for (int q = 0; q < r; ++q) taken |= chosen[q] == e;
-      if (taken) continue;
-      const float c = 1.0f / (1.0f + expf(-lg[e])) + a.bias[e];
-      if (be < 0 || c > bc) {
+    for (int e = lane, j = 0; e < E; e += 32, ++j) {
+      if (!((allowed >> (e / per)) & 1) || ((taken >> j) & 1)) continue;
+      if (route_better(cho[e], e, bc, be)) {
         be = e;
-        bc = c;
+        bc = cho[e];
       }
     }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float oc = __shfl_xor_sync(0xffffffffu, bc, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+      if (route_better(oc, oe, bc, be)) {
+        bc = oc;
+        be = oe;
+      }
+    }
+    if ((be & 31) == lane) taken |= 1u << (be >> 5);
     chosen[r] = be;
-    score[r] = 1.0f / (1.0f + expf(-lg[be]));
+    score[r] = sig[be];
     sum += score[r];
   }
-  for (int r = 0; r < a.k; ++r) {
-    float w = score[r];
-    if (a.norm_topk_prob) w /= (sum + 1e-20f);
-    a.chosen[static_cast<int64_t>(t) * a.k + r] = chosen[r];
-    a.weights[static_cast<int64_t>(t) * a.k + r] = w * a.scaling;
+  if (lane == 0) {
+    for (int r = 0; r < a.k; ++r) {
+      float w = score[r];
+      if (a.norm_topk_prob) w /= (sum + 1e-20f);
+      a.chosen[static_cast<int64_t>(t) * a.k + r] = chosen[r];
+      a.weights[static_cast<int64_t>(t) * a.k + r] = w * a.scaling;
+    }
   }
 }
 
@@ -300,32 +345,56 @@ __global__ void moe_combine_kernel(const T* ye, const int32_t* slot, const float
   }
 }
 
-// One warp per output row, 16-byte loads (8 bf16) of the weight row and the input vector.
+// One warp per output row, 16-byte loads (8 bf16) of the weight row and the input vector; each lane
+// issues all its loads of a 4-vector group before using them, so a warp keeps 2 KB of the weight in
+// flight. Deterministic: a fixed per-lane order, then a fixed butterfly reduction.
 constexpr int kGemvWarps = 8;
-__global__ void gemv_kernel(const bf16* w, int64_t w_batch_stride, const int32_t* ids, const bf16* x,
-                            int64_t x_batch_stride, float* y, int64_t y_batch_stride, int rows, int cols) {
+template <class Out>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs a) {
   const int b = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int r = blockIdx.x * kGemvWarps + warp;
-  if (r >= rows) return;
-  const int64_t which = ids ? ids[b] : b;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + which * w_batch_stride + static_cast<int64_t>(r) * cols);
-  const uint4* xv = reinterpret_cast<const uint4*>(x + b * x_batch_stride);
-  const int vecs = cols / 8;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp;
+  if (r >= a.rows) return;
+  const int64_t which = a.ids ? a.ids[b] : b;
+  const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const bf16*>(a.w) + which * a.w_batch_stride +
+                                                   r * a.ldw);
+  const uint4* xv = reinterpret_cast<const uint4*>(static_cast<const bf16*>(a.x) + b * a.x_batch_stride);
+  const int vecs = a.cols / 8;
   float acc = 0;
-#pragma unroll 4
-  for (int v = lane; v < vecs; v += 32) {
-    const uint4 wa = __ldg(wr + v), xa = __ldg(xv + v);
-    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wa);
-    const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xa);
+  for (int v0 = 0; v0 < vecs; v0 += 4 * 32) {
+    uint4 wa[4], xa[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 wf = __bfloat1622float2(w2[j]), xf = __bfloat1622float2(x2[j]);
-      acc += wf.x * xf.x + wf.y * xf.y;
+    for (int u = 0; u < 4; ++u) {
+      const int v = v0 + u * 32 + lane;
+      if (v < vecs) {
+        wa[u] = __ldg(wr + v);
+        xa[u] = __ldg(xv + v);
+      } else {
+        wa[u] = make_uint4(0, 0, 0, 0);
+        xa[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wa[u]);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xa[u]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 wf = __bfloat1622float2(w2[j]), xf = __bfloat1622float2(x2[j]);
+        acc += wf.x * xf.x + wf.y * xf.y;
+      }
     }
   }
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (lane == 0) y[b * y_batch_stride + r] = acc;
+  if (lane == 0) {
+    Out* y = static_cast<Out*>(a.y) + b * a.y_batch_stride + r;
+    float v = a.alpha * acc;
+    if (a.beta != 0.0f) v += a.beta * load_f(y);
+    if constexpr (std::is_same_v<Out, float>)
+      *y = v;
+    else
+      *y = __float2bfloat16(v);
+  }
 }
 
 int norm_threads(int dim) {
@@ -436,7 +505,7 @@ void route_experts(const RouteArgs& a, void* stream) {
           "route_experts",
           "unsupported routing (experts " + std::to_string(a.experts) + ", groups " + std::to_string(a.groups) +
               ", topk_group " + std::to_string(a.topk_group) + ", k " + std::to_string(a.k) + ")");
-  route_kernel<<<blocks_for(a.n, 128), 128, 0, st(stream)>>>(a);
+  route_kernel<<<blocks_for(a.n, kRouteWarps), kRouteWarps * 32, 0, st(stream)>>>(a);
   IC_CUDA_CHECK_LAUNCH("route_experts");
 }
 
@@ -467,16 +536,40 @@ void moe_combine(const void* ye, bool ye_f32, const int32_t* slot, const float* 
   IC_CUDA_CHECK_LAUNCH("moe_combine");
 }
 
+bool gemv_supported(const GemvArgs& a) {
+  auto al16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return a.batch > 0 && a.batch <= 65535 && a.rows > 0 && a.cols > 0 && a.cols % 8 == 0 && a.ldw % 8 == 0 &&
+         a.ldw >= a.cols && a.w_batch_stride % 8 == 0 && a.x_batch_stride % 8 == 0 && a.w && a.x && a.y &&
+         al16(a.w) && al16(a.x) && (a.rows + kGemvWarps - 1) / kGemvWarps <= 0x7FFFFFFF;
+}
+
+void gemv(const GemvArgs& a, void* stream) {
+  require(gemv_supported(a), "gemv",
+          "cols, ldw and strides must be multiples of 8 elements, pointers 16-byte aligned, batch <= 65535");
+  const dim3 grid(static_cast<unsigned>((a.rows + kGemvWarps - 1) / kGemvWarps), a.batch);
+  if (a.y_f32)
+    gemv_kernel<float><<<grid, kGemvWarps * 32, 0, st(stream)>>>(a);
+  else
+    gemv_kernel<bf16><<<grid, kGemvWarps * 32, 0, st(stream)>>>(a);
+  IC_CUDA_CHECK_LAUNCH("gemv");
+}
+
 void gemv_bf16(const void* w, int64_t w_batch_stride, const int32_t* ids, const void* x, int64_t x_batch_stride,
                float* y, int64_t y_batch_stride, int batch, int rows, int cols, void* stream) {
-  require(batch > 0 && rows > 0 && cols > 0 && cols % 8 == 0 && w_batch_stride % 8 == 0 && x_batch_stride % 8 == 0 &&
-              reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && batch <= 65535,
-          "gemv_bf16", "cols and strides must be multiples of 8 elements and pointers 16-byte aligned");
-  const dim3 grid((rows + kGemvWarps - 1) / kGemvWarps, batch);
-  gemv_kernel<<<grid, kGemvWarps * 32, 0, st(stream)>>>(static_cast<const bf16*>(w), w_batch_stride, ids,
-                                                        static_cast<const bf16*>(x), x_batch_stride, y,
-                                                        y_batch_stride, rows, cols);
-  IC_CUDA_CHECK_LAUNCH("gemv_bf16");
+  GemvArgs a;
+  a.w = w;
+  a.ldw = cols;
+  a.w_batch_stride = w_batch_stride;
+  a.ids = ids;
+  a.x = x;
+  a.x_batch_stride = x_batch_stride;
+  a.y = y;
+  a.y_f32 = true;
+  a.y_batch_stride = y_batch_stride;
+  a.batch = batch;
+  a.rows = rows;
+  a.cols = cols;
+  gemv(a, stream);
 }
 
 }  // namespace indexcache::gpu

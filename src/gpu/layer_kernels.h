@@ -97,10 +97,29 @@ void moe_gather(const void* x, const int32_t* slot_token, int rows, int hidden, 
 void moe_combine(const void* ye, bool ye_f32, const int32_t* slot, const float* weights, int n, int k, int hidden,
                  float* x, void* stream);
 
-// ---- decode GEMV: y[b, r] = sum_j W_b[r, j] * x_b[j] for b < batch, r < rows, with
-// W_b = w + (ids ? ids[b] : b) * w_batch_stride (bf16 [rows, cols] row-major) and
-// x_b = x + b * x_batch_stride (bf16); y f32 rows `y_batch_stride` apart. cols % 8 == 0 and 16-byte
-// aligned rows (checked).
+// ---- decode GEMV: y[b, r] = alpha * sum_j W_b[r, j] * x_b[j] (+ beta * y[b, r]) for b < batch,
+// r < rows, with W_b = w + (ids ? ids[b] : b) * w_batch_stride (bf16 [rows, cols], rows ldw apart)
+// and x_b = x + b * x_batch_stride (bf16); y f32 or bf16, rows y_batch_stride apart (beta == 0: y is
+// not read). The M = 1 form of GemmArgs; reads the weight once at close to memory bandwidth.
+struct GemvArgs {
+  const void* w = nullptr;
+  int64_t ldw = 0, w_batch_stride = 0;
+  const int32_t* ids = nullptr;  // optional [batch] device ids selecting W_b (experts)
+  const void* x = nullptr;
+  int64_t x_batch_stride = 0;
+  void* y = nullptr;
+  bool y_f32 = true;
+  int64_t y_batch_stride = 0;
+  int batch = 1;
+  int64_t rows = 0;
+  int cols = 0;
+  float alpha = 1.0f, beta = 0.0f;
+};
+// Whether gemv() accepts `a`: cols, ldw and the strides multiples of 8 elements, w and x 16-byte
+// aligned, batch <= 65535.
+bool gemv_supported(const GemvArgs& a);
+void gemv(const GemvArgs& a, void* stream);
+// Expert form kept for the MoE: f32 output, ldw = cols. cols % 8 == 0 and 16-byte aligned rows (checked).
 void gemv_bf16(const void* w, int64_t w_batch_stride, const int32_t* ids, const void* x, int64_t x_batch_stride,
                float* y, int64_t y_batch_stride, int batch, int rows, int cols, void* stream);
 

@@ -177,6 +177,8 @@ struct Work {
   float *router_logits, *route_w, *dgu, *dy;
   int32_t *chosen, *counts, *offsets, *scratch, *slot, *slot_token;
   void *xe, *egu, *eact, *ye;
+  void* mla_ws;  // sparse attention split partials (decode): preallocated so a step can be captured
+  size_t mla_ws_bytes;
 };
 
 }  // namespace
@@ -250,6 +252,23 @@ struct SyntheticGpuModel::Impl {
     return c.size();
   }
 
+  // The largest split workspace the sparse attention asks for at any token count up to n (it splits
+  // only while tokens x head groups leave SMs idle, so small counts decide).
+  size_t mla_workspace_bytes(int n) const {
+    cuda::SparseMlaParams p;
+    p.kv_stride = lat;
+    p.num_selected = topk;
+    p.heads = nh;
+    p.dim_k = lat;
+    p.dim_v = kvlr;
+    size_t most = 0;
+    for (int t = 1; t <= std::min(n, 4096); ++t) {
+      p.tokens = t;
+      most = std::max(most, cuda::sparse_mla_workspace_bytes(p));
+    }
+    return most;
+  }
+
   size_t layout_work(Carver& c, int n) {
     const size_t mlp_i = std::max(dense_I, Is);
     const size_t pairs = size_t(n) * std::max(K, 1);
@@ -288,6 +307,8 @@ struct SyntheticGpuModel::Impl {
       w.dgu = c.take<float>(size_t(K) * 2 * I);
       w.dy = c.take<float>(size_t(K) * H);
     }
+    w.mla_ws_bytes = mla_workspace_bytes(n);
+    w.mla_ws = c.take<char>(w.mla_ws_bytes);
     return c.size();
   }
 
@@ -336,8 +357,30 @@ struct SyntheticGpuModel::Impl {
 
   // ---- the forward pass
 
+  // Projections: single-row products (decode) go to the bandwidth-bound GEMV, which reads the
+  // weight once; cuBLASLt's M = 1 kernels are several times slower. Everything else to cuBLASLt.
   void mm(Timer& t, Cls cls, const GemmArgs& a) {
     auto sc = t.scope(cls);
+    if (a.m == 1) {
+      GemvArgs g;
+      g.w = a.w;
+      g.ldw = a.ldw;
+      g.w_batch_stride = a.w_batch_stride;
+      g.x = a.x;
+      g.x_batch_stride = a.x_batch_stride;
+      g.y = a.y;
+      g.y_f32 = a.y_f32;
+      g.y_batch_stride = a.y_batch_stride;
+      g.batch = a.batch;
+      g.rows = a.n;
+      g.cols = a.k;
+      g.alpha = a.alpha;
+      g.beta = a.beta;
+      if (gemv_supported(g)) {
+        gemv(g, sv());
+        return;
+      }
+    }
     gemm->run(a, sv());
   }
 
@@ -431,6 +474,8 @@ struct SyntheticGpuModel::Impl {
         p.dim_k = lat;
         p.dim_v = kvlr;
         p.scale = att_scale;
+        p.workspace = w.mla_ws;
+        p.workspace_bytes = w.mla_ws_bytes;
         cuda::sparse_mla_bf16(p, sv());
       }
       {

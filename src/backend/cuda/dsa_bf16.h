@@ -10,6 +10,7 @@
 // keys 0..positions[t] (inclusive) of the cache; keys beyond are never read.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace indexcache::cuda {
@@ -35,7 +36,8 @@ void indexer_scores_bf16(const IndexerBf16Params& p, void* stream = nullptr);
 
 // Row-wise top-k by radix selection (no full sort): for each row t, the indices of the k largest of
 // scores[t, 0..valid[t]); rows with valid[t] <= k get 0..valid[t]-1 then -1. The k indices of a row
-// come in no particular order; among equal scores at the threshold the lower indices win, so the
+// are not sorted, but their order is deterministic (the same list on every run, so consumers that
+// accumulate over it are reproducible); among equal scores at the threshold the lower indices win, so the
 // selected SET equals the CPU backend's top-k set exactly on identical inputs.
 // Limits: k <= 2048; valid[t] <= scores_stride.
 struct TopkRadixParams {
@@ -72,7 +74,21 @@ struct SparseMlaParams {
   // GPU, more for decode); >= 1 forces that many (capped by the number of 64-row tiles). Tests use
   // it to exercise both the direct and the split-and-combine paths on the same shapes.
   int num_splits = 0;
+  // Optional device workspace for the split partials (f32), at least sparse_mla_workspace_bytes(p)
+  // bytes, 16-byte aligned. With it no memory is allocated per call (CUDA-graph capturable); when
+  // null and splits are needed, the call allocates and frees stream-ordered (cudaMallocAsync).
+  // A non-null workspace smaller than needed is an error.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Kernel variant, for A/B measurement: 0 = default; 1 = deep cp.async pipeline (32-row tiles, 5
+  // buffers, up to 4 tiles of gathers in flight) where it applies (heads <= 32 and one split),
+  // else the default. Same results either way (up to f32 summation order).
+  int variant = 0;
 };
 void sparse_mla_bf16(const SparseMlaParams& p, void* stream = nullptr);
+// Workspace bytes sparse_mla_bf16 needs for `p` on the current device (0 when it will not split).
+// Depends only on tokens, heads, num_selected and num_splits (and the SM count for automatic
+// splits); it is never more than tokens * heads * 32 * 513 * 4 bytes.
+size_t sparse_mla_workspace_bytes(const SparseMlaParams& p);
 
 }  // namespace indexcache::cuda

@@ -16,11 +16,17 @@
 //
 // With few tokens (decode) the selected set is split across blocks; each split writes its normalised
 // f32 partial output and log-sum-exp to a stream-ordered workspace, and a second kernel combines
-// them (flash-decoding).
+// them (flash-decoding). The workspace is the caller's (SparseMlaParams::workspace, sized by
+// sparse_mla_workspace_bytes; no allocation per call, graph capturable) or allocated stream-ordered.
+//
+// Variant 1 (heads <= 32, one split): the same kernel with 32-row tiles and 5 cp.async buffers, so
+// up to 4 tiles of gathers are in flight while one is computed (the default keeps at most one tile
+// in flight); each warp then scores 8 keys, one x4 ldmatrix giving the B fragments of two k-steps.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -59,20 +65,27 @@ struct KernelParams {
 };
 
 // Shared memory layout for kM heads per block (bytes).
-template <int kM>
+// kT rows per tile (64 by default; 32 for the deep pipeline), kS tile buffers (cp.async stages).
+template <int kM, int kT = kTile, int kS = 2>
 struct Smem {
   static constexpr int kRowGroups = kM / 16;
   static constexpr int kSplit = kWarps / kRowGroups;
   static constexpr size_t q_off = 0;
   static constexpr size_t kv_off = q_off + size_t(kM) * kDk * 2;
-  static constexpr size_t p_off = kv_off + size_t(2) * kTile * kDk * 2;
-  static constexpr size_t max_off = p_off + size_t(kM) * kTile * 2;
+  static constexpr size_t p_off = kv_off + size_t(kS) * kT * kDk * 2;
+  static constexpr size_t max_off = p_off + size_t(kM) * kT * 2;
   static constexpr size_t sum_off = max_off + size_t(kSplit) * kM * 4;
   static constexpr size_t idx_off = sum_off + size_t(kSplit) * kM * 4;
-  static constexpr size_t bytes = idx_off + size_t(2) * kTile * 4;
+  static constexpr size_t bytes = idx_off + size_t(kS) * kT * 4;
 };
 
+// Deep-pipeline variant (heads <= 32, one split): 32-row tiles, 5 buffers, up to 4 tiles in flight.
+constexpr int kDeepTile = 32;
+constexpr int kDeepStages = 5;
+
 static_assert(Smem<64>::bytes <= 227 * 1024, "shared memory of the 64-head block exceeds the sm_90 limit");
+static_assert(Smem<32, kDeepTile, kDeepStages>::bytes <= 227 * 1024,
+              "shared memory of the deep-pipeline block exceeds the sm_90 limit");
 
 // ------------------------------------------------------------------ PTX wrappers
 
@@ -86,7 +99,10 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int sr
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                             uint32_t& r3) {
@@ -123,20 +139,36 @@ __device__ __forceinline__ uint32_t swz(int r, int c, int chunks) {
 
 // ------------------------------------------------------------------ main kernel
 
-template <int kM>
+// Byte offset of 16-byte chunk `c` of row `r` in the P tile (kT / 8 chunks per row). With 8 chunks
+// this is swz; with 4 chunks (kT 32) two rows share a 128-byte bank line, so the XOR uses r >> 1:
+// the 8 rows of an ldmatrix phase (same c) then land in 8 distinct 16-byte bank groups.
+template <int kT>
+__device__ __forceinline__ uint32_t p_swz(int r, int c) {
+  if constexpr (kT / 8 >= 8) {
+    return swz(r, c, kT / 8);
+  } else {
+    static_assert(kT / 8 == 4, "P tiles of 4 or 8+ chunks per row");
+    return static_cast<uint32_t>((r * 4 + (c ^ ((r >> 1) & 3))) * 16);
+  }
+}
+
+template <int kM, int kT = kTile, int kS = 2>
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelParams p) {
-  using L = Smem<kM>;
+  using L = Smem<kM, kT, kS>;
   constexpr int kSplit = L::kSplit;         // warps sharing one row group of 16 heads
-  constexpr int kKeysW = kTile / kSplit;    // keys per warp in the score step (16 or 32)
+  constexpr int kKeysW = kT / kSplit;       // keys per warp in the score step (8, 16 or 32)
   constexpr int kDimsW = kDv / kSplit;      // value dims per warp (128 or 256)
   constexpr int kNS = kKeysW / 8;           // score n-tiles per warp
   constexpr int kNO = kDimsW / 8;           // output n-tiles per warp
-  static_assert(kKeysW % 16 == 0 && kDimsW % 16 == 0, "n-tiles go in pairs");
+  constexpr int kTpr = kThreads / kT;       // gather threads per row (4 or 8)
+  static_assert((kNS == 1 || kNS % 2 == 0) && kDimsW % 16 == 0, "score n-tiles are 1 or pairs");
+  static_assert(kT % 16 == 0 && kThreads % kT == 0 && kChunksK % kTpr == 0, "tile shape");
+  static_assert(kS >= 2, "at least double buffering");
 
   extern __shared__ __align__(128) unsigned char smem[];
   float* red_max = reinterpret_cast<float*>(smem + L::max_off);  // [kSplit][kM]
   float* red_sum = reinterpret_cast<float*>(smem + L::sum_off);  // [kSplit][kM]
-  int* idx_s = reinterpret_cast<int*>(smem + L::idx_off);        // [2][kTile]
+  int* idx_s = reinterpret_cast<int*>(smem + L::idx_off);        // [kS][kT]
   const uint32_t q_base = smem_addr(smem + L::q_off);
   const uint32_t kv_base = smem_addr(smem + L::kv_off);
   const uint32_t p_base = smem_addr(smem + L::p_off);
@@ -152,23 +184,23 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelPar
   const int t = bid / p.groups;
   const int h0 = grp * kM;
 
-  const int ntiles = (p.num_selected + kTile - 1) / kTile;
+  const int ntiles = (p.num_selected + kT - 1) / kT;
   const int tile_begin = split * p.tiles_per_split;
   const int tile_end = min(ntiles, tile_begin + p.tiles_per_split);
   const int32_t* sel = p.indices + static_cast<int64_t>(t) * p.num_selected;
 
-  // Gather of tile `tile` into buffer `buf`: 4 threads per row, each 18 of the 72 chunks.
+  // Gather of tile `tile` into buffer `buf`: kTpr threads per row, each 72 / kTpr of the chunks.
   auto issue_tile = [&](int tile, int buf) {
-    const int r = tid >> 2, qd = tid & 3;
-    const int pos = tile * kTile + r;
+    const int r = tid / kTpr, qd = tid % kTpr;
+    const int pos = tile * kT + r;
     const int j = pos < p.num_selected ? sel[pos] : -1;
-    if (qd == 0) idx_s[buf * kTile + r] = j;
+    if (qd == 0) idx_s[buf * kT + r] = j;
     const __nv_bfloat16* src = p.kv + (j >= 0 ? static_cast<int64_t>(j) * p.kv_stride : 0);
     const int bytes = j >= 0 ? 16 : 0;
-    const uint32_t dst = kv_base + static_cast<uint32_t>(buf * kTile * kDk * 2);
+    const uint32_t dst = kv_base + static_cast<uint32_t>(buf * kT * kDk * 2);
 #pragma unroll
-    for (int i = 0; i < kChunksK / 4; ++i) {
-      const int c = i * 4 + qd;
+    for (int i = 0; i < kChunksK / kTpr; ++i) {
+      const int c = i * kTpr + qd;
       cp_async16(dst + swz(r, c, kChunksK), src + c * 8, bytes);
     }
   };
@@ -191,37 +223,57 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelPar
         cp_async16(q_base + swz(r, c, kChunksK), src + c * 8, ok ? 16 : 0);
       }
     }
-    issue_tile(tile_begin, 0);
-    cp_async_commit();
+    // Prologue: tiles tile_begin .. tile_begin + kS - 2, one commit group each (Q joins the first);
+    // groups are committed even when empty so that group i always holds tile tile_begin + i.
+#pragma unroll
+    for (int s = 0; s < kS - 1; ++s) {
+      if (tile_begin + s < tile_end) issue_tile(tile_begin + s, s);
+      cp_async_commit();
+    }
   }
 
   const int qrow = rg * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // A-operand ldmatrix row
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int buf = (tile - tile_begin) & 1;
-    cp_async_wait_all();
-    __syncthreads();  // tile (and Q) visible to all; the other buffer is free again
-    if (tile + 1 < tile_end) {
-      issue_tile(tile + 1, buf ^ 1);
-      cp_async_commit();
-    }
-    const uint32_t kvb = kv_base + static_cast<uint32_t>(buf * kTile * kDk * 2);
-    const int* idx = idx_s + buf * kTile;
+    const int it = tile - tile_begin;
+    const int buf = it % kS;
+    // Committed so far: kS - 1 + it groups; allowing kS - 2 pending means group `it` has landed.
+    cp_async_wait_group<kS - 2>();
+    __syncthreads();  // tile (and Q) visible to all; the buffer of the previous tile is free again
+    if (tile + kS - 1 < tile_end) issue_tile(tile + kS - 1, (it + kS - 1) % kS);
+    cp_async_commit();
+    const uint32_t kvb = kv_base + static_cast<uint32_t>(buf * kT * kDk * 2);
+    const int* idx = idx_s + buf * kT;
 
     // ---- S = Q K^T for rows rg*16.., keys ns*kKeysW ..
     float acc_s[kNS][4];
 #pragma unroll
     for (int n = 0; n < kNS; ++n) acc_s[n][0] = acc_s[n][1] = acc_s[n][2] = acc_s[n][3] = 0.f;
     const int krow = ns * kKeysW + (lane & 7) + (lane >> 4) * 8;  // B-operand ldmatrix row (key)
+    if constexpr (kNS == 1) {
+      // 8 keys per warp: one x4 ldmatrix gives the B fragments of two k-steps (chunks 4*k2 .. +3 of
+      // keys ns*8 .. +7: matrices 0, 1 = b0, b1 of step 2*k2; matrices 2, 3 = those of step 2*k2+1).
+      const int krow8 = ns * 8 + (lane & 7);
+#pragma unroll 2
+      for (int k2 = 0; k2 < kDk / 32; ++k2) {
+        uint32_t a0[4], a1[4], b0, b1, b2, b3;
+        ldmatrix_x4(q_base + swz(qrow, 4 * k2 + (lane >> 4), kChunksK), a0[0], a0[1], a0[2], a0[3]);
+        ldmatrix_x4(q_base + swz(qrow, 4 * k2 + 2 + (lane >> 4), kChunksK), a1[0], a1[1], a1[2], a1[3]);
+        ldmatrix_x4(kvb + swz(krow8, 4 * k2 + (lane >> 3), kChunksK), b0, b1, b2, b3);
+        mma_bf16(acc_s[0], a0, b0, b1);
+        mma_bf16(acc_s[0], a1, b2, b3);
+      }
+    } else {
 #pragma unroll 4
-    for (int kk = 0; kk < kDk / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(q_base + swz(qrow, 2 * kk + (lane >> 4), kChunksK), a[0], a[1], a[2], a[3]);
+      for (int kk = 0; kk < kDk / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(q_base + swz(qrow, 2 * kk + (lane >> 4), kChunksK), a[0], a[1], a[2], a[3]);
 #pragma unroll
-      for (int np = 0; np < kNS / 2; ++np) {
-        uint32_t b0, b1, b2, b3;
-        ldmatrix_x4(kvb + swz(krow + np * 16, 2 * kk + ((lane >> 3) & 1), kChunksK), b0, b1, b2, b3);
-        mma_bf16(acc_s[2 * np], a, b0, b1);
-        mma_bf16(acc_s[2 * np + 1], a, b2, b3);
+        for (int np = 0; np < kNS / 2; ++np) {
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4(kvb + swz(krow + np * 16, 2 * kk + ((lane >> 3) & 1), kChunksK), b0, b1, b2, b3);
+          mma_bf16(acc_s[2 * np], a, b0, b1);
+          mma_bf16(acc_s[2 * np + 1], a, b2, b3);
+        }
       }
     }
 
@@ -273,10 +325,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelPar
     for (int n = 0; n < kNS; ++n) {
       const int chunk = ns * kNS + n;
       const uint32_t off = static_cast<uint32_t>(tq * 4);
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(p_base + swz(row0, chunk, kTile / 8) + off),
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(p_base + p_swz<kT>(row0, chunk) + off),
                    "r"(pack_bf16(acc_s[n][0], acc_s[n][1]))
                    : "memory");
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(p_base + swz(row0 + 8, chunk, kTile / 8) + off),
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(p_base + p_swz<kT>(row0 + 8, chunk) + off),
                    "r"(pack_bf16(acc_s[n][2], acc_s[n][3]))
                    : "memory");
     }
@@ -292,9 +344,9 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelPar
     // ---- O += P V for rows rg*16.., value dims ns*kDimsW ..
     const int vrow = (lane & 7) + ((lane >> 3) & 1) * 8;  // key row within a 16-key step
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
+    for (int kk = 0; kk < kT / 16; ++kk) {
       uint32_t a[4];
-      ldmatrix_x4(p_base + swz(qrow, 2 * kk + (lane >> 4), kTile / 8), a[0], a[1], a[2], a[3]);
+      ldmatrix_x4(p_base + p_swz<kT>(qrow, 2 * kk + (lane >> 4)), a[0], a[1], a[2], a[3]);
 #pragma unroll
       for (int np = 0; np < kNO / 2; ++np) {
         uint32_t b0, b1, b2, b3;
@@ -376,12 +428,12 @@ __global__ void __launch_bounds__(128) sparse_mla_combine_kernel(const KernelPar
   if (p.lse != nullptr && threadIdx.x == 0) p.lse[th] = wsum > 0.f ? mx + logf(wsum) : -INFINITY;
 }
 
-template <int kM>
+template <int kM, int kT = kTile, int kS = 2>
 void launch_main(const KernelParams& kp, int blocks, cudaStream_t stream) {
-  constexpr size_t bytes = Smem<kM>::bytes;
-  IC_CUDA_CHECK(cudaFuncSetAttribute(sparse_mla_kernel<kM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  constexpr size_t bytes = Smem<kM, kT, kS>::bytes;
+  IC_CUDA_CHECK(cudaFuncSetAttribute(sparse_mla_kernel<kM, kT, kS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(bytes)));
-  sparse_mla_kernel<kM><<<blocks, kThreads, bytes, stream>>>(kp);
+  sparse_mla_kernel<kM, kT, kS><<<blocks, kThreads, bytes, stream>>>(kp);
   IC_CUDA_CHECK_LAUNCH("sparse_mla_kernel");
 }
 
@@ -389,8 +441,10 @@ bool aligned(const void* ptr, size_t a) { return reinterpret_cast<uintptr_t>(ptr
 
 }  // namespace
 
-void sparse_mla_bf16(const SparseMlaParams& p, void* stream_ptr) {
-  const char* what = "sparse_mla_bf16";
+namespace {
+
+// Shape checks shared by sparse_mla_bf16 and sparse_mla_workspace_bytes (no pointer checks).
+void check_shape(const SparseMlaParams& p, const char* what) {
   if (p.tokens < 0 || p.heads < 1 || p.heads > kMaxHeads)
     throw_runtime(what, "need tokens >= 0 and 1 <= heads <= 128 (got tokens " + std::to_string(p.tokens) +
                             ", heads " + std::to_string(p.heads) + ")");
@@ -399,34 +453,71 @@ void sparse_mla_bf16(const SparseMlaParams& p, void* stream_ptr) {
                             std::to_string(p.dim_v) + ")");
   if (p.num_selected < 0 || p.num_selected > kMaxSelected)
     throw_runtime(what, "num_selected must be in 0..2048 (got " + std::to_string(p.num_selected) + ")");
+  if (p.num_splits < 0) throw_runtime(what, "num_splits must be >= 0");
+  if (p.variant < 0 || p.variant > 1) throw_runtime(what, "variant must be 0 or 1");
+}
+
+// How a call is cut into blocks: head groups of kM, splits of the selected set.
+struct Plan {
+  int kM = 32, groups = 1, ntiles = 0, splits = 1, tiles_per_split = 0;
+  size_t ws_bytes = 0;  // split partials: [tokens][heads][splits][512] f32 then [tokens][heads][splits] f32
+};
+
+Plan make_plan(const SparseMlaParams& p) {
+  Plan pl;
+  pl.kM = p.heads <= 32 ? 32 : 64;
+  pl.groups = (p.heads + pl.kM - 1) / pl.kM;
+  pl.ntiles = (p.num_selected + kTile - 1) / kTile;
+  int splits = p.num_splits;
+  if (splits == 0) {
+    // The SM count is cached per device (the attribute query is not free on the decode path).
+    static std::atomic<int> sm_cache[64] = {};
+    int dev = 0, sms = 0;
+    IC_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev >= 0 && dev < 64) sms = sm_cache[dev].load(std::memory_order_relaxed);
+    if (sms <= 0) {
+      IC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      if (dev >= 0 && dev < 64) sm_cache[dev].store(sms, std::memory_order_relaxed);
+    }
+    const int64_t base = static_cast<int64_t>(p.tokens) * pl.groups;
+    splits = base >= sms ? 1 : static_cast<int>((sms + base - 1) / base);
+  }
+  splits = std::max(1, std::min({splits, pl.ntiles, kMaxSplits}));
+  pl.tiles_per_split = pl.ntiles == 0 ? 0 : (pl.ntiles + splits - 1) / splits;
+  if (pl.tiles_per_split > 0) splits = (pl.ntiles + pl.tiles_per_split - 1) / pl.tiles_per_split;
+  pl.splits = splits;
+  if (splits > 1) pl.ws_bytes = static_cast<size_t>(p.tokens) * p.heads * splits * (kDv + 1) * sizeof(float);
+  return pl;
+}
+
+}  // namespace
+
+size_t sparse_mla_workspace_bytes(const SparseMlaParams& p) {
+  check_shape(p, "sparse_mla_workspace_bytes");
+  if (p.tokens == 0) return 0;
+  return make_plan(p).ws_bytes;
+}
+
+void sparse_mla_bf16(const SparseMlaParams& p, void* stream_ptr) {
+  const char* what = "sparse_mla_bf16";
+  check_shape(p, what);
   if (p.kv_stride < kDk || p.kv_stride % 8 != 0)
     throw_runtime(what, "kv_stride must be >= 576 and a multiple of 8 (got " + std::to_string(p.kv_stride) + ")");
-  if (p.num_splits < 0) throw_runtime(what, "num_splits must be >= 0");
   if (!std::isfinite(p.scale)) throw_runtime(what, "scale must be finite");
   if (p.tokens == 0) return;
   if (p.q == nullptr || p.kv == nullptr || p.out == nullptr || (p.indices == nullptr && p.num_selected > 0))
     throw_runtime(what, "null q, kv, indices or out");
   if (!aligned(p.q, 16) || !aligned(p.kv, 16) || !aligned(p.out, 16))
     throw_runtime(what, "q, kv and out must be 16-byte aligned");
+  if (p.workspace != nullptr && !aligned(p.workspace, 16)) throw_runtime(what, "workspace must be 16-byte aligned");
 
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const int kM = p.heads <= 32 ? 32 : 64;
-  const int groups = (p.heads + kM - 1) / kM;
-  const int ntiles = (p.num_selected + kTile - 1) / kTile;
+  const Plan pl = make_plan(p);
+  if (p.workspace != nullptr && p.workspace_bytes < pl.ws_bytes)
+    throw_runtime(what, "workspace of " + std::to_string(p.workspace_bytes) + " bytes is smaller than the " +
+                            std::to_string(pl.ws_bytes) + " needed (sparse_mla_workspace_bytes)");
 
-  int splits = p.num_splits;
-  if (splits == 0) {
-    int dev = 0, sms = 0;
-    IC_CUDA_CHECK(cudaGetDevice(&dev));
-    IC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int64_t base = static_cast<int64_t>(p.tokens) * groups;
-    splits = base >= sms ? 1 : static_cast<int>((sms + base - 1) / base);
-  }
-  splits = std::max(1, std::min({splits, ntiles, kMaxSplits}));
-  const int tiles_per_split = ntiles == 0 ? 0 : (ntiles + splits - 1) / splits;
-  if (tiles_per_split > 0) splits = (ntiles + tiles_per_split - 1) / tiles_per_split;
-
-  const int64_t blocks = static_cast<int64_t>(p.tokens) * groups * splits;
+  const int64_t blocks = static_cast<int64_t>(p.tokens) * pl.groups * pl.splits;
   if (blocks > INT32_MAX) throw_runtime(what, "too many tokens");
 
   KernelParams kp{};
@@ -439,33 +530,40 @@ void sparse_mla_bf16(const SparseMlaParams& p, void* stream_ptr) {
   kp.lse = p.lse;
   kp.tokens = p.tokens;
   kp.heads = p.heads;
-  kp.groups = groups;
-  kp.splits = splits;
-  kp.tiles_per_split = tiles_per_split;
+  kp.groups = pl.groups;
+  kp.splits = pl.splits;
+  kp.tiles_per_split = pl.tiles_per_split;
   kp.scale_log2 = p.scale * kLog2e;
 
-  void* ws = nullptr;
-  if (splits > 1) {
-    const size_t rows = static_cast<size_t>(p.tokens) * p.heads * splits;
-    IC_CUDA_CHECK(cudaMallocAsync(&ws, rows * (kDv + 1) * sizeof(float), stream));
+  void* owned = nullptr;
+  if (pl.splits > 1) {
+    void* ws = p.workspace;
+    if (ws == nullptr) {
+      IC_CUDA_CHECK(cudaMallocAsync(&owned, pl.ws_bytes, stream));
+      ws = owned;
+    }
+    const size_t rows = static_cast<size_t>(p.tokens) * p.heads * pl.splits;
     kp.ws_out = static_cast<float*>(ws);
     kp.ws_lse = kp.ws_out + rows * kDv;
   }
   try {
-    if (kM == 32)
+    if (p.variant == 1 && pl.kM == 32 && pl.splits == 1) {
+      kp.tiles_per_split = (p.num_selected + kDeepTile - 1) / kDeepTile;
+      launch_main<32, kDeepTile, kDeepStages>(kp, static_cast<int>(blocks), stream);
+    } else if (pl.kM == 32)
       launch_main<32>(kp, static_cast<int>(blocks), stream);
     else
       launch_main<64>(kp, static_cast<int>(blocks), stream);
-    if (splits > 1) {
+    if (pl.splits > 1) {
       const unsigned rows = static_cast<unsigned>(static_cast<int64_t>(p.tokens) * p.heads);
       sparse_mla_combine_kernel<<<rows, 128, 0, stream>>>(kp);
       IC_CUDA_CHECK_LAUNCH("sparse_mla_combine_kernel");
     }
   } catch (...) {
-    if (ws != nullptr) cudaFreeAsync(ws, stream);
+    if (owned != nullptr) cudaFreeAsync(owned, stream);
     throw;
   }
-  if (ws != nullptr) IC_CUDA_CHECK(cudaFreeAsync(ws, stream));
+  if (owned != nullptr) IC_CUDA_CHECK(cudaFreeAsync(owned, stream));
 }
 
 }  // namespace indexcache::cuda

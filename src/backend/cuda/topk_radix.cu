@@ -17,7 +17,9 @@
 //    the index is part of the composite.
 // Fallback when more than kCap elements share the full 32-bit threshold key (heavy exact ties): an
 // ordered pass over the row (block scan of tie counts, index order) takes the krem lowest-index ties.
-// Rows with valid <= k get 0..valid-1, then -1. Output order within a row is unspecified.
+// Rows with valid <= k get 0..valid-1, then -1. Output order within a row: elements above the final
+// 32-bit prefix in index order, then the selected threshold elements in index order (block scans, no
+// atomics), so every run writes the same list.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -35,6 +37,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxBins = 4096;  // first global digit: 12 bits
 constexpr int kCap = 8192;      // shared candidate buffer entries
 constexpr int kMaxK = 2048;
+constexpr int kPer = 8;                    // consecutive elements per thread in ordered passes
+constexpr int kStripe = kPer * kThreads;  // 4096 <= 65535: per-stripe counts fit 16 bits
 constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr size_t kSmemBytes = kMaxBins * sizeof(int) + kCap * 2 * sizeof(uint32_t);
 
@@ -51,7 +55,6 @@ __device__ __forceinline__ unsigned long long composite(uint32_t key, uint32_t i
 struct Shared {
   int warp_sums[kWarps];
   int bin, above, count;  // result of select_bin
-  int n_out, n_buf;
 };
 
 // Inclusive sum of v over the block in thread order (all threads call); *total = block sum.
@@ -159,10 +162,12 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
     for (int i = tid; i < k; i += kThreads) out[i] = i < n ? i : -1;
     return;
   }
-  // Appends index i to the row's output; exactly k appends happen, the bound is only a safety net.
-  auto emit = [&](int i) {
-    const int slot = atomicAdd(&sh.n_out, 1);
-    if (slot < k) out[slot] = i;
+  // Outputs are written in a deterministic order (never by atomics): the elements above the final
+  // prefix in index order, then the selected threshold elements in index order. Runs therefore give
+  // bit-identical index lists, so consumers that accumulate over the list (sparse attention) are
+  // reproducible: a CUDA-graph replay equals the eager step.
+  auto put = [&](int slot, int i) {
+    if (slot < k) out[slot] = i;  // exactly k writes happen; the bound is a safety net
   };
 
   // --- 1. global refinement of the key prefix ---
@@ -188,30 +193,49 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
     __syncthreads();  // sh is rewritten by the next select_bin
   }
 
-  if (tid == 0) {
-    sh.n_out = 0;
-    sh.n_buf = 0;
-  }
-  __syncthreads();
-
   if (cnt == krem || cnt <= kCap) {
-    // --- 2. collect: above the prefix -> out; matching -> out (all needed) or the buffer ---
+    // --- 2. collect, in stripes of kStripe elements (kPer consecutive ones per thread, so thread order
+    // is index order): above the prefix -> out; matching -> out (all needed) or the buffer, both
+    // compacted in index order by one block scan per stripe (low 16 bits: out, high: buffer). ---
     const bool take_all = cnt == krem;
-    for_each_key(row, n, [&](int i, uint32_t key) {
-      const uint32_t topbits = key & mask;
-      if (topbits > prefix || (take_all && topbits == prefix)) {
-        emit(i);
-      } else if (topbits == prefix) {
-        const int s = atomicAdd(&sh.n_buf, 1);
-        bkey[s] = key;
-        bidx[s] = static_cast<uint32_t>(i);
+    int out_base = 0, buf_base = 0;  // block-uniform
+#pragma unroll 1
+    for (int base = 0; base < n; base += kStripe) {
+      uint32_t key[kPer];
+      int v = 0;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = base + kPer * tid + u;
+        key[u] = i < n ? order_key(row[i]) : 0u;
+        const uint32_t topbits = key[u] & mask;
+        if (i < n && (topbits > prefix || (take_all && topbits == prefix))) v += 1;
+        else if (i < n && topbits == prefix) v += 1 << 16;
       }
-    });
+      int total;
+      const int excl = block_inclusive_sum(v, sh, &total) - v;
+      int o = out_base + (excl & 0xFFFF), q = buf_base + (excl >> 16);
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = base + kPer * tid + u;
+        const uint32_t topbits = key[u] & mask;
+        if (i < n && (topbits > prefix || (take_all && topbits == prefix))) {
+          put(o++, i);
+        } else if (i < n && topbits == prefix) {
+          if (q < kCap) {
+            bkey[q] = key[u];
+            bidx[q] = static_cast<uint32_t>(i);
+          }
+          ++q;
+        }
+      }
+      out_base += total & 0xFFFF;
+      buf_base += total >> 16;
+    }
     __syncthreads();
     if (take_all) return;
 
     // --- 3. radix select on the buffered composites ---
-    const int nbuf = sh.n_buf;  // == cnt
+    const int nbuf = buf_base;  // == cnt <= kCap
     unsigned long long cprefix = static_cast<unsigned long long>(prefix) << 32;
     unsigned long long cmask = static_cast<unsigned long long>(mask) << 32;
     int rem = 64 - fixed;  // low bits of the composite not fixed yet
@@ -235,18 +259,33 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
       rem = shift;
       __syncthreads();
     }
-    for (int e = tid; e < nbuf; e += kThreads) {
-      const unsigned long long c = composite(bkey[e], bidx[e]);
-      if ((c & cmask) >= cprefix) emit(static_cast<int32_t>(bidx[e]));
+    // The buffer is in index order; compact its selected entries after the out_base outputs.
+#pragma unroll 1
+    for (int base = 0; base < nbuf; base += kStripe) {
+      int v = 0;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int e = base + kPer * tid + u;
+        if (e < nbuf && (composite(bkey[e], bidx[e]) & cmask) >= cprefix) ++v;
+      }
+      int total;
+      int o = out_base + block_inclusive_sum(v, sh, &total) - v;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int e = base + kPer * tid + u;
+        if (e < nbuf && (composite(bkey[e], bidx[e]) & cmask) >= cprefix) put(o++, static_cast<int32_t>(bidx[e]));
+      }
+      out_base += total;
     }
     return;
   }
 
   // --- fallback: more than kCap elements equal the threshold key `prefix` (all 32 bits fixed) ---
   // Stripes of 4 * kThreads elements; thread tid owns 4 consecutive ones, so thread order within a
-  // stripe is index order and an exclusive block scan of tie counts ranks the ties by index.
+  // stripe is index order. One block scan of tie counts ranks the ties by index (the krem lowest
+  // win); a second one places the selected elements in index order.
   const uint32_t thr = prefix;
-  int tie_base = 0;  // ties in earlier stripes (block-uniform)
+  int tie_base = 0, out_base = 0;  // block-uniform
 #pragma unroll 1
   for (int base = 0; base < n; base += 4 * kThreads) {
     uint32_t key[4];
@@ -255,21 +294,28 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
     for (int u = 0; u < 4; ++u) {
       const int i = base + 4 * tid + u;
       key[u] = i < n ? order_key(row[i]) : 0u;
-      if (i < n && key[u] > thr) emit(i);
       eq += (i < n && key[u] == thr) ? 1 : 0;
     }
     int total;
     const int incl = block_inclusive_sum(eq, sh, &total);
     int rank = tie_base + incl - eq;
+    bool take[4];
+    int nsel = 0;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int i = base + 4 * tid + u;
-      if (i < n && key[u] == thr) {
-        if (rank < krem) emit(i);
-        ++rank;
-      }
+      take[u] = false;
+      if (i < n && key[u] > thr) take[u] = true;
+      if (i < n && key[u] == thr) take[u] = rank++ < krem;
+      nsel += take[u] ? 1 : 0;
     }
     tie_base += total;
+    int sel_total;
+    int o = out_base + block_inclusive_sum(nsel, sh, &sel_total) - nsel;
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (take[u]) put(o++, base + 4 * tid + u);
+    out_base += sel_total;
   }
 }
 
