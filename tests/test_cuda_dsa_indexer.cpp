@@ -313,6 +313,31 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
   };
   EXPECT_TRUE(topk_throws(0));
   EXPECT_TRUE(topk_throws(2049));
+  {  // a non-null scratch smaller than topk_radix_scratch_bytes is rejected before any launch
+    cuda::TopkRadixParams p;
+    alignas(16) static char dummy[64];
+    p.scores = reinterpret_cast<const float*>(dummy);
+    p.valid = reinterpret_cast<const int32_t*>(dummy);
+    p.indices = reinterpret_cast<int32_t*>(dummy);
+    p.scores_stride = 204800;
+    p.tokens = 1;
+    p.k = 2048;
+    p.scratch = dummy;
+    p.scratch_bytes = sizeof(dummy);
+    EXPECT_TRUE(cuda::topk_radix_scratch_bytes(p) > sizeof(dummy));
+    bool threw = false;
+    try {
+      cuda::topk_radix(p);
+    } catch (const std::exception&) {
+      threw = true;
+    }
+    EXPECT_TRUE(threw);
+    p.tokens = 9;  // many rows: single-block path, no scratch needed
+    EXPECT_EQ(cuda::topk_radix_scratch_bytes(p), static_cast<size_t>(0));
+    p.tokens = 1;
+    p.scores_stride = 8192;  // short rows: single-block path
+    EXPECT_EQ(cuda::topk_radix_scratch_bytes(p), static_cast<size_t>(0));
+  }
 }
 
 // ---------------------------------------------------------------- top-k
@@ -325,6 +350,8 @@ enum class Kind {
   kLevels64,   // 64 levels: hundreds of ties at the threshold, resolved in the buffer
   kSomeInf,    // U(-1, 1) with 30 % -inf
   kMostlyInf,  // 1000 finite values, the rest -inf: ties at -inf
+  kRamp,       // increasing with the index: every survivor sits in the last blocks of the row
+  kRampTies,   // increasing in steps of 100 equal values: skewed and tied
 };
 
 std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt19937& rng) {
@@ -343,6 +370,8 @@ std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt
         case Kind::kLevels64: x = static_cast<float>(l64(rng)) - 20.0f; break;
         case Kind::kSomeInf: x = u01(rng) < 0.3f ? -kInf : u(rng); break;
         case Kind::kMostlyInf: x = -kInf; break;
+        case Kind::kRamp: x = static_cast<float>(s) * 1e-6f; break;
+        case Kind::kRampTies: x = static_cast<float>(s / 100); break;
       }
       v[static_cast<size_t>(t) * stride + s] = x;
     }
@@ -388,6 +417,32 @@ void check_topk_sets(const std::vector<float>& scores, int rows, int64_t stride,
   cuda::topk_radix(g);
   cuda::device_synchronize();
   EXPECT_TRUE(di2.to_vector<int32_t>(ref.size()) == got) << label << ": a second run gave another order";
+  // Multi-block path (few rows, long rows, caller scratch): the lists must be identical to the
+  // single-block ones (same sets and the same order), on two runs with a poisoned scratch.
+  const size_t scratch_bytes = cuda::topk_radix_scratch_bytes(g);
+  if (scratch_bytes > 0) {
+    DeviceBuffer dscr(scratch_bytes);
+    for (int run = 0; run < 2; ++run) {
+      dscr.fill_bytes(0x7F);
+      DeviceBuffer di3(ref.size() * sizeof(int32_t));
+      di3.fill_bytes(0x7F);
+      g.indices = di3.as<int32_t>();
+      g.scratch = dscr.data();
+      g.scratch_bytes = scratch_bytes;
+      cuda::topk_radix(g);
+      cuda::device_synchronize();
+      const std::vector<int32_t> multi = di3.to_vector<int32_t>(ref.size());
+      int diff_rows = 0;
+      for (int t = 0; t < rows; ++t)
+        if (!std::equal(multi.begin() + static_cast<size_t>(t) * k, multi.begin() + static_cast<size_t>(t + 1) * k,
+                        got.begin() + static_cast<size_t>(t) * k))
+          ++diff_rows;
+      EXPECT_EQ(diff_rows, 0) << label << ": multi-block run " << run << ": " << diff_rows
+                              << " rows whose list differs from the single-block list";
+    }
+    g.scratch = nullptr;
+    g.scratch_bytes = 0;
+  }
   int bad_rows = 0;
   std::ostringstream first;
   for (int t = 0; t < rows; ++t) {
@@ -448,6 +503,79 @@ TEST(CudaDsaIndexer, TopkSmallShapes) {
   run_topk_case(8, 20000, 1, 2048, Kind::kLevels64, rng);
   run_topk_case(8, 100, 0, 2048, Kind::kUniform, rng);
   run_topk_case(8, 20000, 0, 777, Kind::kMostlyInf, rng);
+}
+
+// Multi-block (decode) path: 1..8 rows, valid anywhere in 1..cols, skewed and tied scores. Every case
+// goes through check_topk_sets, which compares the multi-block lists with the single-block ones and
+// the sets with the CPU.
+void run_topk_valid_case(int rows, int cols, int k, Kind kind, std::mt19937& rng) {
+  const int64_t stride = cols;
+  const std::vector<float> scores = make_topk_scores(rows, stride, kind, rng);
+  std::vector<int32_t> valid(rows);
+  std::uniform_int_distribution<int> any(1, cols);
+  for (int t = 0; t < rows; ++t) valid[t] = t == 0 ? cols : any(rng);
+  check_topk_sets(scores, rows, stride, valid, k,
+                  "topk_radix multi rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                      " k=" + std::to_string(k) + " kind=" + std::to_string(static_cast<int>(kind)));
+}
+
+TEST(CudaDsaIndexer, TopkMultiBlock) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2003);
+  const Kind kinds[] = {Kind::kUniform, Kind::kNarrow,   Kind::kVeryNarrow, Kind::kLevels4, Kind::kLevels64,
+                        Kind::kSomeInf, Kind::kMostlyInf, Kind::kRamp,      Kind::kRampTies};
+  int i = 0;
+  for (Kind kind : kinds) {
+    for (int rows : {1, 2, 5, 8}) {
+      const int cols = (i % 4 == 0) ? 262144 : (i % 4 == 1) ? 204800 : (i % 4 == 2) ? 100003 : 12289;
+      const int k = (i % 3 == 0) ? 2048 : (i % 3 == 1) ? 777 : 1;
+      run_topk_valid_case(rows, cols, k, kind, rng);
+      ++i;
+    }
+  }
+  // valid <= k, exactly k, k + 1, at the single-block threshold (8192) and just above it
+  for (int v : {1, 2047, 2048, 2049, 8192, 8193, 4096 * 3, 4096 * 3 + 1}) {
+    const int cols = 20000, k = 2048;
+    const std::vector<float> scores = make_topk_scores(3, cols, Kind::kLevels64, rng);
+    const std::vector<int32_t> valid = {v, std::max(1, v - 1), std::min(cols, v + 1)};
+    check_topk_sets(scores, 3, cols, valid, k, "topk_radix multi valid=" + std::to_string(v));
+  }
+}
+
+// Decode timings at 204800 keys, k = 2048: the single-block path vs the multi-block path.
+TEST(CudaDsaIndexer, TopkDecodeTimings) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2004);
+  const int cols = 204800, k = 2048;
+  for (int rows : {1, 4, 8}) {
+    const std::vector<float> scores = make_topk_scores(rows, cols, Kind::kUniform, rng);
+    const std::vector<int32_t> valid(rows, cols);
+    DeviceBuffer ds = DeviceBuffer::from(scores), dv = DeviceBuffer::from(valid);
+    DeviceBuffer di(static_cast<size_t>(rows) * k * sizeof(int32_t));
+    cuda::TopkRadixParams p;
+    p.scores = ds.as<float>();
+    p.scores_stride = cols;
+    p.valid = dv.as<int32_t>();
+    p.indices = di.as<int32_t>();
+    p.tokens = rows;
+    p.k = k;
+    cuda::topk_radix(p);
+    cuda::device_synchronize();
+    const double ms_single = cuda::median_ms([&] { cuda::topk_radix(p); });
+    const size_t bytes = cuda::topk_radix_scratch_bytes(p);
+    ASSERT_TRUE(bytes > 0);
+    DeviceBuffer dscr(bytes);
+    p.scratch = dscr.data();
+    p.scratch_bytes = bytes;
+    cuda::topk_radix(p);
+    cuda::device_synchronize();
+    const double ms_multi = cuda::median_ms([&] { cuda::topk_radix(p); });
+    std::printf("[cuda-ops] topk_radix decode %d rows x %d, k=%d: multi-block %.4f ms, single-block %.4f ms "
+                "(scratch %.1f MiB)\n",
+                rows, cols, k, ms_multi, ms_single, bytes / 1048576.0);
+    // The same inputs through the full check (sets vs the CPU, lists vs the single-block path).
+    check_topk_sets(scores, rows, cols, valid, k, "topk_radix decode timing rows=" + std::to_string(rows));
+  }
 }
 
 TEST(CudaDsaIndexer, TopkLargeRows) {
@@ -662,6 +790,23 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     const double ms_t = cuda::median_ms([&] { cuda::topk_radix(tp); });
     std::printf("[cuda-ops] topk_radix decode 1 row x %d, k=%d: %.4f ms (%.1f %% of the decode indexer)\n", keys, k,
                 ms_t, 100.0 * ms_t / ms_i);
+    {  // the multi-block path on the same row: identical list, and its time
+      const std::vector<int32_t> single = di.to_vector<int32_t>(k);
+      const size_t bytes = cuda::topk_radix_scratch_bytes(tp);
+      ASSERT_TRUE(bytes > 0);
+      DeviceBuffer dscr(bytes);
+      dscr.fill_bytes(0x7F);
+      di.fill_bytes(0x7F);
+      tp.scratch = dscr.data();
+      tp.scratch_bytes = bytes;
+      cuda::topk_radix(tp);
+      cuda::device_synchronize();
+      EXPECT_TRUE(di.to_vector<int32_t>(k) == single) << "topk_radix decode: multi-block list differs";
+      const double ms_m = cuda::median_ms([&] { cuda::topk_radix(tp); });
+      std::printf("[cuda-ops] topk_radix decode multi-block 1 row x %d, k=%d: %.4f ms (%.1f %% of the decode "
+                  "indexer)\n",
+                  keys, k, ms_m, 100.0 * ms_m / ms_i);
+    }
   }
 }
 

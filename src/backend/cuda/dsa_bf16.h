@@ -40,14 +40,25 @@ void indexer_scores_bf16(const IndexerBf16Params& p, void* stream = nullptr);
 // accumulate over it are reproducible); among equal scores at the threshold the lower indices win, so the
 // selected SET equals the CPU backend's top-k set exactly on identical inputs.
 // Limits: k <= 2048; valid[t] <= scores_stride.
+// Few rows (decode: tokens <= 8, long rows): with a device scratch of topk_radix_scratch_bytes(p)
+// bytes (16-byte aligned) each row is split over many blocks (several launches, no allocation, no
+// host sync: CUDA-graph capturable); the index lists are identical to the single-block path's.
+// Without scratch, or when topk_radix_scratch_bytes(p) == 0, one block per row. A non-null scratch
+// smaller than needed is an error.
 struct TopkRadixParams {
   const float* scores = nullptr;
   int64_t scores_stride = 0;
   const int32_t* valid = nullptr;  // [tokens]
   int32_t* indices = nullptr;      // [tokens][k]
   int tokens = 0, k = 0;
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
 };
 void topk_radix(const TopkRadixParams& p, void* stream = nullptr);
+// Scratch bytes the multi-block path needs for `p` (0 when it does not apply: tokens > 8 or
+// scores_stride <= 8192). Depends only on tokens and scores_stride: about tokens * (scores_stride
+// rounded up to 4096) * 4 + tokens * 16 KiB.
+size_t topk_radix_scratch_bytes(const TopkRadixParams& p);
 
 // Sparse MLA attention in absorbed (MQA) form: one latent KV row per token shared by all heads.
 //   q: bf16 [tokens][heads][dim_k] (absorbed: kv_lora dims then rope dims, e.g. 512 + 64 = 576);
@@ -90,5 +101,34 @@ void sparse_mla_bf16(const SparseMlaParams& p, void* stream = nullptr);
 // Depends only on tokens, heads, num_selected and num_splits (and the SM count for automatic
 // splits); it is never more than tokens * heads * 32 * 513 * 4 bytes.
 size_t sparse_mla_workspace_bytes(const SparseMlaParams& p);
+
+// ---- FP8 (e4m3) lightning indexer: an option beside the bf16 one (DeepSeek-V3.2 runs its indexer
+// in FP8). e4m3 tensors are `const void*` holding one byte per element (OCP/NVIDIA E4M3: bias 7,
+// max 448, no infinities). Each 128-element row carries one f32 dequantisation scale.
+// Scores, same masking and -inf rules as indexer_scores_bf16:
+//   scores[t, s] = scale * sum_h w[t, h] * relu(q_scale[t, h] * k_scale[s] * (q8[t, h, :] . k8[s, :]))
+// with f32 accumulation. Scales must be >= 0 and finite (quantize_rows_fp8 makes them so); the
+// kernel uses relu(a * b * x) = a * b * relu(x) for a, b >= 0.
+// Limits as for bf16: head_dim == 128, heads % 8 == 0 and heads <= 128; q, k 16-byte aligned.
+struct IndexerFp8Params {
+  const void* q = nullptr;          // e4m3 [tokens][heads][128]
+  const float* q_scale = nullptr;   // [tokens][heads], dequant scale of each q row
+  const void* k = nullptr;          // e4m3 [keys][128]
+  const float* k_scale = nullptr;   // [keys]
+  const float* w = nullptr;         // [tokens][heads]
+  const int32_t* positions = nullptr;  // [tokens]
+  float* scores = nullptr;
+  int64_t scores_stride = 0;
+  int tokens = 0, keys = 0, heads = 0, head_dim = 128;
+  float scale = 1.0f;
+};
+void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
+
+// bf16 -> e4m3 per 128-element row: out_scale[r] = amax_r / 448 and
+// out[r, i] = e4m3_rn_satfinite(in[r, i] * inv_r) with inv_r = min(448 / amax_r, FLT_MAX)
+// (f32 ops, IEEE rounding; inv_r = 0 for an all-zero row, whose scale is 0). Inputs finite.
+// in_bf16: [rows][128] (8-byte aligned); out_e4m3: [rows][128] bytes (4-byte aligned); out_scale: [rows].
+void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows,
+                       void* stream = nullptr);
 
 }  // namespace indexcache::cuda

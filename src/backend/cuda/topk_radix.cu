@@ -20,6 +20,8 @@
 // Rows with valid <= k get 0..valid-1, then -1. Output order within a row: elements above the final
 // 32-bit prefix in index order, then the selected threshold elements in index order (block scans, no
 // atomics), so every run writes the same list.
+// Few long rows (decode) with a caller scratch: the first pass and the filtering are spread over many
+// blocks per row (see "Few rows" below); the final per-row block gives the same lists.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -57,8 +59,11 @@ struct Shared {
   int bin, above, count;  // result of select_bin
 };
 
-// Inclusive sum of v over the block in thread order (all threads call); *total = block sum.
+// Inclusive sum of v over the block of NT threads in thread order (all threads call); *total = block sum.
+template <int NT = kThreads>
 __device__ int block_inclusive_sum(int v, Shared& sh, int* total) {
+  constexpr int kW = NT / 32;
+  static_assert(NT % 32 == 0 && kW <= kWarps, "block size");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -68,32 +73,33 @@ __device__ int block_inclusive_sum(int v, Shared& sh, int* total) {
   if (lane == 31) sh.warp_sums[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    int s = lane < kWarps ? sh.warp_sums[lane] : 0;
+    int s = lane < kW ? sh.warp_sums[lane] : 0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const int n = __shfl_up_sync(kFull, s, o);
       if (lane >= o) s += n;
     }
-    if (lane < kWarps) sh.warp_sums[lane] = s;
+    if (lane < kW) sh.warp_sums[lane] = s;
   }
   __syncthreads();
   const int res = v + (warp > 0 ? sh.warp_sums[warp - 1] : 0);
-  *total = sh.warp_sums[kWarps - 1];
+  *total = sh.warp_sums[kW - 1];
   __syncthreads();  // warp_sums is reused by the next call
   return res;
 }
 
 // Finds the bin b of hist[0..nb) holding the krem-th largest element (bins ordered high to low):
 // sh.bin = b, sh.above = count in bins > b (< krem), sh.count = hist[b] (>= krem - above).
-// Precondition: sum(hist) >= krem >= 1. All threads call; results are visible on return.
+// Precondition: sum(hist) >= krem >= 1. All NT threads call; results are visible on return.
+template <int NT = kThreads>
 __device__ void select_bin(const int* hist, int nb, int krem, Shared& sh) {
-  const int chunk = (nb + kThreads - 1) / kThreads;
+  const int chunk = (nb + NT - 1) / NT;
   const int top = nb - 1 - static_cast<int>(threadIdx.x) * chunk;  // this thread's bins: top, top-1, ...
   int c = 0;
   for (int j = 0; j < chunk; ++j)
     if (top - j >= 0) c += hist[top - j];
   int total;
-  const int incl = block_inclusive_sum(c, sh, &total);
+  const int incl = block_inclusive_sum<NT>(c, sh, &total);
   const int excl = incl - c;
   if (excl < krem && krem <= incl) {  // exactly one thread
     int above = excl;
@@ -144,24 +150,44 @@ __device__ __forceinline__ void for_each_key(const float* __restrict__ row, int 
   for (int i = head + 4 * nv + tid; i < n; i += kThreads) f(i, order_key(row[i]));
 }
 
-__global__ void __launch_bounds__(kThreads, 2)
-topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid,
-                  int32_t* __restrict__ indices, int k) {
-  extern __shared__ __align__(16) unsigned char smem[];
+// Radix select on the 64-bit composites of the buffer bkey/bidx[0..nbuf): among those matching
+// (cprefix, cmask) - `cnt` of them, of which `krem` belong to the top k - narrows the prefix with
+// 11-bit digits of the `rem` low bits not fixed yet, until exactly krem composites match (composites
+// are unique, so this terminates). On return every selected buffered composite c satisfies
+// (c & cmask) >= cprefix, and no other one does. hist needs 2048 ints. Block of kThreads, all call.
+__device__ void refine_composites(const uint32_t* bkey, const uint32_t* bidx, int nbuf, unsigned long long& cprefix,
+                                  unsigned long long& cmask, int rem, int krem, int cnt, int* hist, Shared& sh) {
+  const int tid = threadIdx.x;
+#pragma unroll 1
+  while (cnt > krem && rem > 0) {  // block-uniform
+    const int d = min(11, rem);
+    const int shift = rem - d;
+    const int nb = 1 << d;
+    for (int i = tid; i < nb; i += kThreads) hist[i] = 0;
+    __syncthreads();
+    for (int e = tid; e < nbuf; e += kThreads) {
+      const unsigned long long c = composite(bkey[e], bidx[e]);
+      if ((c & cmask) == cprefix) atomicAdd(&hist[static_cast<int>((c >> shift) & (nb - 1))], 1);
+    }
+    __syncthreads();
+    select_bin(hist, nb, krem, sh);
+    cprefix |= static_cast<unsigned long long>(sh.bin) << shift;
+    cmask |= static_cast<unsigned long long>(nb - 1) << shift;
+    krem -= sh.above;
+    cnt = sh.count;
+    rem = shift;
+    __syncthreads();
+  }
+}
+
+// The whole single-block algorithm for one row (n = valid > k) on a block of kThreads threads;
+// smem holds kSmemBytes.
+__device__ void single_block_row(const float* __restrict__ row, int n, int32_t* __restrict__ out, int k,
+                                 unsigned char* smem, Shared& sh) {
   int* hist = reinterpret_cast<int*>(smem);                     // [kMaxBins]
   uint32_t* bkey = reinterpret_cast<uint32_t*>(hist + kMaxBins);  // [kCap]
   uint32_t* bidx = bkey + kCap;                                  // [kCap]
-  __shared__ Shared sh;
-
   const int tid = threadIdx.x;
-  const int t = blockIdx.x;
-  const float* row = scores + static_cast<int64_t>(t) * stride;
-  int32_t* out = indices + static_cast<int64_t>(t) * k;
-  const int n = valid[t];
-  if (n <= k) {
-    for (int i = tid; i < k; i += kThreads) out[i] = i < n ? i : -1;
-    return;
-  }
   // Outputs are written in a deterministic order (never by atomics): the elements above the final
   // prefix in index order, then the selected threshold elements in index order. Runs therefore give
   // bit-identical index lists, so consumers that accumulate over the list (sparse attention) are
@@ -238,27 +264,7 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
     const int nbuf = buf_base;  // == cnt <= kCap
     unsigned long long cprefix = static_cast<unsigned long long>(prefix) << 32;
     unsigned long long cmask = static_cast<unsigned long long>(mask) << 32;
-    int rem = 64 - fixed;  // low bits of the composite not fixed yet
-#pragma unroll 1
-    while (cnt > krem && rem > 0) {  // block-uniform; composites are unique: cnt == krem by rem == 0
-      const int d = min(11, rem);
-      const int shift = rem - d;
-      const int nb = 1 << d;
-      for (int i = tid; i < nb; i += kThreads) hist[i] = 0;
-      __syncthreads();
-      for (int e = tid; e < nbuf; e += kThreads) {
-        const unsigned long long c = composite(bkey[e], bidx[e]);
-        if ((c & cmask) == cprefix) atomicAdd(&hist[static_cast<int>((c >> shift) & (nb - 1))], 1);
-      }
-      __syncthreads();
-      select_bin(hist, nb, krem, sh);
-      cprefix |= static_cast<unsigned long long>(sh.bin) << shift;
-      cmask |= static_cast<unsigned long long>(nb - 1) << shift;
-      krem -= sh.above;
-      cnt = sh.count;
-      rem = shift;
-      __syncthreads();
-    }
+    refine_composites(bkey, bidx, nbuf, cprefix, cmask, 64 - fixed, krem, cnt, hist, sh);
     // The buffer is in index order; compact its selected entries after the out_base outputs.
 #pragma unroll 1
     for (int base = 0; base < nbuf; base += kStripe) {
@@ -319,7 +325,239 @@ topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_
   }
 }
 
+__global__ void __launch_bounds__(kThreads, 2)
+topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid,
+                  int32_t* __restrict__ indices, int k) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ Shared sh;
+  const int t = blockIdx.x;
+  int32_t* out = indices + static_cast<int64_t>(t) * k;
+  const int n = valid[t];
+  if (n <= k) {
+    for (int i = threadIdx.x; i < k; i += kThreads) out[i] = i < n ? i : -1;
+    return;
+  }
+  single_block_row(scores + static_cast<int64_t>(t) * stride, n, out, k, smem, sh);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Few rows: several blocks per row (grid nblk x rows, kChunk elements per block).
+//   A. hist:   per-block 12-bit first-digit histogram, added to the row's global histogram.
+//   B. filter: every block finds the threshold bin from the global histogram (select_bin, as pass 1
+//              of the single-block algorithm) and writes the indices of its survivors (first digit
+//              >= bin) in index order to its own segment of the scratch (kChunk entries: never
+//              overflows) plus their count.
+//   C. final:  one block per row concatenates the segments (index order) into the shared buffer
+//              and finishes exactly like the single-block algorithm after a first pass that fits the
+//              buffer; when it does not fit (more than kCap elements in the threshold bin and not all
+//              needed) it runs the single-block algorithm on the row instead. Rows with valid <= kCap
+//              also take the single-block algorithm (B does nothing for them). The output lists are
+//              therefore bit-identical to the single-block kernel's.
+constexpr int kMbThreads = 256;
+constexpr int kMbPer = 16;
+constexpr int kChunk = kMbThreads * kMbPer;  // 4096 elements per block
+constexpr int kMultiMaxRows = 8;
+constexpr int kFinalCap = kCap + kMaxK;  // survivors: < k above the bin, <= kCap in it (or all needed)
+constexpr size_t kFinalSmemBytes = kMaxBins * sizeof(int) + kFinalCap * 2 * sizeof(uint32_t);
+
+// Rows that take the multi-block path: valid > kCap (hence > k).
+__device__ __forceinline__ bool multi_row(int n) { return n > kCap; }
+
+__global__ void __launch_bounds__(kMbThreads)
+topk_mb_hist_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid,
+                    int* __restrict__ ghist) {
+  __shared__ int hist[kMaxBins];
+  const int tid = threadIdx.x;
+  const int t = blockIdx.y;
+  const int n = valid[t];
+  const int base = blockIdx.x * kChunk;
+  if (!multi_row(n) || base >= n) return;  // block-uniform
+  for (int i = tid; i < kMaxBins; i += kMbThreads) hist[i] = 0;
+  __syncthreads();
+  const float* row = scores + static_cast<int64_t>(t) * stride + base;
+  const int end = min(n - base, kChunk);
+  float x[kMbPer];
+#pragma unroll
+  for (int u = 0; u < kMbPer; ++u) {
+    const int i = u * kMbThreads + tid;
+    x[u] = i < end ? __ldg(row + i) : 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < kMbPer; ++u)
+    if (u * kMbThreads + tid < end) atomicAdd(&hist[order_key(x[u]) >> 20], 1);
+  __syncthreads();
+  int* gh = ghist + static_cast<int64_t>(t) * kMaxBins;
+  for (int i = tid; i < kMaxBins; i += kMbThreads)
+    if (hist[i] != 0) atomicAdd(&gh[i], hist[i]);
+}
+
+__global__ void __launch_bounds__(kMbThreads)
+topk_mb_filter_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid, int k,
+                      const int* __restrict__ ghist, int* __restrict__ counts, int32_t* __restrict__ seg, int nblk) {
+  __shared__ int hist[kMaxBins];
+  __shared__ Shared sh;
+  const int tid = threadIdx.x;
+  const int t = blockIdx.y;
+  const int n = valid[t];
+  const int base = blockIdx.x * kChunk;
+  if (!multi_row(n) || base >= n) return;  // block-uniform
+  const int* gh = ghist + static_cast<int64_t>(t) * kMaxBins;
+  for (int i = tid; i < kMaxBins; i += kMbThreads) hist[i] = gh[i];
+  __syncthreads();
+  select_bin<kMbThreads>(hist, kMaxBins, k, sh);
+  const uint32_t bin = static_cast<uint32_t>(sh.bin);
+  const int krem = k - sh.above, cnt = sh.count;
+  if (!(cnt <= kCap || cnt == krem)) return;  // the final kernel runs the single-block algorithm
+  const float* row = scores + static_cast<int64_t>(t) * stride + base;
+  const int end = min(n - base, kChunk);
+  // kMbPer consecutive elements per thread: thread order is index order.
+  uint32_t keep = 0;
+#pragma unroll
+  for (int u = 0; u < kMbPer; ++u) {
+    const int i = kMbPer * tid + u;
+    if (i < end && (order_key(__ldg(row + i)) >> 20) >= bin) keep |= 1u << u;
+  }
+  const int v = __popc(keep);
+  int total;
+  int o = block_inclusive_sum<kMbThreads>(v, sh, &total) - v;
+  const int64_t slot = static_cast<int64_t>(t) * nblk + blockIdx.x;
+  int32_t* sg = seg + slot * kChunk;
+#pragma unroll
+  for (int u = 0; u < kMbPer; ++u)
+    if ((keep >> u) & 1u) sg[o++] = base + kMbPer * tid + u;
+  if (tid == 0) counts[slot] = total;
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+topk_mb_final_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid,
+                     int32_t* __restrict__ indices, int k, const int* __restrict__ ghist,
+                     const int* __restrict__ counts, const int32_t* __restrict__ seg, int nblk) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ Shared sh;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int t = blockIdx.x;
+  const float* row = scores + static_cast<int64_t>(t) * stride;
+  int32_t* out = indices + static_cast<int64_t>(t) * k;
+  const int n = valid[t];
+  if (n <= k) {
+    for (int i = tid; i < k; i += kThreads) out[i] = i < n ? i : -1;
+    return;
+  }
+  if (!multi_row(n)) {
+    single_block_row(row, n, out, k, smem, sh);
+    return;
+  }
+  int* hist = reinterpret_cast<int*>(smem);                      // [kMaxBins]
+  uint32_t* bkey = reinterpret_cast<uint32_t*>(hist + kMaxBins);  // [kFinalCap]
+  uint32_t* bidx = bkey + kFinalCap;                              // [kFinalCap]
+  const int* gh = ghist + static_cast<int64_t>(t) * kMaxBins;
+  for (int i = tid; i < kMaxBins; i += kThreads) hist[i] = gh[i];
+  __syncthreads();
+  select_bin(hist, kMaxBins, k, sh);
+  const int bin = sh.bin, above = sh.above, cnt = sh.count;
+  const int krem = k - above;
+  if (!(cnt <= kCap || cnt == krem)) {  // block-uniform: heavy ties in the threshold bin
+    single_block_row(row, n, out, k, smem, sh);
+    return;
+  }
+  // Concatenate the segments in block order (= index order). offs reuses hist (nb_used <= kMaxBins,
+  // asserted on the host); select_bin finished reading hist before its closing barrier.
+  const int nb_used = min((n + kChunk - 1) / kChunk, nblk);  // the min guards valid > stride only
+  const int* cnts = counts + static_cast<int64_t>(t) * nblk;
+  int* offs = hist;
+  int run = 0;  // block-uniform
+#pragma unroll 1
+  for (int b0 = 0; b0 < nb_used; b0 += kThreads) {
+    const int b = b0 + tid;
+    const int c = b < nb_used ? cnts[b] : 0;
+    int total;
+    const int incl = block_inclusive_sum(c, sh, &total);
+    if (b < nb_used) offs[b] = run + incl - c;
+    run += total;
+  }
+  __syncthreads();
+  const int nbuf = min(run, kFinalCap);  // run == above + cnt <= kFinalCap; min is a safety net
+#pragma unroll 1
+  for (int b = warp; b < nb_used; b += kWarps) {
+    const int c = cnts[b], o = offs[b];
+    const int32_t* sg = seg + (static_cast<int64_t>(t) * nblk + b) * kChunk;
+    for (int e = lane; e < c; e += 32) {
+      if (o + e < kFinalCap) {
+        const int i = sg[e];
+        bidx[o + e] = static_cast<uint32_t>(i);
+        bkey[o + e] = order_key(__ldg(row + i));
+      }
+    }
+  }
+  __syncthreads();
+  if (cnt == krem) {  // all survivors are selected: index order, as the single-block take_all
+    for (int e = tid; e < nbuf; e += kThreads)
+      if (e < k) out[e] = static_cast<int32_t>(bidx[e]);
+    return;
+  }
+  unsigned long long cprefix = static_cast<unsigned long long>(bin) << 52;
+  unsigned long long cmask = 0xFFFull << 52;
+  refine_composites(bkey, bidx, nbuf, cprefix, cmask, 52, krem, cnt, hist, sh);
+  // Output: first-digit > bin (exactly `above` of them) in index order, then the selected ones of
+  // the threshold bin in index order; packed per-stripe counts (low 16 bits: above, high: bin).
+  const uint32_t ubin = static_cast<uint32_t>(bin);
+  int a_base = 0, b_base = above;  // block-uniform
+#pragma unroll 1
+  for (int base = 0; base < nbuf; base += kStripe) {
+    int v = 0;
+    uint32_t cls[kPer];  // 0: not output, 1: above, 2: selected in the bin
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = base + kPer * tid + u;
+      cls[u] = 0;
+      if (e < nbuf) {
+        const uint32_t d = bkey[e] >> 20;
+        if (d > ubin) cls[u] = 1;
+        else if (d == ubin && (composite(bkey[e], bidx[e]) & cmask) >= cprefix) cls[u] = 2;
+      }
+      v += cls[u] == 1 ? 1 : (cls[u] == 2 ? (1 << 16) : 0);
+    }
+    int total;
+    const int excl = block_inclusive_sum(v, sh, &total) - v;
+    int oa = a_base + (excl & 0xFFFF), ob = b_base + (excl >> 16);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = base + kPer * tid + u;
+      if (cls[u] == 1) {
+        if (oa < k) out[oa] = static_cast<int32_t>(bidx[e]);
+        ++oa;
+      } else if (cls[u] == 2) {
+        if (ob < k) out[ob] = static_cast<int32_t>(bidx[e]);
+        ++ob;
+      }
+    }
+    a_base += total & 0xFFFF;
+    b_base += total >> 16;
+  }
+}
+
+struct MultiLayout {
+  int nblk = 0;  // 0: the multi-block path does not apply
+  size_t counts_off = 0, seg_off = 0, bytes = 0;
+};
+
+MultiLayout multi_layout(const TopkRadixParams& p) {
+  MultiLayout L;
+  if (p.tokens < 1 || p.tokens > kMultiMaxRows || p.scores_stride <= kCap) return L;
+  const int64_t nblk = (p.scores_stride + kChunk - 1) / kChunk;
+  if (nblk > kMaxBins) return L;  // offsets of the final kernel live in the kMaxBins histogram
+  auto up16 = [](size_t x) { return (x + 15) & ~static_cast<size_t>(15); };
+  const size_t rows = static_cast<size_t>(p.tokens);
+  L.nblk = static_cast<int>(nblk);
+  L.counts_off = up16(rows * kMaxBins * sizeof(int));
+  L.seg_off = L.counts_off + up16(rows * static_cast<size_t>(nblk) * sizeof(int));
+  L.bytes = L.seg_off + rows * static_cast<size_t>(nblk) * kChunk * sizeof(int32_t);
+  return L;
+}
+
 }  // namespace
+
+size_t topk_radix_scratch_bytes(const TopkRadixParams& p) { return multi_layout(p).bytes; }
 
 void topk_radix(const TopkRadixParams& p, void* stream) {
   const char* what = "cuda topk_radix";
@@ -329,15 +567,41 @@ void topk_radix(const TopkRadixParams& p, void* stream) {
   if (p.tokens == 0) return;
   if (!p.scores || !p.valid || !p.indices) throw_runtime(what, "null pointer argument");
   if (p.scores_stride < 0) throw_runtime(what, "negative scores_stride");
+  const MultiLayout L = multi_layout(p);
+  if (p.scratch) {
+    if (p.scratch_bytes < L.bytes)
+      throw_runtime(what, "scratch of " + std::to_string(p.scratch_bytes) + " bytes, " + std::to_string(L.bytes) +
+                              " needed (topk_radix_scratch_bytes)");
+    if (reinterpret_cast<uintptr_t>(p.scratch) % 16 != 0) throw_runtime(what, "scratch must be 16-byte aligned");
+  }
   static const bool attr_set = [] {
     IC_CUDA_CHECK(cudaFuncSetAttribute(topk_radix_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(kSmemBytes)));
+    IC_CUDA_CHECK(cudaFuncSetAttribute(topk_mb_final_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(kFinalSmemBytes)));
     return true;
   }();
   (void)attr_set;
-  topk_radix_kernel<<<p.tokens, kThreads, kSmemBytes, static_cast<cudaStream_t>(stream)>>>(
-      p.scores, p.scores_stride, p.valid, p.indices, p.k);
-  IC_CUDA_CHECK_LAUNCH("topk_radix launch");
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (!p.scratch || L.nblk == 0) {
+    topk_radix_kernel<<<p.tokens, kThreads, kSmemBytes, s>>>(p.scores, p.scores_stride, p.valid, p.indices, p.k);
+    IC_CUDA_CHECK_LAUNCH("topk_radix launch");
+    return;
+  }
+  unsigned char* base = static_cast<unsigned char*>(p.scratch);
+  int* ghist = reinterpret_cast<int*>(base);
+  int* counts = reinterpret_cast<int*>(base + L.counts_off);
+  int32_t* seg = reinterpret_cast<int32_t*>(base + L.seg_off);
+  IC_CUDA_CHECK(cudaMemsetAsync(ghist, 0, static_cast<size_t>(p.tokens) * kMaxBins * sizeof(int), s));
+  const dim3 grid(static_cast<unsigned>(L.nblk), static_cast<unsigned>(p.tokens));
+  topk_mb_hist_kernel<<<grid, kMbThreads, 0, s>>>(p.scores, p.scores_stride, p.valid, ghist);
+  IC_CUDA_CHECK_LAUNCH("topk_radix hist launch");
+  topk_mb_filter_kernel<<<grid, kMbThreads, 0, s>>>(p.scores, p.scores_stride, p.valid, p.k, ghist, counts, seg,
+                                                    L.nblk);
+  IC_CUDA_CHECK_LAUNCH("topk_radix filter launch");
+  topk_mb_final_kernel<<<p.tokens, kThreads, kFinalSmemBytes, s>>>(p.scores, p.scores_stride, p.valid, p.indices,
+                                                                   p.k, ghist, counts, seg, L.nblk);
+  IC_CUDA_CHECK_LAUNCH("topk_radix final launch");
 }
 
 }  // namespace indexcache::cuda

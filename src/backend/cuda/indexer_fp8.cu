@@ -1,0 +1,409 @@
+// Lightning-indexer scores on FP8 (e4m3) tensor cores (mma.sync m16n8k32, f32 accumulation), fused:
+//   scores[t, s] = scale * k_scale[s] * sum_h (w[t, h] * q_scale[t, h]) * relu(q8[t, h, :] . k8[s, :])
+//   (s <= positions[t]; -inf for positions[t] < s < keys)
+// which equals scale * sum_h w * relu(q_scale * k_scale * dot) because the scales are >= 0.
+//
+// Same GEMM view and tiling as indexer_bf16.cu: M = (query, head) rows, N = keys, K = 128 (one K
+// tile, now 128 BYTES per row). Block: kM = 128 rows x key tiles of kN = 128, 8 warps as 4 (rows) x
+// 2 (keys), each warp a 32 x 64 f32 accumulator tile (2 x 8 mma tiles). What fp8 changes:
+//  - a shared row is 128 B = 8 chunks of 16 B, XOR-swizzled by (row & 7): ldmatrix conflict-free;
+//  - the q fragments of a warp are only 2 (row halves) x 4 (k steps) x 4 registers = 32 registers,
+//    so they are loaded from shared memory ONCE per block and stay in registers for every key tile;
+//  - a tile is 16 KB, so three key buffers fit (cp.async prefetch distance 2).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k32 with .e4m3; groupID g = lane >> 2, t4 = lane & 3):
+//   A (16 x 32, row): reg0 = row g, k 4*t4..4*t4+3; reg1 = row g+8, same k; reg2 = row g, k 16+4*t4..;
+//                     reg3 = row g+8, k 16+4*t4..  (bytes low to high = increasing k)
+//   B (32 x 8, col):  reg0 = key g, k 4*t4..4*t4+3; reg1 = key g, k 16+4*t4..
+//   C (16 x 8, f32):  c0, c1 = row g, cols 2*t4, 2*t4+1; c2, c3 = row g+8, same cols.
+// ldmatrix .m8n8 .b16 hands lane l the 4 bytes at byte offset 4 * (l & 3) of row l >> 2 of each 8 x 16
+// byte matrix, which is exactly the 8-bit fragment above when a 16-byte chunk holds 16 consecutive k.
+// So one ldmatrix.x4 over (rows 0-7, k 0-15), (rows 8-15, k 0-15), (rows 0-7, k 16-31),
+// (rows 8-15, k 16-31) yields A reg0..reg3, and over (keys 0-7, k 0-15), (keys 0-7, k 16-31),
+// (keys 8-15, k 0-15), (keys 8-15, k 16-31) yields B of two adjacent n-tiles.
+//
+// Epilogue as in the bf16 kernel (relu, row weight, butterfly reduce-scatter, shared partials, one
+// coalesced pass per tile that adds the partials of each query and applies k_scale, scale and the
+// causal mask). Keys past the last one any query of the block may see are zero-filled, never read.
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/dsa_bf16.h"
+
+namespace indexcache::cuda {
+
+namespace {
+
+constexpr int kM = 128;        // (query, head) rows per block
+constexpr int kN = 128;        // keys per tile
+constexpr int kD = 128;        // head_dim (bytes per row in e4m3)
+constexpr int kThreads = 256;  // 8 warps: 4 along rows x 2 along keys
+constexpr int kRowBytes = kD;
+constexpr int kTileBytes = kM * kRowBytes;  // 16 KB; a key tile is the same size (kN == kM)
+constexpr int kKeyBufs = 3;
+constexpr int kMaxParts = kM / 8;
+constexpr int kMaxQB = kM / 8;
+constexpr int kMaxChunkTiles = 32;
+constexpr size_t kSmemBytes =
+    static_cast<size_t>(1 + kKeyBufs) * kTileBytes + static_cast<size_t>(kMaxParts) * kN * sizeof(float);
+
+// Byte offset of 16-byte chunk c (0..7) of row r in a swizzled 128-byte-row tile.
+__device__ __forceinline__ uint32_t swz(int r, int c) {
+  return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                            uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// c += A (16 x 32 e4m3, row) * B (32 x 8 e4m3, col), f32 accumulation.
+__device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Copies rows [0, kM) of a 128-byte-row slab starting at `src` into the swizzled tile at `dst`;
+// rows >= valid_rows are zero-filled (nothing read).
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const char* src, int valid_rows) {
+#pragma unroll
+  for (int i = 0; i < kTileBytes / 16 / kThreads; ++i) {
+    const int idx = threadIdx.x + i * kThreads;
+    const int r = idx >> 3, c = idx & 7;
+    const bool ok = r < valid_rows;
+    cp_async16(dst + swz(r, c), ok ? src + static_cast<int64_t>(r) * kRowBytes + c * 16 : src, ok ? 16 : 0);
+  }
+}
+
+// In-place butterfly reduce-scatter of v[16] over the 8 lanes that differ in lane bits 2..4.
+// Afterwards v[0], v[1] hold the sums (over those 8 lanes) of the original entries
+// 2 * j and 2 * j + 1 with j = 4 * bit4 + 2 * bit3 + bit2 of this lane.
+__device__ __forceinline__ void reduce_scatter16(float (&v)[16], int lane) {
+  constexpr unsigned kFull = 0xFFFFFFFFu;
+  {
+    const bool hi = lane & 16;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float send = hi ? v[i] : v[i + 8];
+      const float keep = hi ? v[i + 8] : v[i];
+      v[i] = keep + __shfl_xor_sync(kFull, send, 16);
+    }
+  }
+  {
+    const bool hi = lane & 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float send = hi ? v[i] : v[i + 4];
+      const float keep = hi ? v[i + 4] : v[i];
+      v[i] = keep + __shfl_xor_sync(kFull, send, 8);
+    }
+  }
+  {
+    const bool hi = lane & 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float send = hi ? v[i] : v[i + 2];
+      const float keep = hi ? v[i + 2] : v[i];
+      v[i] = keep + __shfl_xor_sync(kFull, send, 4);
+    }
+  }
+}
+
+// kWarpOneQuery: heads % 32 == 0, so the 32 rows of a warp belong to one query (partials per warp);
+// otherwise heads % 8 == 0 and each 8-row group is one query (partials per 8-row group).
+template <bool kWarpOneQuery>
+__global__ void __launch_bounds__(kThreads, 2)
+indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scale, const char* __restrict__ kg,
+                   const float* __restrict__ k_scale, const float* __restrict__ w,
+                   const int32_t* __restrict__ positions, float* __restrict__ scores, int64_t scores_stride,
+                   int tokens, int keys, int heads, int qb, int chunk_tiles, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int pos_s[kMaxQB];
+  __shared__ int maxpos_s;
+  __shared__ float wrow_s[kM];
+  const uint32_t q_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t k_s0 = q_s + kTileBytes;  // kKeyBufs key buffers follow the q slab
+  float* part = reinterpret_cast<float*>(smem + (1 + kKeyBufs) * kTileBytes);  // [kMaxParts][kN]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp & 3, warp_n = warp >> 2;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int t0 = blockIdx.x * qb;
+  const int nq = min(qb, tokens - t0);  // queries of this block (>= 1)
+  const int rows_used = nq * heads;
+  const int total_tiles = (keys + kN - 1) / kN;
+  const int j0 = blockIdx.y * chunk_tiles;
+  const int j1 = min(total_tiles, j0 + chunk_tiles);
+  const float neg_inf = -INFINITY;
+
+  if (tid < kMaxQB) pos_s[tid] = tid < nq ? positions[t0 + tid] : -1;
+  __syncthreads();
+  if (tid == 0) {
+    int m = -1;
+    for (int i = 0; i < nq; ++i) m = max(m, pos_s[i]);
+    maxpos_s = m;
+  }
+  __syncthreads();
+  // Keys any query of the block may see: [0, kvis). Tiles from j_vis on are wholly in the future.
+  const int kvis = min(keys, maxpos_s + 1);
+  const int j_vis = kvis <= 0 ? 0 : (kvis + kN - 1) / kN;
+  const int nc = max(0, min(j1, j_vis) - j0);  // tiles to compute
+
+  if (nc > 0) {
+    // Row weights w * q_scale of the block's rows, in shared memory (read in the epilogue, which
+    // keeps 4 registers free for the resident q fragments). Made visible by the loop's first barrier.
+    if (tid < kM) {
+      const int64_t gi = static_cast<int64_t>(t0) * heads + tid;
+      wrow_s[tid] = tid < rows_used ? w[gi] * q_scale[gi] : 0.0f;
+    }
+    const bool warp_active = warp_m * 32 < rows_used;
+    const int unit = kWarpOneQuery ? 32 : 8;  // rows per partial-sum row
+    const int parts_per_query = heads / unit;
+
+    // Pipeline: one cp.async group per key tile (group i = tile j0 + i; group 0 also holds the q slab),
+    // committed even when empty so that "all but the newest group complete" always means tile `it`.
+    load_tile_async(q_s, qg + static_cast<int64_t>(t0) * heads * kRowBytes, rows_used);
+    load_tile_async(k_s0, kg + static_cast<int64_t>(j0) * kN * kRowBytes, kvis - j0 * kN);
+    cp_async_commit();
+    if (nc > 1) load_tile_async(k_s0 + kTileBytes, kg + static_cast<int64_t>(j0 + 1) * kN * kRowBytes, kvis - (j0 + 1) * kN);
+    cp_async_commit();
+
+    // This warp's q fragments, loaded once (tile group 0 holds the q slab).
+    uint32_t afr[2][kD / 32][4];
+    cp_async_wait<1>();
+    __syncthreads();
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int kk = 0; kk < kD / 32; ++kk)
+        ldmatrix_x4(q_s + swz(warp_m * 32 + mi * 16 + (lane & 15), kk * 2 + (lane >> 4)), afr[mi][kk][0],
+                    afr[mi][kk][1], afr[mi][kk][2], afr[mi][kk][3]);
+
+#pragma unroll 1
+    for (int it = 0; it < nc; ++it) {
+      const int j = j0 + it;
+      cp_async_wait<1>();
+      __syncthreads();  // tile `it` (and the q slab) visible to every warp; buffer (it + 2) % 3 free
+
+      if (it + 2 < nc)
+        load_tile_async(k_s0 + ((it + 2) % kKeyBufs) * kTileBytes, kg + static_cast<int64_t>(j + 2) * kN * kRowBytes,
+                        kvis - (j + 2) * kN);
+      cp_async_commit();
+
+      if (warp_active) {
+        const uint32_t kb = k_s0 + (it % kKeyBufs) * kTileBytes;
+        float acc[2][8][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+#pragma unroll
+        for (int kk = 0; kk < kD / 32; ++kk) {
+          // Lane l addresses key (l & 7) + 8 * (l >> 4), 16-byte k chunk 2 * kk + ((l >> 3) & 1).
+#pragma unroll
+          for (int p = 0; p < 4; ++p) {
+            uint32_t b0, b1, b2, b3;
+            ldmatrix_x4(kb + swz(warp_n * 64 + p * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)),
+                        b0, b1, b2, b3);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+              mma_e4m3(acc[mi][2 * p], afr[mi][kk], b0, b1);
+              mma_e4m3(acc[mi][2 * p + 1], afr[mi][kk], b2, b3);
+            }
+          }
+        }
+
+        // acc[mi][ni][hf * 2 + e]: row warp_m*32 + mi*16 + hf*8 + g, key column ni*8 + t4*2 + e.
+        float wr[2][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) wr[mi][hf] = wrow_s[warp_m * 32 + mi * 16 + hf * 8 + g];
+        const int col = warp_n * 64 + ((lane >> 4) & 1) * 32 + ((lane >> 3) & 1) * 16 + ((lane >> 2) & 1) * 8 + t4 * 2;
+        if constexpr (kWarpOneQuery) {
+          float v[16];
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              float s = 0.0f;
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) s = fmaf(wr[mi][hf], fmaxf(acc[mi][ni][hf * 2 + e], 0.0f), s);
+              v[ni * 2 + e] = s;
+            }
+          reduce_scatter16(v, lane);
+          *reinterpret_cast<float2*>(part + warp_m * kN + col) = make_float2(v[0], v[1]);
+        } else {
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              float v[16];
+#pragma unroll
+              for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                  v[ni * 2 + e] = wr[mi][hf] * fmaxf(acc[mi][ni][hf * 2 + e], 0.0f);
+              reduce_scatter16(v, lane);
+              *reinterpret_cast<float2*>(part + (warp_m * 4 + mi * 2 + hf) * kN + col) = make_float2(v[0], v[1]);
+            }
+        }
+      }
+      __syncthreads();  // partials complete; every warp is done reading key buffer it % 3
+
+      const int s0 = j * kN;
+      for (int i = tid; i < nq * kN; i += kThreads) {
+        const int lq = i / kN, c = i % kN;
+        const int s = s0 + c;
+        if (s >= keys) continue;
+        float out = neg_inf;
+        if (s <= pos_s[lq]) {
+          float sum = 0.0f;
+          for (int pp = 0; pp < parts_per_query; ++pp) sum += part[(lq * parts_per_query + pp) * kN + c];
+          out = sum * (scale * k_scale[s]);
+        }
+        scores[static_cast<int64_t>(t0 + lq) * scores_stride + s] = out;
+      }
+    }
+    cp_async_wait<0>();  // nothing is in flight when the block exits (the trailing groups are empty)
+  }
+
+  // Tiles of the chunk in the future of every query of the block: -inf only.
+  const int sm0 = (j0 + nc) * kN;
+  const int sm1 = min(keys, j1 * kN);
+  const int width = sm1 - sm0;
+  if (width > 0)
+    for (int i = tid; i < nq * width; i += kThreads) {
+      const int lq = i / width, s = sm0 + i % width;
+      scores[static_cast<int64_t>(t0 + lq) * scores_stride + s] = neg_inf;
+    }
+}
+
+// One warp per 128-element row: lane l converts elements 4l..4l+3.
+__global__ void __launch_bounds__(256) quantize_rows_fp8_kernel(const uint2* __restrict__ in,
+                                                                 uint32_t* __restrict__ out,
+                                                                 float* __restrict__ out_scale, int64_t rows) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps leave together
+  const uint2 v = in[row * 32 + lane];
+  float f[4];
+  f[0] = __uint_as_float(v.x << 16);
+  f[1] = __uint_as_float(v.x & 0xFFFF0000u);
+  f[2] = __uint_as_float(v.y << 16);
+  f[3] = __uint_as_float(v.y & 0xFFFF0000u);
+  float amax = fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3])));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+  const float inv = amax > 0.0f ? fminf(__fdiv_rn(448.0f, amax), FLT_MAX) : 0.0f;
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __nv_fp8_storage_t b = __nv_cvt_float_to_fp8(__fmul_rn(f[i], inv), __NV_SATFINITE, __NV_E4M3);
+    packed |= static_cast<uint32_t>(b) << (8 * i);
+  }
+  out[row * 32 + lane] = packed;
+  if (lane == 0) out_scale[row] = __fdiv_rn(amax, 448.0f);
+}
+
+int num_sms() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    IC_CUDA_CHECK(cudaGetDevice(&dev));
+    IC_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
+template <bool kWarpOneQuery>
+void launch(const IndexerFp8Params& p, int qb, cudaStream_t stream) {
+  static const bool attr_set = [] {
+    IC_CUDA_CHECK(cudaFuncSetAttribute(indexer_fp8_kernel<kWarpOneQuery>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
+    return true;
+  }();
+  (void)attr_set;
+  const int qblocks = (p.tokens + qb - 1) / qb;
+  const int tiles = (p.keys + kN - 1) / kN;
+  // Long chunks amortise the q-slab load; shrink them until the grid fills the GPU a few times.
+  int chunk = kMaxChunkTiles;
+  while (chunk > 1 && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4LL * num_sms()) chunk /= 2;
+  const int chunks = (tiles + chunk - 1) / chunk;
+  if (chunks > 65535) throw_runtime("cuda indexer_scores_fp8", "too many keys (" + std::to_string(p.keys) + ")");
+  const dim3 grid(qblocks, chunks);
+  indexer_fp8_kernel<kWarpOneQuery><<<grid, kThreads, kSmemBytes, stream>>>(
+      static_cast<const char*>(p.q), p.q_scale, static_cast<const char*>(p.k), p.k_scale, p.w, p.positions,
+      p.scores, p.scores_stride, p.tokens, p.keys, p.heads, qb, chunk, p.scale);
+  IC_CUDA_CHECK_LAUNCH("indexer_scores_fp8 launch");
+}
+
+}  // namespace
+
+void indexer_scores_fp8(const IndexerFp8Params& p, void* stream) {
+  const char* what = "cuda indexer_scores_fp8";
+  if (p.tokens < 0 || p.keys < 0)
+    throw_runtime(what, "tokens and keys must be >= 0 (got " + std::to_string(p.tokens) + ", " +
+                            std::to_string(p.keys) + ")");
+  if (p.tokens == 0 || p.keys == 0) return;
+  if (p.head_dim != kD)
+    throw_runtime(what, "head_dim must be " + std::to_string(kD) + " (got " + std::to_string(p.head_dim) + ")");
+  if (p.heads < 8 || p.heads > kM || p.heads % 8 != 0)
+    throw_runtime(what, "heads must be a multiple of 8 in 8.." + std::to_string(kM) + " (got " +
+                            std::to_string(p.heads) + ")");
+  if (p.scores_stride < p.keys)
+    throw_runtime(what, "scores_stride " + std::to_string(p.scores_stride) + " < keys " + std::to_string(p.keys));
+  if (!p.q || !p.q_scale || !p.k || !p.k_scale || !p.w || !p.positions || !p.scores)
+    throw_runtime(what, "null pointer argument");
+  if ((reinterpret_cast<uintptr_t>(p.q) | reinterpret_cast<uintptr_t>(p.k)) % 16 != 0)
+    throw_runtime(what, "q and k must be 16-byte aligned");
+  const int qb = kM / p.heads;  // queries per block
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (p.heads % 32 == 0)
+    launch<true>(p, qb, s);
+  else
+    launch<false>(p, qb, s);
+}
+
+void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, void* stream) {
+  const char* what = "cuda quantize_rows_fp8";
+  if (rows < 0) throw_runtime(what, "rows must be >= 0 (got " + std::to_string(rows) + ")");
+  if (rows == 0) return;
+  if (!in_bf16 || !out_e4m3 || !out_scale) throw_runtime(what, "null pointer argument");
+  if (reinterpret_cast<uintptr_t>(in_bf16) % 8 != 0 || reinterpret_cast<uintptr_t>(out_e4m3) % 4 != 0)
+    throw_runtime(what, "input must be 8-byte and output 4-byte aligned");
+  constexpr int kRowsPerBlock = 8;
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (blocks > 0x7FFFFFFF) throw_runtime(what, "too many rows (" + std::to_string(rows) + ")");
+  quantize_rows_fp8_kernel<<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint2*>(in_bf16), static_cast<uint32_t*>(out_e4m3), out_scale, rows);
+  IC_CUDA_CHECK_LAUNCH("quantize_rows_fp8 launch");
+}
+
+}  // namespace indexcache::cuda

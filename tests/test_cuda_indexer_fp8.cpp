@@ -1,0 +1,609 @@
+// FP8 (e4m3) indexer scores (cuda::indexer_scores_fp8) and the row quantizer (cuda::quantize_rows_fp8).
+//  - quantizer: against a host encoder written here (nearest e4m3 value from the table of all
+//    finite codes, ties to the even code, saturating at 448) applied with the same f32 operations;
+//    bytes and scales must match EXACTLY. Rows of very different magnitudes, an all-zero row, and a
+//    row of hand-picked rounding ties (amax 448, so the values reach the encoder unscaled).
+//  - scores: against cpu::indexer_scores on the DEQUANTIZED inputs (decode(q8) * q_scale,
+//    decode(k8) * k_scale in f32, decoded by a host table). Row magnitudes vary by ~400x, so a scale
+//    applied to the wrong row or key shows. Tolerance 1e-3 of the Cauchy-Schwarz bound
+//    scale * sum_h |w_h| |q_h| |k_s| (fp8 products are exact; the f32 accumulation error is ~1e-5 of
+//    it; a fragment or index error is ~1e-1 of it). -inf must match exactly; outputs are
+//    NaN-poisoned first and the stride padding must keep the poison.
+//  - real shapes: timings (median of 10, CUDA events) as "[cuda-ops]" lines, beside the bf16 kernel
+//    on the same data in the same run, with sampled rows checked against the CPU.
+// Without a CUDA device every GPU test is skipped. Builds against GoogleTest and mini_gtest (uses
+// only TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ).
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/dsa_bf16.h"
+
+namespace indexcache {
+namespace {
+
+using cuda::DeviceBuffer;
+
+constexpr int kDim = 128;
+constexpr double kRelTol = 1e-3;
+
+#define REQUIRE_GPU()                                                                          \
+  if (!cuda::cuda_available())                                                                 \
+  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
+               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
+
+// ---------------------------------------------------------------- host bf16 / e4m3
+
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// E4M3: sign, 4 exponent bits (bias 7), 3 mantissa bits; exponent 0 is subnormal (m/8 * 2^-6);
+// S.1111.111 is NaN; there are no infinities; the largest finite value is 448 (0x7E).
+float e4m3_decode(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  if (e == 15 && m == 7) return std::nanf("");
+  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
+  return (b & 0x80) ? -mag : mag;
+}
+
+// Decoded values of the finite non-negative codes 0x00..0x7E (increasing with the code).
+const std::vector<float>& e4m3_table() {
+  static const std::vector<float> t = [] {
+    std::vector<float> v(127);
+    for (int c = 0; c < 127; ++c) v[c] = e4m3_decode(static_cast<uint8_t>(c));
+    return v;
+  }();
+  return t;
+}
+
+// Round to nearest, ties to the even code, saturate to +-448. Input finite.
+uint8_t e4m3_encode(float x) {
+  const std::vector<float>& t = e4m3_table();
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  const float a = std::fabs(x);
+  if (a >= 448.0f) return sign | 0x7E;
+  const int lo = static_cast<int>(std::upper_bound(t.begin(), t.end(), a) - t.begin()) - 1;  // t[lo] <= a
+  if (t[lo] == a) return sign | static_cast<uint8_t>(lo);
+  const int hi = lo + 1;
+  const double dlo = static_cast<double>(a) - t[lo], dhi = static_cast<double>(t[hi]) - a;
+  const int c = dlo < dhi ? lo : dhi < dlo ? hi : (lo % 2 == 0 ? lo : hi);
+  return sign | static_cast<uint8_t>(c);
+}
+
+// The documented quantizer, in the same f32 operations as the device.
+void host_quantize_row(const uint16_t* in, uint8_t* out, float* scale) {
+  float amax = 0.0f;
+  for (int i = 0; i < kDim; ++i) amax = std::max(amax, std::fabs(from_bf16(in[i])));
+  const float inv = amax > 0.0f ? std::min(448.0f / amax, FLT_MAX) : 0.0f;
+  for (int i = 0; i < kDim; ++i) out[i] = e4m3_encode(from_bf16(in[i]) * inv);
+  *scale = amax / 448.0f;
+}
+
+std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// rows x 128 random bf16 values; each row gets its own magnitude in [0.05, 20] (log-uniform).
+std::vector<uint16_t> random_bf16_rows(int64_t rows, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f), lg(std::log(0.05f), std::log(20.0f));
+  std::vector<uint16_t> v(static_cast<size_t>(rows) * kDim);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float mag = std::exp(lg(rng));
+    for (int i = 0; i < kDim; ++i) v[static_cast<size_t>(r) * kDim + i] = to_bf16(mag * u(rng));
+  }
+  return v;
+}
+
+bool is_poison(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u == 0xFFFFFFFFu;
+}
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
+
+std::vector<float> download_range(const DeviceBuffer& b, size_t offset, size_t count) {
+  std::vector<float> v(count);
+  const cudaError_t e = cudaMemcpy(v.data(), b.as<float>() + offset, count * sizeof(float), cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) std::fill(v.begin(), v.end(), std::nanf(""));
+  return v;
+}
+
+// ---------------------------------------------------------------- quantizer
+
+void check_quantizer(const std::vector<uint16_t>& in, int64_t rows, const std::string& label) {
+  std::vector<uint8_t> ref(static_cast<size_t>(rows) * kDim);
+  std::vector<float> ref_scale(rows);
+  for (int64_t r = 0; r < rows; ++r)
+    host_quantize_row(in.data() + r * kDim, ref.data() + r * kDim, &ref_scale[r]);
+
+  DeviceBuffer din = DeviceBuffer::from(in);
+  DeviceBuffer dout(ref.size()), dscale(rows * sizeof(float));
+  dout.fill_bytes(0x7F);  // the e4m3 NaN code
+  dscale.fill_bytes(0xFF);
+  cuda::quantize_rows_fp8(din.data(), dout.data(), dscale.as<float>(), rows);
+  cuda::device_synchronize();
+  const std::vector<uint8_t> got = dout.to_vector<uint8_t>(ref.size());
+  const std::vector<float> got_scale = dscale.to_vector<float>(rows);
+  int64_t bad = 0, bad_scale = 0;
+  std::ostringstream first;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!same_bits(got_scale[r], ref_scale[r]) && bad_scale++ < 3)
+      first << "  row " << r << ": scale " << got_scale[r] << " want " << ref_scale[r] << "\n";
+    for (int i = 0; i < kDim; ++i) {
+      const size_t j = static_cast<size_t>(r) * kDim + i;
+      if (got[j] != ref[j] && bad++ < 5)
+        first << "  row " << r << " col " << i << ": in " << from_bf16(in[j]) << " got 0x" << std::hex
+              << int(got[j]) << " want 0x" << int(ref[j]) << std::dec << "\n";
+    }
+  }
+  EXPECT_EQ(bad, 0) << label << ": bytes differ\n" << first.str();
+  EXPECT_EQ(bad_scale, 0) << label << ": scales differ\n" << first.str();
+}
+
+TEST(CudaIndexerFp8, HostEncoderSelfCheck) {
+  // The host encoder is the reference; check it on values whose encoding is known by hand.
+  EXPECT_EQ(int(e4m3_encode(0.0f)), 0x00);
+  EXPECT_EQ(int(e4m3_encode(1.0f)), 0x38);
+  EXPECT_EQ(int(e4m3_encode(-2.0f)), 0xC0);
+  EXPECT_EQ(int(e4m3_encode(448.0f)), 0x7E);
+  EXPECT_EQ(int(e4m3_encode(1000.0f)), 0x7E);    // saturates
+  EXPECT_EQ(int(e4m3_encode(-470.0f)), 0xFE);
+  EXPECT_EQ(int(e4m3_encode(1.0625f)), 0x38);    // tie 1 | 1.125 -> 1 (even)
+  EXPECT_EQ(int(e4m3_encode(1.1875f)), 0x3A);    // tie 1.125 | 1.25 -> 1.25 (even)
+  EXPECT_EQ(int(e4m3_encode(1.05f)), 0x38);
+  EXPECT_EQ(int(e4m3_encode(1.1f)), 0x39);
+  EXPECT_EQ(int(e4m3_encode(std::ldexp(1.0f, -9))), 0x01);      // smallest subnormal
+  EXPECT_EQ(int(e4m3_encode(std::ldexp(1.0f, -10))), 0x00);     // tie 0 | 2^-9 -> 0
+  EXPECT_EQ(int(e4m3_encode(std::ldexp(3.0f, -10))), 0x02);     // tie 2^-9 | 2^-8 -> 2^-8 (even)
+  EXPECT_EQ(int(e4m3_encode(std::ldexp(15.0f, -10))), 0x08);    // tie 7/8*2^-6 | 2^-6 -> 2^-6 (even)
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7F) == 0x7F) continue;
+    EXPECT_EQ(int(e4m3_encode(e4m3_decode(static_cast<uint8_t>(c)))), c);
+  }
+}
+
+TEST(CudaIndexerFp8, QuantizeRows) {
+  REQUIRE_GPU();
+  std::mt19937 rng(4001);
+  for (int64_t rows : {1, 7, 8, 9, 1000}) {
+    std::vector<uint16_t> in = random_bf16_rows(rows, rng);
+    if (rows >= 7) {
+      std::fill(in.begin() + 2 * kDim, in.begin() + 3 * kDim, uint16_t{0});  // all-zero row
+      // A row of ties and edge values, amax 448 so inv == 1 and the values reach the encoder as is.
+      const float special[] = {448.0f, -448.0f, 1.0625f, 1.1875f, -1.0625f, 3.0f, 0.0f,
+                               std::ldexp(1.0f, -10), std::ldexp(3.0f, -10), std::ldexp(15.0f, -10),
+                               std::ldexp(1.0f, -12), 240.0f, 232.0f, 248.0f, -0.3f, 17.0f};
+      for (int i = 0; i < kDim; ++i) in[5 * kDim + i] = to_bf16(special[i % 16]);
+    }
+    check_quantizer(in, rows, "quantize_rows_fp8 rows=" + std::to_string(rows));
+  }
+}
+
+// ---------------------------------------------------------------- scores
+
+struct Fp8Inputs {
+  int tokens = 0, keys = 0, heads = 0;
+  std::vector<uint8_t> q8, k8;
+  std::vector<float> qs, ks;    // per row scales
+  std::vector<float> qf, kf;    // dequantized, f32
+  std::vector<float> w;
+  std::vector<int32_t> pos;
+  float scale = 0;
+  std::vector<double> q_weight;  // per token: sum_h |w_h| * |q_h|
+  std::vector<double> k_norm;    // per key: |k_s|
+};
+
+void dequantize(const std::vector<uint8_t>& b, const std::vector<float>& s, std::vector<float>* out) {
+  out->resize(b.size());
+  for (size_t i = 0; i < b.size(); ++i) (*out)[i] = e4m3_decode(b[i]) * s[i / kDim];
+}
+
+void compute_bounds(Fp8Inputs* in) {
+  in->q_weight.assign(in->tokens, 0.0);
+  for (int t = 0; t < in->tokens; ++t)
+    for (int h = 0; h < in->heads; ++h) {
+      const float* qh = in->qf.data() + (static_cast<size_t>(t) * in->heads + h) * kDim;
+      double s = 0;
+      for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
+      in->q_weight[t] += std::fabs(in->w[static_cast<size_t>(t) * in->heads + h]) * std::sqrt(s);
+    }
+  in->k_norm.assign(in->keys, 0.0);
+  for (int s = 0; s < in->keys; ++s) {
+    double a = 0;
+    for (int d = 0; d < kDim; ++d) a += static_cast<double>(in->kf[static_cast<size_t>(s) * kDim + d]) * in->kf[static_cast<size_t>(s) * kDim + d];
+    in->k_norm[s] = std::sqrt(a);
+  }
+}
+
+// pos_mode 0: the last chunk of the cache; 1: a chunk in the middle; 2: random positions.
+Fp8Inputs make_inputs(int tokens, int keys, int heads, int pos_mode, std::mt19937& rng) {
+  Fp8Inputs in;
+  in.tokens = tokens;
+  in.keys = keys;
+  in.heads = heads;
+  const int64_t qrows = static_cast<int64_t>(tokens) * heads;
+  const std::vector<uint16_t> qb = random_bf16_rows(qrows, rng), kb = random_bf16_rows(keys, rng);
+  in.q8.resize(qb.size());
+  in.qs.resize(qrows);
+  in.k8.resize(kb.size());
+  in.ks.resize(keys);
+  for (int64_t r = 0; r < qrows; ++r) host_quantize_row(qb.data() + r * kDim, in.q8.data() + r * kDim, &in.qs[r]);
+  for (int64_t r = 0; r < keys; ++r) host_quantize_row(kb.data() + r * kDim, in.k8.data() + r * kDim, &in.ks[r]);
+  dequantize(in.q8, in.qs, &in.qf);
+  dequantize(in.k8, in.ks, &in.kf);
+  in.w = uniform(static_cast<size_t>(qrows), rng);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  std::uniform_int_distribution<int> any(0, keys - 1);
+  in.pos.resize(tokens);
+  for (int t = 0; t < tokens; ++t)
+    in.pos[t] = pos_mode == 0   ? std::max(0, keys - tokens + t)
+                : pos_mode == 1 ? std::min(keys - 1, keys / 3 + t)
+                                : any(rng);
+  compute_bounds(&in);
+  return in;
+}
+
+struct FloatCheck {
+  int64_t checked = 0, bad = 0;
+  double max_ratio = 0;
+  std::ostringstream first;
+  void check(float got, float ref, double tol, int64_t t, int64_t s) {
+    ++checked;
+    bool ok;
+    if (std::isinf(ref)) {
+      ok = got == ref;
+    } else {
+      const double err = std::fabs(static_cast<double>(got) - ref);
+      ok = !std::isnan(got) && !std::isinf(got) && err <= tol;
+      if (ok && tol > 0) max_ratio = std::max(max_ratio, err / tol);
+    }
+    if (!ok && bad++ < 5)
+      first << "  at (t " << t << ", s " << s << "): got " << got << " want " << ref << " tol " << tol << "\n";
+  }
+  void fail(const std::string& why) {
+    if (bad++ < 5) first << "  " << why << "\n";
+  }
+  std::string summary() const {
+    std::ostringstream o;
+    o << bad << " of " << checked << " bad, max err/tol " << max_ratio << "\n" << first.str();
+    return o.str();
+  }
+};
+
+// Checks GPU rows [t0, t0 + n) (got: n rows of `stride`) against the CPU on the dequantized inputs.
+void check_rows(const Fp8Inputs& in, int t0, int n, int64_t stride, const std::vector<float>& got, FloatCheck* fc) {
+  std::vector<float> ref(static_cast<size_t>(n) * stride, 0.0f);
+  IndexerScoreParams p;
+  p.q = in.qf.data() + static_cast<size_t>(t0) * in.heads * kDim;
+  p.w = in.w.data() + static_cast<size_t>(t0) * in.heads;
+  p.k = in.kf.data();
+  p.positions = in.pos.data() + t0;
+  p.scores = ref.data();
+  p.scores_stride = stride;
+  p.tokens = n;
+  p.keys = in.keys;
+  p.heads = in.heads;
+  p.head_dim = kDim;
+  p.scale = in.scale;
+  cpu::indexer_scores(p);
+  for (int r = 0; r < n; ++r) {
+    const int t = t0 + r;
+    for (int64_t s = 0; s < stride; ++s) {
+      const float g = got[static_cast<size_t>(r) * stride + s];
+      if (s >= in.keys) {
+        if (!is_poison(g)) fc->fail("padding written at t " + std::to_string(t) + " s " + std::to_string(s));
+        continue;
+      }
+      const double tol = kRelTol * in.scale * in.q_weight[t] * in.k_norm[s] + 1e-30;
+      fc->check(g, ref[static_cast<size_t>(r) * stride + s], tol, t, s);
+    }
+  }
+}
+
+struct DeviceFp8 {
+  DeviceBuffer q, qs, k, ks, w, pos;
+  explicit DeviceFp8(const Fp8Inputs& in)
+      : q(DeviceBuffer::from(in.q8)), qs(DeviceBuffer::from(in.qs)), k(DeviceBuffer::from(in.k8)),
+        ks(DeviceBuffer::from(in.ks)), w(DeviceBuffer::from(in.w)), pos(DeviceBuffer::from(in.pos)) {}
+  cuda::IndexerFp8Params params(const Fp8Inputs& in, float* scores, int64_t stride) const {
+    cuda::IndexerFp8Params p;
+    p.q = q.data();
+    p.q_scale = qs.as<float>();
+    p.k = k.data();
+    p.k_scale = ks.as<float>();
+    p.w = w.as<float>();
+    p.positions = pos.as<int32_t>();
+    p.scores = scores;
+    p.scores_stride = stride;
+    p.tokens = in.tokens;
+    p.keys = in.keys;
+    p.heads = in.heads;
+    p.head_dim = kDim;
+    p.scale = in.scale;
+    return p;
+  }
+};
+
+void run_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt19937& rng) {
+  const Fp8Inputs in = make_inputs(tokens, keys, heads, pos_mode, rng);
+  const int64_t stride = keys + pad;
+  DeviceFp8 dev(in);
+  DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
+  dsc.fill_bytes(0xFF);
+  cuda::indexer_scores_fp8(dev.params(in, dsc.as<float>(), stride));
+  cuda::device_synchronize();
+  const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
+  FloatCheck fc;
+  check_rows(in, 0, tokens, stride, got, &fc);
+  EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
+                           << pos_mode << " pad=" << pad << ": " << fc.summary();
+}
+
+TEST(CudaIndexerFp8, ScoresSmallShapes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(5001);
+  int i = 0;
+  for (int heads : {8, 32, 64})
+    for (int tokens : {1, 3, 37, 130})
+      for (int keys : {1, 17, 1000, 5000}) {
+        run_case(tokens, keys, heads, i % 3, i % 3, rng);
+        ++i;
+      }
+}
+
+TEST(CudaIndexerFp8, ScoresOtherHeadCounts) {
+  REQUIRE_GPU();
+  std::mt19937 rng(5002);
+  for (int heads : {16, 24, 40, 96, 128}) {
+    run_case(37, 1000, heads, 0, 1, rng);
+    run_case(19, 3001, heads, 2, 0, rng);
+  }
+  // Long key chunks per block (three-buffer pipeline over many tiles), and few queries with many keys.
+  run_case(300, 9000, 32, 1, 3, rng);
+  run_case(2, 40000, 64, 0, 0, rng);
+  run_case(5, 70000, 8, 2, 1, rng);
+}
+
+TEST(CudaIndexerFp8, RejectsBadShapes) {
+  // Argument checks happen before any launch, so this runs without a GPU too.
+  auto throws = [](int heads, int head_dim, bool null_scale) {
+    cuda::IndexerFp8Params p;
+    alignas(16) static char dummy[64];
+    p.q = dummy;
+    p.q_scale = null_scale ? nullptr : reinterpret_cast<const float*>(dummy);
+    p.k = dummy;
+    p.k_scale = reinterpret_cast<const float*>(dummy);
+    p.w = reinterpret_cast<const float*>(dummy);
+    p.positions = reinterpret_cast<const int32_t*>(dummy);
+    p.scores = reinterpret_cast<float*>(dummy);
+    p.tokens = 1;
+    p.keys = 1;
+    p.scores_stride = 1;
+    p.heads = heads;
+    p.head_dim = head_dim;
+    try {
+      cuda::indexer_scores_fp8(p);
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(throws(12, 128, false));
+  EXPECT_TRUE(throws(136, 128, false));
+  EXPECT_TRUE(throws(32, 64, false));
+  EXPECT_TRUE(throws(32, 128, true));
+  auto quant_throws = [](int64_t rows, bool misaligned) {
+    alignas(16) static char dummy[64];
+    try {
+      cuda::quantize_rows_fp8(dummy + (misaligned ? 2 : 0), dummy, reinterpret_cast<float*>(dummy), rows);
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(quant_throws(-1, false));
+  EXPECT_TRUE(quant_throws(1, true));
+}
+
+// ---------------------------------------------------------------- real shapes and timings
+
+double visible_pairs(const std::vector<int32_t>& pos, int keys) {
+  double pairs = 0;
+  for (int32_t p : pos) pairs += std::min(keys, p + 1);
+  return pairs;
+}
+
+TEST(CudaIndexerFp8, RealShapeTimings) {
+  REQUIRE_GPU();
+  std::printf("[cuda-ops] device: %s\n", cuda::device_description().c_str());
+  std::mt19937 rng(6001);
+  const int tokens = 4096, heads = 32, max_keys = 204800;
+  const int64_t qrows = static_cast<int64_t>(tokens) * heads;
+
+  // bf16 inputs, quantized on the device (timed); the host reference uses the device's bytes.
+  const std::vector<uint16_t> qb = random_bf16_rows(qrows, rng), kb = random_bf16_rows(max_keys, rng);
+  DeviceBuffer dqb = DeviceBuffer::from(qb), dkb = DeviceBuffer::from(kb);
+  DeviceBuffer dq8(qb.size()), dqs(qrows * sizeof(float)), dk8(kb.size()), dks(max_keys * sizeof(float));
+  cuda::quantize_rows_fp8(dqb.data(), dq8.data(), dqs.as<float>(), qrows);
+  cuda::quantize_rows_fp8(dkb.data(), dk8.data(), dks.as<float>(), max_keys);
+  cuda::device_synchronize();
+  {
+    const double ms = cuda::median_ms([&] { cuda::quantize_rows_fp8(dkb.data(), dk8.data(), dks.as<float>(), max_keys); });
+    const double gb = static_cast<double>(max_keys) * (kDim * 3 + 4) * 1e-9;
+    std::printf("[cuda-ops] quantize_rows_fp8 %d rows x %d: %.4f ms, %.0f GB/s\n", max_keys, kDim, ms, gb / (ms * 1e-3));
+  }
+  Fp8Inputs in;
+  in.tokens = tokens;
+  in.heads = heads;
+  in.keys = max_keys;
+  in.q8 = dq8.to_vector<uint8_t>(qb.size());
+  in.qs = dqs.to_vector<float>(qrows);
+  in.k8 = dk8.to_vector<uint8_t>(kb.size());
+  in.ks = dks.to_vector<float>(max_keys);
+  {  // spot check of the device quantizer at this size against the host one
+    int bad = 0;
+    for (int64_t r : {int64_t{0}, int64_t{12345}, int64_t{max_keys - 1}}) {
+      uint8_t ref[kDim];
+      float s = 0;
+      host_quantize_row(kb.data() + r * kDim, ref, &s);
+      if (!same_bits(s, in.ks[r]) || std::memcmp(ref, in.k8.data() + r * kDim, kDim) != 0) ++bad;
+    }
+    EXPECT_EQ(bad, 0) << "quantize_rows_fp8 on the real-shape keys differs from the host";
+  }
+  dequantize(in.q8, in.qs, &in.qf);
+  dequantize(in.k8, in.ks, &in.kf);
+  in.w = uniform(static_cast<size_t>(qrows), rng);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+  DeviceBuffer dw = DeviceBuffer::from(in.w);
+  DeviceBuffer dsc(static_cast<size_t>(tokens) * max_keys * sizeof(float));
+
+  for (int keys : {65536, 131072, 204800}) {
+    std::vector<int32_t> pos(tokens);
+    for (int t = 0; t < tokens; ++t) pos[t] = keys - tokens + t;
+    DeviceBuffer dpos = DeviceBuffer::from(pos);
+    cuda::IndexerFp8Params p;
+    p.q = dq8.data();
+    p.q_scale = dqs.as<float>();
+    p.k = dk8.data();
+    p.k_scale = dks.as<float>();
+    p.w = dw.as<float>();
+    p.positions = dpos.as<int32_t>();
+    p.scores = dsc.as<float>();
+    p.scores_stride = keys;
+    p.tokens = tokens;
+    p.keys = keys;
+    p.heads = heads;
+    p.scale = in.scale;
+    dsc.fill_bytes(0xFF);
+    cuda::indexer_scores_fp8(p);
+    cuda::device_synchronize();
+    const double ms = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
+
+    // The bf16 kernel on the same (bf16) data, same run, for the ratio.
+    cuda::IndexerBf16Params pb;
+    pb.q = dqb.data();
+    pb.k = dkb.data();
+    pb.w = dw.as<float>();
+    pb.positions = dpos.as<int32_t>();
+    pb.scores = dsc.as<float>();
+    pb.scores_stride = keys;
+    pb.tokens = tokens;
+    pb.keys = keys;
+    pb.heads = heads;
+    pb.scale = in.scale;
+    const double ms_b = cuda::median_ms([&] { cuda::indexer_scores_bf16(pb); });
+    std::printf("[cuda-ops] indexer_fp8 T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
+                "(%.1f %% of the 1276 fp8 peak); bf16 kernel same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
+                tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / 1276.0, ms_b,
+                tflop / (ms_b * 1e-3), ms_b / ms);
+
+    // Rerun fp8 (the bf16 timing overwrote the scores), then sampled rows against the CPU.
+    dsc.fill_bytes(0xFF);
+    cuda::indexer_scores_fp8(p);
+    cuda::device_synchronize();
+    Fp8Inputs view;
+    view.tokens = tokens;
+    view.heads = heads;
+    view.keys = keys;
+    view.scale = in.scale;
+    view.pos = pos;
+    // check_rows reads q/w rows of t0 and keys [0, keys): views into the full arrays via t0.
+    view.qf = in.qf;
+    view.w = in.w;
+    view.kf.assign(in.kf.begin(), in.kf.begin() + static_cast<size_t>(keys) * kDim);
+    view.q_weight.assign(tokens, 0.0);
+    for (int t : {0, tokens / 2 + 7, tokens - 1})
+      for (int h = 0; h < heads; ++h) {
+        const float* qh = in.qf.data() + (static_cast<size_t>(t) * heads + h) * kDim;
+        double s = 0;
+        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
+        view.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
+      }
+    view.k_norm.assign(keys, 0.0);
+    for (int s = 0; s < keys; ++s) {
+      double a = 0;
+      for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.kf[static_cast<size_t>(s) * kDim + d]) * in.kf[static_cast<size_t>(s) * kDim + d];
+      view.k_norm[s] = std::sqrt(a);
+    }
+    FloatCheck fc;
+    for (int t : {0, tokens / 2 + 7, tokens - 1})
+      check_rows(view, t, 1, keys, download_range(dsc, static_cast<size_t>(t) * keys, keys), &fc);
+    EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 real shape S=" << keys << ": " << fc.summary();
+  }
+
+  // Decode: one query at the end of a 204800-key cache.
+  {
+    const int keys = max_keys;
+    const std::vector<int32_t> pos = {keys - 1};
+    DeviceBuffer dpos = DeviceBuffer::from(pos);
+    DeviceBuffer d1(static_cast<size_t>(keys) * sizeof(float));
+    d1.fill_bytes(0xFF);
+    cuda::IndexerFp8Params p;
+    p.q = dq8.data();
+    p.q_scale = dqs.as<float>();
+    p.k = dk8.data();
+    p.k_scale = dks.as<float>();
+    p.w = dw.as<float>();
+    p.positions = dpos.as<int32_t>();
+    p.scores = d1.as<float>();
+    p.scores_stride = keys;
+    p.tokens = 1;
+    p.keys = keys;
+    p.heads = heads;
+    p.scale = in.scale;
+    cuda::indexer_scores_fp8(p);
+    cuda::device_synchronize();
+    const std::vector<float> got = d1.to_vector<float>(keys);
+    const double ms = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    const double gb = (static_cast<double>(keys) * (kDim + 4) + static_cast<double>(keys) * 4) * 1e-9;
+    std::printf("[cuda-ops] indexer_fp8 decode T=1 S=%d H=%d: %.4f ms, %.0f GB/s (keys + scales read, scores written)\n",
+                keys, heads, ms, gb / (ms * 1e-3));
+    Fp8Inputs view;
+    view.tokens = 1;
+    view.heads = heads;
+    view.keys = keys;
+    view.scale = in.scale;
+    view.pos = pos;
+    view.qf.assign(in.qf.begin(), in.qf.begin() + static_cast<size_t>(heads) * kDim);
+    view.w.assign(in.w.begin(), in.w.begin() + heads);
+    view.kf = in.kf;
+    compute_bounds(&view);
+    FloatCheck fc;
+    check_rows(view, 0, 1, keys, got, &fc);
+    EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 decode: " << fc.summary();
+  }
+}
+
+}  // namespace
+}  // namespace indexcache
