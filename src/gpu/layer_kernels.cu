@@ -94,6 +94,13 @@ __global__ void embed_kernel(const bf16* embed, float* x, const int32_t* positio
     x[static_cast<int64_t>(t) * hidden + i] = __bfloat162float(row[i]);
 }
 
+__global__ void embed_ids_kernel(const bf16* embed, float* x, const int32_t* ids, int hidden) {
+  const int t = blockIdx.x;
+  const bf16* row = embed + static_cast<int64_t>(ids[t]) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    x[static_cast<int64_t>(t) * hidden + i] = __bfloat162float(row[i]);
+}
+
 __global__ void rms_norm_kernel(const float* x, int64_t ldx, const bf16* w, bf16* y, int64_t ldy, int dim,
                                 float eps) {
   const float* xr = x + blockIdx.x * ldx;
@@ -323,6 +330,13 @@ __global__ void moe_assign_kernel(const int32_t* chosen, int pairs, int k, int32
   slot_token[row] = p / k;
 }
 
+__global__ void moe_gather_scalar_kernel(const bf16* x, const int32_t* slot_token, int hidden, bf16* xe) {
+  const int row = blockIdx.x;
+  const bf16* src = x + static_cast<int64_t>(slot_token[row]) * hidden;
+  bf16* dst = xe + static_cast<int64_t>(row) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
+}
+
 __global__ void moe_gather_kernel(const uint4* x, const int32_t* slot_token, int hidden_vec, uint4* xe) {
   const int row = blockIdx.x;
   const uint4* src = x + static_cast<int64_t>(slot_token[row]) * hidden_vec;
@@ -443,6 +457,12 @@ void embed_tokens(const void* embed, float* x, const int32_t* positions, int n, 
   IC_CUDA_CHECK_LAUNCH("embed_tokens");
 }
 
+void embed_ids(const void* embed, float* x, const int32_t* ids, int n, int hidden, void* stream) {
+  require(n > 0 && hidden > 0, "embed_ids", "empty");
+  embed_ids_kernel<<<n, 256, 0, st(stream)>>>(static_cast<const bf16*>(embed), x, ids, hidden);
+  IC_CUDA_CHECK_LAUNCH("embed_ids");
+}
+
 void rms_norm(const float* x, int64_t ldx, const void* w, void* y, int64_t ldy, int n, int dim, float eps,
               void* stream) {
   require(n > 0 && dim > 0 && ldx >= dim && ldy >= dim, "rms_norm", "bad shape");
@@ -520,9 +540,14 @@ void moe_dispatch(const int32_t* chosen, int pairs, int k, int experts, int32_t*
 }
 
 void moe_gather(const void* x, const int32_t* slot_token, int rows, int hidden, void* xe, void* stream) {
-  require(rows > 0 && hidden % 8 == 0, "moe_gather", "hidden must be a multiple of 8");
-  moe_gather_kernel<<<rows, 128, 0, st(stream)>>>(static_cast<const uint4*>(x), slot_token, hidden / 8,
-                                                  static_cast<uint4*>(xe));
+  require(rows > 0 && hidden > 0, "moe_gather", "empty");
+  const bool vec = hidden % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(xe) % 16 == 0;
+  if (vec)
+    moe_gather_kernel<<<rows, 128, 0, st(stream)>>>(static_cast<const uint4*>(x), slot_token, hidden / 8,
+                                                    static_cast<uint4*>(xe));
+  else
+    moe_gather_scalar_kernel<<<rows, 128, 0, st(stream)>>>(static_cast<const bf16*>(x), slot_token, hidden,
+                                                           static_cast<bf16*>(xe));
   IC_CUDA_CHECK_LAUNCH("moe_gather");
 }
 

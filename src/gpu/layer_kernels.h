@@ -33,6 +33,10 @@ void advance_position(int32_t* p, void* stream);
 void embed_tokens(const void* embed, float* x, const int32_t* positions, int n, int hidden, int vocab,
                   uint64_t seed, void* stream);
 
+// x[t, :] (f32, rows `hidden` apart) = embed[ids[t]] (bf16 [vocab, hidden]); ids (device, n of them)
+// are checked against the vocab by the caller.
+void embed_ids(const void* embed, float* x, const int32_t* ids, int n, int hidden, void* stream);
+
 // ---- norms
 // y[t] (bf16) = x[t] * rsqrt(mean(x[t]^2) + eps) * w (w bf16 [dim]); x f32.
 void rms_norm(const float* x, int64_t ldx, const void* w, void* y, int64_t ldy, int n, int dim, float eps,
@@ -90,7 +94,7 @@ void route_experts(const RouteArgs& a, void* stream);
 // slot_token[row] = the token of that row. `scratch` holds `experts` int32.
 void moe_dispatch(const int32_t* chosen, int pairs, int k, int experts, int32_t* counts, int32_t* offsets,
                   int32_t* scratch, int32_t* slot, int32_t* slot_token, void* stream);
-// xe[row] = x[slot_token[row]] for row < rows (bf16, rows `hidden` apart).
+// xe[row] = x[slot_token[row]] for row < rows (bf16, rows `hidden` apart; any hidden).
 void moe_gather(const void* x, const int32_t* slot_token, int rows, int hidden, void* xe, void* stream);
 // x[t] += sum_i weights[t, i] * ye[slot[t * k + i]] (ye bf16 or f32 [rows, hidden]; slot null means
 // identity: row t * k + i). x f32 [n, hidden].

@@ -29,9 +29,12 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/dsa_bf16.h"
+#include "backend/cuda/dsa_generic.h"
 #include "gpu/gemm.h"
+#include "gpu/gpu_weights.h"
 #include "gpu/layer_kernels.h"
 #include "indexcache/error.h"
+#include "model/rope_table.h"
 
 namespace indexcache::gpu {
 
@@ -68,36 +71,6 @@ class Carver {
   char* base_;
   size_t off_ = 0;
 };
-
-// RoPE inverse frequencies (default or YaRN), as the CPU model computes them (src/model/rope_table.cpp).
-std::vector<float> inv_freq(const ModelSpec& spec) {
-  const int dim = spec.qk_rope_head_dim, half = dim / 2;
-  const float base = static_cast<float>(spec.rope.theta);
-  std::vector<float> pos_freq(half), inv(half);
-  for (int i = 0; i < half; ++i) pos_freq[i] = std::pow(base, static_cast<float>(2 * i) / static_cast<float>(dim));
-  if (spec.rope.type != RopeType::kYarn) {
-    for (int i = 0; i < half; ++i) inv[i] = 1.0f / pos_freq[i];
-    return inv;
-  }
-  const RopeSpec& r = spec.rope;
-  auto correction = [&](double rot) {
-    return dim * std::log(r.original_max_position / (rot * 2 * std::numbers::pi)) / (2 * std::log(r.theta));
-  };
-  double low = correction(r.beta_fast), high = correction(r.beta_slow);
-  if (r.truncate) {
-    low = std::floor(low);
-    high = std::ceil(high);
-  }
-  low = std::max(low, 0.0);
-  high = std::min(high, static_cast<double>(dim - 1));
-  if (low == high) high += 0.001;
-  for (int i = 0; i < half; ++i) {
-    const float ramp = std::clamp(static_cast<float>((i - low) / (high - low)), 0.0f, 1.0f);
-    const float extra = 1.0f - ramp;
-    inv[i] = 1.0f / (static_cast<float>(r.factor) * pos_freq[i]) * (1.0f - extra) + 1.0f / pos_freq[i] * extra;
-  }
-  return inv;
-}
 
 enum Cls { kIndexer, kTopk, kAttention, kGemmCls, kMoe, kOther, kClasses };
 
@@ -157,21 +130,21 @@ class Timer {
   std::vector<std::pair<int, size_t>> marks_;  // (class, event) at starts; (kClasses, event) at ends
 };
 
-struct LayerW {
-  void *in_norm, *post_norm, *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *w_uk, *w_uv, *o;
-  void *wq_b, *wk, *k_norm_w, *k_norm_b, *wproj;  // indexer (kept on every layer: plans change freely)
-  bool moe;
-  void *gate_up, *down;                            // dense MLP [2*inter, H], [H, inter]
-  void* router;                                    // [E, H]
-  float* router_bias;                              // [E] f32
-  void *e_gate_up, *e_down;                        // [E, 2*I, H], [E, H, I]
-  void *s_gate_up, *s_down;                        // shared experts [2*Is, H], [H, Is]
-};
+// Indexer weights are kept on every layer that has them: plans change freely.
+using LayerW = GpuLayerWeights;
+
+// Whether cuBLASLt may take `a` (bf16 rows and batch strides 16-byte aligned); else gemm_generic.
+bool lt_ok(const GemmArgs& a) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool strides = a.batch == 1 || (a.x_batch_stride % 8 == 0 && a.w_batch_stride % 8 == 0 &&
+                                        a.y_batch_stride % 8 == 0);
+  return a.ldx % 8 == 0 && a.ldw % 8 == 0 && a.ldy % 8 == 0 && strides && al(a.x) && al(a.w) && al(a.y);
+}
 
 // Activations of one chunk of up to `cap` tokens.
 struct Work {
   int cap = 0;
-  int32_t *pos, *valid, *sel;
+  int32_t *pos, *valid, *sel, *ids;
   float *x, *qa_tmp, *kv_tmp, *idx_k_tmp, *idx_w, *scores;
   void *hn, *qr, *q, *qabs, *o_lat, *heads_out, *idx_q, *gu, *act;
   float *router_logits, *route_w, *dgu, *dy;
@@ -179,6 +152,8 @@ struct Work {
   void *xe, *egu, *eact, *ye;
   void* mla_ws;  // sparse attention split partials (decode): preallocated so a step can be captured
   size_t mla_ws_bytes;
+  void* topk_scratch;  // multi-block top-k of few-row calls (decode): sized for 8 rows of max_ctx
+  size_t topk_scratch_bytes;
 };
 
 }  // namespace
@@ -188,6 +163,12 @@ struct SyntheticGpuModel::Impl {
   int64_t max_ctx = 0;
   uint64_t seed = 1;
   int H, nh, qlr, kvlr, nope, rd, qkd, vd, lat, Hi, Di, topk, E, K, I, Is, dense_I;
+  bool tied = false;        // lm_head shares the embedding (checkpoints with tie_word_embeddings)
+  bool tc_indexer = false;  // tensor-core indexer (dsa_bf16.h) or the generic one (dsa_generic.h)
+  bool tc_mla = false;      // likewise for the sparse attention
+  int64_t cached = 0;       // tokens of the current real-token request (prefill_ids / decode_id)
+  std::vector<int32_t> host_sel;      // teacher-forced selections of one chunk
+  DeviceBuffer debug_logits;          // [chunk, vocab] f32 for captured rows
   cudaStream_t stream = nullptr;
   std::unique_ptr<Gemm> gemm;
   DeviceBuffer weights_buf;
@@ -215,7 +196,7 @@ struct SyntheticGpuModel::Impl {
   size_t layout_weights(Carver& c) {
     embed = c.take<uint16_t>(size_t(s.vocab_size) * H);
     final_norm = c.take<uint16_t>(H);
-    lm_head = c.take<uint16_t>(size_t(s.vocab_size) * H);
+    lm_head = tied ? embed : c.take<uint16_t>(size_t(s.vocab_size) * H);
     layers.assign(s.num_layers, LayerW{});
     for (int l = 0; l < s.num_layers; ++l) {
       LayerW& L = layers[l];
@@ -234,6 +215,7 @@ struct SyntheticGpuModel::Impl {
       L.k_norm_w = c.take<uint16_t>(Di);
       L.k_norm_b = c.take<uint16_t>(Di);
       L.wproj = c.take<uint16_t>(size_t(Hi) * H);
+      L.has_indexer = true;
       L.moe = l < static_cast<int>(s.layer_is_moe.size()) && s.layer_is_moe[l];
       if (L.moe) {
         L.router = c.take<uint16_t>(size_t(E) * H);
@@ -255,6 +237,7 @@ struct SyntheticGpuModel::Impl {
   // The largest split workspace the sparse attention asks for at any token count up to n (it splits
   // only while tokens x head groups leave SMs idle, so small counts decide).
   size_t mla_workspace_bytes(int n) const {
+    if (!tc_mla) return 0;
     cuda::SparseMlaParams p;
     p.kv_stride = lat;
     p.num_selected = topk;
@@ -269,6 +252,16 @@ struct SyntheticGpuModel::Impl {
     return most;
   }
 
+  // Scratch of the multi-block top-k: it applies to calls of at most 8 rows (decode), so sizing it
+  // for 8 rows of the longest context covers every call.
+  size_t topk_scratch_bytes() const {
+    cuda::TopkRadixParams p;
+    p.scores_stride = max_ctx;
+    p.tokens = 8;
+    p.k = topk;
+    return cuda::topk_radix_scratch_bytes(p);
+  }
+
   size_t layout_work(Carver& c, int n) {
     const size_t mlp_i = std::max(dense_I, Is);
     const size_t pairs = size_t(n) * std::max(K, 1);
@@ -276,6 +269,7 @@ struct SyntheticGpuModel::Impl {
     w.pos = c.take<int32_t>(n);
     w.valid = c.take<int32_t>(n);
     w.sel = c.take<int32_t>(size_t(n) * topk);
+    w.ids = c.take<int32_t>(n);
     w.x = c.take<float>(size_t(n) * H);
     w.hn = c.take<uint16_t>(size_t(n) * H);
     w.qa_tmp = c.take<float>(size_t(n) * qlr);
@@ -309,6 +303,8 @@ struct SyntheticGpuModel::Impl {
     }
     w.mla_ws_bytes = mla_workspace_bytes(n);
     w.mla_ws = c.take<char>(w.mla_ws_bytes);
+    w.topk_scratch_bytes = topk_scratch_bytes();
+    w.topk_scratch = c.take<char>(w.topk_scratch_bytes);
     return c.size();
   }
 
@@ -347,6 +343,9 @@ struct SyntheticGpuModel::Impl {
       throw_bad_input("plan", "has " + std::to_string(plan.num_layers()) + " layers, the model " +
                                   std::to_string(s.num_layers));
     for (int l = 0; l < s.num_layers; ++l) {
+      if (plan.is_full(l) && !layers[l].has_indexer)
+        throw_bad_input("plan", "layer " + std::to_string(l) +
+                                    " is F (full) but the checkpoint has no indexer weights for it");
       if (!plan.is_full(l)) {
         index_cache[l] = DeviceBuffer();
       } else if (!index_cache[l].data()) {
@@ -381,7 +380,33 @@ struct SyntheticGpuModel::Impl {
         return;
       }
     }
-    gemm->run(a, sv());
+    gm(a);
+  }
+
+  // cuBLASLt where the alignment allows, else the plain generic GEMM (odd widths of small models).
+  void gm(const GemmArgs& a) {
+    if (lt_ok(a)) {
+      gemm->run(a, sv());
+      return;
+    }
+    cuda::GenericGemmParams g;
+    g.x = a.x;
+    g.ldx = a.ldx;
+    g.x_batch_stride = a.x_batch_stride;
+    g.w = a.w;
+    g.ldw = a.ldw;
+    g.w_batch_stride = a.w_batch_stride;
+    g.y = a.y;
+    g.ldy = a.ldy;
+    g.y_batch_stride = a.y_batch_stride;
+    g.y_f32 = a.y_f32;
+    g.m = a.m;
+    g.n = a.n;
+    g.k = a.k;
+    g.batch = a.batch;
+    g.alpha = a.alpha;
+    g.beta = a.beta;
+    cuda::gemm_generic(g, sv());
   }
 
   GemmArgs lin(const void* x, int64_t ldx, const void* wt, void* y, int64_t ldy, bool f32, int m, int n, int k) {
@@ -401,14 +426,18 @@ struct SyntheticGpuModel::Impl {
 
   // One chunk of n tokens at positions p0.. (prefill) or one token at the device position (decode).
   // `keys`: indexer key count bound (p0 + n in prefill, the largest position + 1 of the run in decode).
+  // real_ids: the token ids are in w.ids (else the synthetic request's); dbg: captures / forcing.
   void run_chunk(int64_t p0, int n, int keys, const IndexPlan& plan, bool decode, bool want_logits, Timer& t,
-                 PhaseResult* r) {
+                 PhaseResult* r, bool real_ids = false, PrefillDebug* dbg = nullptr) {
     const float att_scale = static_cast<float>(s.attention_scale());
     {
       auto sc = t.scope(kOther);
       set_positions(w.pos, w.valid, decode ? pos_dev.as<int32_t>() : nullptr, decode ? 0 : static_cast<int>(p0), n,
                     sv());
-      embed_tokens(embed, w.x, w.pos, n, H, s.vocab_size, seed + kTokenSeedSalt, sv());
+      if (real_ids)
+        embed_ids(embed, w.x, w.ids, n, H, sv());
+      else
+        embed_tokens(embed, w.x, w.pos, n, H, s.vocab_size, seed + kTokenSeedSalt, sv());
     }
     const float* cosp = rope_cos.as<float>();
     const float* sinp = rope_sin.as<float>();
@@ -433,6 +462,7 @@ struct SyntheticGpuModel::Impl {
         finalize_latent(w.kv_tmp, L.kv_a_norm, cache, w.pos, cosp, sinp, n, kvlr, rd, kLatentNormEps, sv());
       }
       if (plan.is_full(l)) indexer(l, n, keys, t);
+      if (dbg) debug_layer(l, p0, n, keys, plan.is_full(l), *dbg);
       // Absorbed queries: [q_nope[h] @ W_uk[h] | RoPE(q_rope[h])] per head.
       {
         GemmArgs a = lin(w.q, int64_t(nh) * qkd, L.w_uk, w.qabs, int64_t(nh) * lat, false, n, kvlr, nope);
@@ -460,7 +490,22 @@ struct SyntheticGpuModel::Impl {
         ra.layout = RopeLayout::kInterleaved;
         rope_bf16(ra, sv());
       }
-      {
+      if (!tc_mla) {
+        auto sc = t.scope(kAttention);
+        cuda::GenericSparseMlaParams p;
+        p.q = w.qabs;
+        p.kv = cache;
+        p.kv_stride = lat;
+        p.indices = w.sel;
+        p.num_selected = topk;
+        p.out = w.o_lat;
+        p.tokens = n;
+        p.heads = nh;
+        p.dim_k = lat;
+        p.dim_v = kvlr;
+        p.scale = att_scale;
+        cuda::sparse_mla_generic(p, sv());
+      } else {
         auto sc = t.scope(kAttention);
         cuda::SparseMlaParams p;
         p.q = w.qabs;
@@ -502,6 +547,7 @@ struct SyntheticGpuModel::Impl {
         mlp(L.gate_up, L.down, dense_I, n, t, kGemmCls, kOther);
       if (r) count_flops(p0, n, plan.is_full(l), r);
     }
+    if (dbg) debug_logits_rows(p0, n, *dbg);
     if (want_logits) {
       {
         auto sc = t.scope(kOther);
@@ -557,7 +603,22 @@ struct SyntheticGpuModel::Impl {
       ra.layout = s.indexer_rope_layout();
       rope_bf16(ra, sv());
     }
-    {
+    if (!tc_indexer) {
+      auto sc = t.scope(kIndexer);
+      cuda::GenericIndexerParams p;
+      p.q = w.idx_q;
+      p.k = index_cache[l].data();
+      p.w = w.idx_w;
+      p.positions = w.pos;
+      p.scores = w.scores;
+      p.scores_stride = max_ctx;
+      p.tokens = n;
+      p.keys = keys;
+      p.heads = Hi;
+      p.head_dim = Di;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
+      cuda::indexer_scores_generic(p, sv());
+    } else {
       auto sc = t.scope(kIndexer);
       cuda::IndexerBf16Params p;
       p.q = w.idx_q;
@@ -582,6 +643,8 @@ struct SyntheticGpuModel::Impl {
       p.indices = w.sel;
       p.tokens = n;
       p.k = topk;
+      p.scratch = w.topk_scratch_bytes ? w.topk_scratch : nullptr;
+      p.scratch_bytes = w.topk_scratch_bytes;
       cuda::topk_radix(p, sv());
     }
   }
@@ -615,7 +678,7 @@ struct SyntheticGpuModel::Impl {
     ra.weights = w.route_w;
     route_experts(ra, sv());
     Timer off(stream, false);  // the whole MoE block is one class
-    if (decode) {
+    if (decode && H % 8 == 0 && I % 8 == 0) {
       // Expert ids stay on the device: GEMVs over the chosen experts' weights.
       gemv_bf16(L.e_gate_up, int64_t(2) * I * H, w.chosen, w.hn, 0, w.dgu, 2 * int64_t(I), K, 2 * I, H, sv());
       silu_mul_f32(w.dgu, 2 * int64_t(I), w.eact, I, K, I, sv());
@@ -630,19 +693,17 @@ struct SyntheticGpuModel::Impl {
       for (int e = 0; e < E; ++e) {
         const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
         if (cnt == 0) continue;
-        gemm->run(lin(static_cast<uint16_t*>(w.xe) + size_t(r0) * H, H,
+        gm(lin(static_cast<uint16_t*>(w.xe) + size_t(r0) * H, H,
                       static_cast<const uint16_t*>(L.e_gate_up) + size_t(e) * 2 * I * H,
-                      static_cast<uint16_t*>(w.egu) + size_t(r0) * 2 * I, 2 * int64_t(I), false, cnt, 2 * I, H),
-                  sv());
+                      static_cast<uint16_t*>(w.egu) + size_t(r0) * 2 * I, 2 * int64_t(I), false, cnt, 2 * I, H));
       }
       silu_mul_bf16(w.egu, 2 * int64_t(I), w.eact, I, pairs, I, sv());
       for (int e = 0; e < E; ++e) {
         const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
         if (cnt == 0) continue;
-        gemm->run(lin(static_cast<uint16_t*>(w.eact) + size_t(r0) * I, I,
+        gm(lin(static_cast<uint16_t*>(w.eact) + size_t(r0) * I, I,
                       static_cast<const uint16_t*>(L.e_down) + size_t(e) * H * I,
-                      static_cast<uint16_t*>(w.ye) + size_t(r0) * H, H, false, cnt, H, I),
-                  sv());
+                      static_cast<uint16_t*>(w.ye) + size_t(r0) * H, H, false, cnt, H, I));
       }
       moe_combine(w.ye, false, w.slot, w.route_w, n, K, H, w.x, sv());
     }
@@ -654,6 +715,133 @@ struct SyntheticGpuModel::Impl {
       const int n = static_cast<int>(std::min(chunk, context - p0));
       run_chunk(p0, n, static_cast<int>(p0 + n), plan, false, p0 + n == context, t, r);
     }
+  }
+
+  // Dimensions, checks, device memory (weights laid out but not filled, caches, RoPE tables).
+  void setup(const ModelSpec& spec, int64_t max_context, bool tie) {
+    s = spec;
+    max_ctx = max_context;
+    tied = tie;
+    H = spec.hidden_size;
+    nh = spec.num_heads;
+    qlr = spec.q_lora_rank;
+    kvlr = spec.kv_lora_rank;
+    nope = spec.qk_nope_head_dim;
+    rd = spec.qk_rope_head_dim;
+    qkd = spec.qk_head_dim();
+    vd = spec.v_head_dim;
+    lat = kvlr + rd;
+    Hi = spec.index_n_heads;
+    Di = spec.index_head_dim;
+    topk = spec.index_topk;
+    E = spec.n_routed_experts;
+    K = spec.num_experts_per_tok;
+    I = spec.moe_intermediate_size;
+    Is = spec.moe_intermediate_size * spec.n_shared_experts;
+    dense_I = spec.intermediate_size;
+    const bool any_moe =
+        std::find(spec.layer_is_moe.begin(), spec.layer_is_moe.end(), true) != spec.layer_is_moe.end();
+    auto bad = [](const std::string& why) { throw_bad_input("gpu model", why); };
+    if (max_context <= 0 || max_context > (int64_t{1} << 30)) bad("max_context must be in 1..2^30");
+    if (H <= 0 || nh <= 0 || qlr <= 0 || spec.vocab_size <= 0) bad("hidden size, heads, q_lora_rank or vocab invalid");
+    if (kvlr <= 0 || rd <= 0 || rd % 2 || nope <= 0 || vd <= 0)
+      bad("kv_lora_rank, qk_nope_head_dim and v_head_dim must be positive, qk_rope_head_dim positive and even");
+    if (Hi <= 0 || Di < rd) bad("the indexer needs heads and index_head_dim >= qk_rope_head_dim");
+    if (topk <= 0 || topk > 2048) bad("index_topk must be in 1..2048");
+    if (static_cast<int>(spec.layer_is_moe.size()) != spec.num_layers) bad("layer_is_moe must have one entry per layer");
+    if (any_moe && (E <= 0 || E > 512 || K <= 0 || K > 16 || K > E || I <= 0))
+      bad("MoE layers need 1..512 experts, 1..16 experts per token and an intermediate size");
+    if (!any_moe) E = 0;
+    if (std::find(spec.layer_is_moe.begin(), spec.layer_is_moe.end(), false) != spec.layer_is_moe.end() &&
+        dense_I <= 0)
+      bad("dense layers need intermediate_size");
+    tc_indexer = Di == 128 && Hi % 8 == 0 && Hi <= 128;
+    tc_mla = kvlr == 512 && rd == 64 && nh <= 128;
+    if (!tc_indexer && size_t(Hi) * (Di + 1) * 4 > 48 * 1024)
+      bad("index_n_heads x index_head_dim too large for the generic indexer kernel");
+    if (!tc_mla && (size_t(lat) + 2 * size_t(topk)) * 4 > 48 * 1024)
+      bad("kv_lora_rank + rope + 2 x index_topk too large for the generic sparse attention kernel");
+
+    // Memory: weights + caches (all-F worst case) + one default chunk of activations, checked up front.
+    Carver sizing;
+    weights_bytes = layout_weights(sizing);
+    const size_t rope_bytes = size_t(max_context) * rd * 4;
+    const size_t work = work_bytes(static_cast<int>(std::min<int64_t>(RunOptions{}.chunk, max_context)));
+    const size_t need =
+        weights_bytes + cache_bytes_all_f() + rope_bytes + work + (size_t{64} << 20) + (size_t{512} << 20);
+    const size_t avail = free_bytes();
+    if (need > avail)
+      throw_runtime("gpu memory", "needs " + fmt_gib(need) + " (weights " + fmt_gib(weights_bytes) + ", caches for " +
+                                      std::to_string(max_context) + " tokens " + fmt_gib(cache_bytes_all_f()) +
+                                      ", activations " + fmt_gib(work) + "), " + fmt_gib(avail) + " free");
+
+    IC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    IC_CUDA_CHECK(cudaMallocHost(&host_offsets, sizeof(int32_t) * (std::max(E, 1) + 1)));
+    gemm = std::make_unique<Gemm>();
+    weights_buf = DeviceBuffer(weights_bytes);
+    Carver carve(static_cast<char*>(weights_buf.data()));
+    layout_weights(carve);
+    for (int l = 0; l < spec.num_layers; ++l) latent_cache.emplace_back(size_t(max_context) * lat * 2);
+    index_cache.resize(spec.num_layers);
+
+    // RoPE tables [max_context, rd/2]: the CPU model's (f32 angles as torch, YaRN factor folded in).
+    const RopeTable rt = make_rope_table(spec, static_cast<int>(max_context));
+    rope_cos = DeviceBuffer::from(rt.cos);
+    rope_sin = DeviceBuffer::from(rt.sin);
+    logits = DeviceBuffer(size_t(spec.vocab_size) * 4);
+    logits.fill_bytes(0xFF);
+    pos_dev = DeviceBuffer(sizeof(int32_t));
+  }
+
+  // ---- debug hooks (PrefillDebug)
+
+  // After layer l's own selection step of the chunk [p0, p0 + n): forcing, then captures.
+  void debug_layer(int l, int64_t p0, int n, int keys, bool full, PrefillDebug& d) {
+    const int64_t ctx = cached;  // the request's length, set before the chunks run
+    if (!d.forced_topk.empty() && !d.forced_topk[l].empty()) {
+      const std::vector<int32_t>& f = d.forced_topk[l];
+      const int kf = static_cast<int>(f.size() / ctx);
+      host_sel.assign(size_t(n) * topk, -1);
+      for (int t = 0; t < n; ++t) {
+        const int64_t row = p0 + t;
+        int slot = 0;
+        for (int j = 0; j < kf && slot < topk; ++j) {
+          const int32_t v = f[size_t(row) * kf + j];
+          if (v >= 0 && v <= row) host_sel[size_t(t) * topk + slot++] = v;
+        }
+      }
+      IC_CUDA_CHECK(cudaMemcpyAsync(w.sel, host_sel.data(), host_sel.size() * 4, cudaMemcpyHostToDevice, stream));
+      IC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    for (size_t i = 0; i < d.rows.size(); ++i) {
+      const int64_t row = d.rows[i];
+      if (row < p0 || row >= p0 + n) continue;
+      const int t = static_cast<int>(row - p0);
+      if (full)
+        IC_CUDA_CHECK(cudaMemcpyAsync(d.index_scores[l].data() + i * ctx, w.scores + size_t(t) * max_ctx,
+                                      size_t(keys) * 4, cudaMemcpyDeviceToHost, stream));
+      IC_CUDA_CHECK(cudaMemcpyAsync(d.topk[l].data() + i * topk, w.sel + size_t(t) * topk, size_t(topk) * 4,
+                                    cudaMemcpyDeviceToHost, stream));
+    }
+    IC_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // After the last layer of the chunk: the logits of the captured rows inside it.
+  void debug_logits_rows(int64_t p0, int n, PrefillDebug& d) {
+    bool any = false;
+    for (int32_t row : d.rows) any = any || (row >= p0 && row < p0 + n);
+    if (!any) return;
+    const size_t V = s.vocab_size;
+    if (debug_logits.bytes() < size_t(n) * V * 4) debug_logits = DeviceBuffer(size_t(n) * V * 4);
+    rms_norm(w.x, H, final_norm, w.hn, H, n, H, static_cast<float>(s.rms_norm_eps), sv());
+    gm(lin(w.hn, H, lm_head, debug_logits.data(), int64_t(V), true, n, static_cast<int>(V), H));
+    for (size_t i = 0; i < d.rows.size(); ++i) {
+      const int64_t row = d.rows[i];
+      if (row < p0 || row >= p0 + n) continue;
+      IC_CUDA_CHECK(cudaMemcpyAsync(d.logits.data() + i * V, debug_logits.as<float>() + size_t(row - p0) * V, V * 4,
+                                    cudaMemcpyDeviceToHost, stream));
+    }
+    IC_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
   void check_run(int64_t context, const IndexPlan& plan, int64_t extra) {
@@ -668,60 +856,8 @@ struct SyntheticGpuModel::Impl {
 SyntheticGpuModel::SyntheticGpuModel(const ModelSpec& spec, int64_t max_context, uint64_t seed)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  m.s = spec;
-  m.max_ctx = max_context;
   m.seed = seed;
-  m.H = spec.hidden_size;
-  m.nh = spec.num_heads;
-  m.qlr = spec.q_lora_rank;
-  m.kvlr = spec.kv_lora_rank;
-  m.nope = spec.qk_nope_head_dim;
-  m.rd = spec.qk_rope_head_dim;
-  m.qkd = spec.qk_head_dim();
-  m.vd = spec.v_head_dim;
-  m.lat = m.kvlr + m.rd;
-  m.Hi = spec.index_n_heads;
-  m.Di = spec.index_head_dim;
-  m.topk = spec.index_topk;
-  m.E = spec.n_routed_experts;
-  m.K = spec.num_experts_per_tok;
-  m.I = spec.moe_intermediate_size;
-  m.Is = spec.moe_intermediate_size * spec.n_shared_experts;
-  m.dense_I = spec.intermediate_size;
-  const bool any_moe = std::find(spec.layer_is_moe.begin(), spec.layer_is_moe.end(), true) != spec.layer_is_moe.end();
-  auto bad = [](const std::string& why) { throw_bad_input("gpu model", why); };
-  if (max_context <= 0 || max_context > (int64_t{1} << 30)) bad("max_context must be in 1..2^30");
-  if (m.H <= 0 || m.H % 8 || m.nh <= 0 || m.qlr <= 0 || m.qlr % 8 || spec.vocab_size <= 0) bad("hidden size, heads, q_lora_rank or vocab invalid (multiples of 8 required)");
-  if (m.kvlr != 512 || m.rd != 64) bad("the sparse MLA kernel needs kv_lora_rank 512 and qk_rope_head_dim 64");
-  if (m.Di != 128 || m.Hi <= 0 || m.Hi % 8 || m.Hi > 128) bad("the indexer kernel needs index_head_dim 128 and index heads a multiple of 8 up to 128");
-  if (m.topk <= 0 || m.topk > 2048) bad("index_topk must be in 1..2048");
-  if (m.nope <= 0 || m.nope % 8 || m.vd <= 0 || m.vd % 8) bad("qk_nope_head_dim and v_head_dim must be multiples of 8");
-  if (static_cast<int>(spec.layer_is_moe.size()) != spec.num_layers) bad("layer_is_moe must have one entry per layer");
-  if (any_moe && (m.E <= 0 || m.K <= 0 || m.I <= 0 || m.I % 8)) bad("MoE layers need experts, experts per token and an intermediate size (multiple of 8)");
-  if (!any_moe) m.E = 0;
-  if (std::find(spec.layer_is_moe.begin(), spec.layer_is_moe.end(), false) != spec.layer_is_moe.end() &&
-      (m.dense_I <= 0 || m.dense_I % 8))
-    bad("dense layers need intermediate_size (multiple of 8)");
-
-  // Memory: weights + caches (all-F worst case) + one default chunk of activations, checked up front.
-  Carver sizing;
-  m.weights_bytes = m.layout_weights(sizing);
-  const size_t rope_bytes = size_t(max_context) * m.rd * 4;
-  const size_t work = m.work_bytes(static_cast<int>(std::min<int64_t>(RunOptions{}.chunk, max_context)));
-  const size_t need = m.weights_bytes + m.cache_bytes_all_f() + rope_bytes + work + (size_t{64} << 20) +
-                      (size_t{512} << 20);
-  const size_t avail = Impl::free_bytes();
-  if (need > avail)
-    throw_runtime("gpu memory", "needs " + fmt_gib(need) + " (weights " + fmt_gib(m.weights_bytes) + ", caches for " +
-                                    std::to_string(max_context) + " tokens " + fmt_gib(m.cache_bytes_all_f()) +
-                                    ", activations " + fmt_gib(work) + "), " + fmt_gib(avail) + " free");
-
-  IC_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
-  IC_CUDA_CHECK(cudaMallocHost(&m.host_offsets, sizeof(int32_t) * (std::max(m.E, 1) + 1)));
-  m.gemm = std::make_unique<Gemm>();
-  m.weights_buf = DeviceBuffer(m.weights_bytes);
-  Carver carve(static_cast<char*>(m.weights_buf.data()));
-  m.layout_weights(carve);
+  m.setup(spec, max_context, false);
 
   // Random weights, uniform with variance 1/fan_in (scale sqrt(3/fan_in)); norms 1, biases 0.
   uint64_t tensor = 0;
@@ -762,26 +898,32 @@ SyntheticGpuModel::SyntheticGpuModel(const ModelSpec& spec, int64_t max_context,
       rnd(L.down, size_t(m.H) * m.dense_I, m.dense_I);
     }
   }
-  for (int l = 0; l < spec.num_layers; ++l) m.latent_cache.emplace_back(size_t(max_context) * m.lat * 2);
-  m.index_cache.resize(spec.num_layers);
-
-  // RoPE tables [max_context, rd/2], f32 angles as torch, cos/sin in double, times the YaRN factor.
-  const std::vector<float> inv = inv_freq(spec);
-  const int half = m.rd / 2;
-  const float fac = static_cast<float>(spec.rope_attention_factor());
-  std::vector<float> c(size_t(max_context) * half), sn(c.size());
-  for (int64_t p = 0; p < max_context; ++p)
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(p) * inv[i];
-      c[size_t(p) * half + i] = static_cast<float>(std::cos(static_cast<double>(angle))) * fac;
-      sn[size_t(p) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle))) * fac;
-    }
-  m.rope_cos = DeviceBuffer::from(c);
-  m.rope_sin = DeviceBuffer::from(sn);
-  m.logits = DeviceBuffer(size_t(spec.vocab_size) * 4);
-  m.logits.fill_bytes(0xFF);
-  m.pos_dev = DeviceBuffer(sizeof(int32_t));
   IC_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+SyntheticGpuModel::SyntheticGpuModel(CheckpointTag, const std::string& dir, int64_t max_context)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  const ModelSpec spec = load_model_spec(dir);
+  if (spec.attention_bias)
+    throw_bad_input(dir + "/config.json: attention_bias", "the GPU model does not support attention biases yet");
+  m.setup(spec, max_context, spec.tie_word_embeddings);
+  GpuWeights gw;
+  gw.embed = m.embed;
+  gw.final_norm = m.final_norm;
+  gw.lm_head = m.lm_head;
+  gw.layers = std::move(m.layers);
+  try {
+    load_checkpoint_weights(dir, spec, gw);
+  } catch (...) {
+    m.layers = std::move(gw.layers);
+    throw;
+  }
+  m.layers = std::move(gw.layers);
+}
+
+std::unique_ptr<SyntheticGpuModel> SyntheticGpuModel::from_checkpoint(const std::string& dir, int64_t max_context) {
+  return std::unique_ptr<SyntheticGpuModel>(new SyntheticGpuModel(CheckpointTag{}, dir, max_context));
 }
 
 SyntheticGpuModel::~SyntheticGpuModel() = default;
@@ -931,6 +1073,88 @@ PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, co
   cleanup();
   return r;
 }
+
+PhaseResult SyntheticGpuModel::prefill_ids(const std::vector<int32_t>& ids, const IndexPlan& plan,
+                                           const RunOptions& opt, PrefillDebug* debug) {
+  Impl& m = *impl_;
+  const int64_t context = static_cast<int64_t>(ids.size());
+  m.check_run(context, plan, 0);
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= m.s.vocab_size)
+      throw_bad_input("token id", std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                                      " is outside the vocabulary of " + std::to_string(m.s.vocab_size));
+  const int L = m.s.num_layers;
+  if (debug) {
+    PrefillDebug& d = *debug;
+    for (int32_t r : d.rows)
+      if (r < 0 || r >= context) throw_bad_input("debug rows", "row " + std::to_string(r) + " outside the prompt");
+    if (!d.forced_topk.empty()) {
+      if (static_cast<int>(d.forced_topk.size()) != L)
+        throw_bad_input("forced_topk", "needs one entry per layer (or none)");
+      for (const auto& f : d.forced_topk)
+        if (!f.empty() && (f.size() % size_t(context) != 0 || f.size() / size_t(context) > size_t(m.topk)))
+          throw_bad_input("forced_topk", "an entry is not [context][k] with k <= index_topk");
+    }
+    d.index_scores.assign(L, {});
+    d.topk.assign(L, {});
+    for (int l = 0; l < L; ++l) {
+      if (plan.is_full(l)) d.index_scores[l].assign(d.rows.size() * size_t(context), -INFINITY);
+      d.topk[l].assign(d.rows.size() * size_t(m.topk), -1);
+    }
+    d.logits.assign(d.rows.size() * size_t(m.s.vocab_size), NAN);
+  }
+  const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk > 0 ? opt.chunk : context, context));
+  m.ensure_work(static_cast<int>(chunk));
+  m.logits.fill_bytes(0xFF);
+  m.cached = context;
+  PhaseResult r;
+  r.tokens = context;
+  Timer t(m.stream, opt.instrument && !debug);
+  cudaEvent_t e0, e1;
+  IC_CUDA_CHECK(cudaEventCreate(&e0));
+  IC_CUDA_CHECK(cudaEventCreate(&e1));
+  try {
+    IC_CUDA_CHECK(cudaEventRecord(e0, m.stream));
+    for (int64_t p0 = 0; p0 < context; p0 += chunk) {
+      const int n = static_cast<int>(std::min(chunk, context - p0));
+      IC_CUDA_CHECK(cudaMemcpyAsync(m.w.ids, ids.data() + p0, size_t(n) * 4, cudaMemcpyHostToDevice, m.stream));
+      m.run_chunk(p0, n, static_cast<int>(p0 + n), plan, false, p0 + n == context, t, &r, true, debug);
+    }
+    IC_CUDA_CHECK(cudaEventRecord(e1, m.stream));
+    IC_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    IC_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    r.seconds = ms * 1e-3;
+    r.kernels = t.collect();
+  } catch (...) {
+    m.cached = 0;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    throw;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return r;
+}
+
+void SyntheticGpuModel::decode_id(int32_t id, const IndexPlan& plan) {
+  Impl& m = *impl_;
+  if (m.cached <= 0) throw_bad_input("decode", "no request: run prefill_ids first");
+  if (id < 0 || id >= m.s.vocab_size)
+    throw_bad_input("token id", std::to_string(id) + " is outside the vocabulary of " + std::to_string(m.s.vocab_size));
+  m.check_run(m.cached, plan, 1);
+  m.ensure_work(1);
+  const int32_t pos = static_cast<int32_t>(m.cached);
+  IC_CUDA_CHECK(cudaMemcpyAsync(m.pos_dev.data(), &pos, sizeof pos, cudaMemcpyHostToDevice, m.stream));
+  IC_CUDA_CHECK(cudaMemcpyAsync(m.w.ids, &id, sizeof id, cudaMemcpyHostToDevice, m.stream));
+  Timer none(m.stream, false);
+  m.run_chunk(0, 1, pos + 1, plan, true, true, none, nullptr, true, nullptr);
+  IC_CUDA_CHECK(cudaStreamSynchronize(m.stream));  // `pos` and `id` are host stack values
+  m.cached += 1;
+}
+
+bool SyntheticGpuModel::uses_tensor_core_indexer() const { return impl_->tc_indexer; }
+bool SyntheticGpuModel::uses_tensor_core_attention() const { return impl_->tc_mla; }
 
 GpuInfo gpu_info() {
   GpuInfo g;

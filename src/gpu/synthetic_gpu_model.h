@@ -1,7 +1,8 @@
-// A DSA model with random bf16 weights held on the GPU, with the real shapes of a ModelSpec, run
-// layer by layer with the CUDA kernels: chunked prefill and single-request decode under any
-// IndexCache plan. This is what `indexcache bench --device cuda --synthetic PRESET` times. No CUDA
-// types in this header.
+// A DSA model held on the GPU in bf16, with random weights in the real shapes of a ModelSpec or the
+// weights of a checkpoint (from_checkpoint), run layer by layer with the CUDA kernels: chunked
+// prefill and single-request decode under any IndexCache plan. This is what
+// `indexcache bench --device cuda --synthetic PRESET` times; tests/test_cuda_e2e.cpp checks it
+// against transformers' golden fixtures. No CUDA types in this header.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,27 @@ struct RunOptions {
   bool instrument = true;      // per-kernel-class events (an extra, separately timed run in decode)
 };
 
+// Debug hooks of a real-token prefill (tests; see SyntheticGpuModel::prefill_ids). Inputs: `rows`
+// and `forced_topk`; the rest is filled by the call. Capturing synchronises after every layer, so
+// it is slow: for tests only.
+struct PrefillDebug {
+  // Absolute positions (< ids.size()) whose index scores, selections and logits are captured.
+  std::vector<int32_t> rows;
+  // Teacher forcing: when non-empty, one entry per layer; a non-empty entry [context * k_forced]
+  // (k_forced <= index_topk, row t = the token ids query t attends to) REPLACES that layer's
+  // selection (after its indexer ran, so F-layer scores are still captured). Entries < 0 or > t are
+  // ignored (transformers pads short rows with causally masked positions), missing ones are -1.
+  std::vector<std::vector<int32_t>> forced_topk;
+  // Outputs, one entry per layer (empty for layers that captured nothing):
+  // F layers of the plan: f32 [rows.size()][context] indexer scores (-inf for s > row).
+  std::vector<std::vector<float>> index_scores;
+  // Every layer: int32 [rows.size()][index_topk] the selection its attention used (-1 = empty slot;
+  // order unspecified).
+  std::vector<std::vector<int32_t>> topk;
+  // f32 [rows.size()][vocab] logits of the captured rows.
+  std::vector<float> logits;
+};
+
 class SyntheticGpuModel {
  public:
   // Allocates and fills every weight on the GPU (random, deterministic in `seed`, scaled so that
@@ -51,6 +73,13 @@ class SyntheticGpuModel {
   // weights plus the caches for `max_context` tokens do not fit in device memory, saying how much
   // is needed and available.
   SyntheticGpuModel(const ModelSpec& spec, int64_t max_context, uint64_t seed = 1);
+  // The model of a Hugging Face checkpoint directory as it ships (config.json + safetensors,
+  // single or sharded; f32 / bf16 / f16 converted to bf16; experts packed or per expert; tied
+  // embeddings), with caches for `max_context` tokens. Shapes the tensor-core DSA kernels do not
+  // take (index_head_dim != 128, kv_lora_rank != 512, ...) run on generic CUDA-core kernels
+  // (src/backend/cuda/dsa_generic.h). Throws indexcache::Error (kBadInput) on a bad checkpoint
+  // (missing / misshaped tensors, FP8, attention_bias) and (kRuntime) when it does not fit.
+  static std::unique_ptr<SyntheticGpuModel> from_checkpoint(const std::string& dir, int64_t max_context);
   ~SyntheticGpuModel();
   SyntheticGpuModel(const SyntheticGpuModel&) = delete;
   SyntheticGpuModel& operator=(const SyntheticGpuModel&) = delete;
@@ -67,7 +96,22 @@ class SyntheticGpuModel {
   // Prefills `context` tokens (untimed), then times opt.decode_steps single-token steps.
   PhaseResult decode(int64_t context, const IndexPlan& plan, const RunOptions& opt);
 
+  // Prefill of the real token ids `ids` (a fresh request; ids in 0..vocab-1, size <= max_context),
+  // chunked by opt.chunk; last_logits() then holds the last token's logits. With `debug`, captures
+  // and teacher forcing as documented at PrefillDebug.
+  PhaseResult prefill_ids(const std::vector<int32_t>& ids, const IndexPlan& plan, const RunOptions& opt,
+                          PrefillDebug* debug = nullptr);
+  // One eager decode step of token `id` appended to the request of the latest prefill_ids /
+  // decode_id (position = tokens so far); last_logits() holds its logits.
+  void decode_id(int32_t id, const IndexPlan& plan);
+  // Whether the tensor-core kernels (dsa_bf16.h) run this model's indexer / sparse attention (else
+  // the generic ones of dsa_generic.h).
+  bool uses_tensor_core_indexer() const;
+  bool uses_tensor_core_attention() const;
+
  private:
+  struct CheckpointTag {};
+  SyntheticGpuModel(CheckpointTag, const std::string& dir, int64_t max_context);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
