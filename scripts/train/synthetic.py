@@ -169,6 +169,43 @@ def _place(filler, inserts, rng, depths=None):
     return out + filler[last:]
 
 
+def _kv_records(rng, length):
+    """kv task: 2-48 distinct (adjective, noun) objects with 4-5 digit numbers, and their record parts."""
+    n_rec = max(2, min(48, length // 160 + int(rng.integers(-2, 3))))
+    objs = []  # a list, not a set: the order must not depend on Python's string hashing
+    while len(objs) < n_rec:
+        o = (ADJECTIVES[int(rng.integers(len(ADJECTIVES)))], NOUNS[int(rng.integers(len(NOUNS)))])
+        if o not in objs:
+            objs.append(o)
+    vals = [int(rng.integers(1000, 100000)) for _ in objs]
+    inserts = [[("p", " The"), ("p", " " + a), ("p", " " + b), ("p", " has number")] + _number_parts(v) + [("p", ".")]
+               for (a, b), v in zip(objs, vals)]
+    return objs, vals, inserts
+
+
+def _kv_question(a, b):
+    return [("p", " Question: what number does the"), ("p", " " + a), ("p", " " + b),
+            ("p", " have? Answer: the"), ("p", " " + a), ("p", " " + b), ("p", " has number")]
+
+
+def _copy_notes(rng):
+    """copy task: 2-4 notes of 8 words with distinct first words, and their note parts."""
+    n_notes = int(rng.integers(2, 5))
+    firsts = rng.choice(len(NOTE_WORDS), size=n_notes, replace=False)
+    notes = []
+    for f in firsts:
+        words = [NOTE_WORDS[int(f)]] + [NOTE_WORDS[int(i)] for i in rng.integers(len(NOTE_WORDS), size=7)]
+        notes.append(words)
+    inserts = [[("p", " Note:")] + [("p", " " + w) for w in ws] + [("p", ".")] for ws in notes]
+    return notes, inserts
+
+
+def _copy_question_answer(ws):
+    question = ([("p", " Question: repeat the note that begins with")] + [("p", " " + w) for w in ws[:3]]
+                + [("p", ". Answer: the note is")] + [("p", " " + w) for w in ws[:3]])
+    return question, [("p", " " + w) for w in ws[3:]] + [("p", ".")]
+
+
 def make_parts(kit, rng, task, length, pool, depth=None):
     """Return (prompt_parts, answer_parts) whose total token count is <= length."""
     head = [("p", HEAD[task])]
@@ -180,33 +217,14 @@ def make_parts(kit, rng, task, length, pool, depth=None):
         answer = num
         inserts = [needle]
     elif task == "kv":
-        n_rec = max(2, min(48, length // 160 + int(rng.integers(-2, 3))))
-        objs = []  # a list, not a set: the order must not depend on Python's string hashing
-        while len(objs) < n_rec:
-            o = (ADJECTIVES[int(rng.integers(len(ADJECTIVES)))], NOUNS[int(rng.integers(len(NOUNS)))])
-            if o not in objs:
-                objs.append(o)
-        vals = [int(rng.integers(1000, 100000)) for _ in objs]
-        inserts = [[("p", " The"), ("p", " " + a), ("p", " " + b), ("p", " has number")] + _number_parts(v) + [("p", ".")]
-                   for (a, b), v in zip(objs, vals)]
-        q = int(rng.integers(n_rec))
-        a, b = objs[q]
-        query = [("p", " Question: what number does the"), ("p", " " + a), ("p", " " + b),
-                 ("p", " have? Answer: the"), ("p", " " + a), ("p", " " + b), ("p", " has number")]
+        objs, vals, inserts = _kv_records(rng, length)
+        q = int(rng.integers(len(objs)))
+        query = _kv_question(*objs[q])
         answer = _number_parts(vals[q])
     elif task == "copy":
-        n_notes = int(rng.integers(2, 5))
-        firsts = rng.choice(len(NOTE_WORDS), size=n_notes, replace=False)
-        notes = []
-        for f in firsts:
-            words = [NOTE_WORDS[int(f)]] + [NOTE_WORDS[int(i)] for i in rng.integers(len(NOTE_WORDS), size=7)]
-            notes.append(words)
-        inserts = [[("p", " Note:")] + [("p", " " + w) for w in ws] + [("p", ".")] for ws in notes]
-        q = int(rng.integers(n_notes))
-        ws = notes[q]
-        query = ([("p", " Question: repeat the note that begins with")] + [("p", " " + w) for w in ws[:3]]
-                 + [("p", ". Answer: the note is")] + [("p", " " + w) for w in ws[:3]])
-        answer = [("p", " " + w) for w in ws[3:]] + [("p", ".")]
+        notes, inserts = _copy_notes(rng)
+        q = int(rng.integers(len(notes)))
+        query, answer = _copy_question_answer(notes[q])
     else:
         raise ValueError(task)
     fixed = _parts_len(kit, head + query + answer, pool) + sum(_parts_len(kit, x, pool) for x in inserts)
@@ -271,37 +289,21 @@ def training_sequence(kit, rng, length, min_len=384, task_p=None, max_queries=1)
 def _multi_query_parts(kit, rng, task, length, pool, max_queries):
     """[(parts, is_answer)]: the body of a kv / copy example followed by several question-answer pairs,
     all within `length` tokens."""
+    qa = []
     if task == "kv":
-        n_rec = max(2, min(48, length // 160 + int(rng.integers(-2, 3))))
-        objs = []
-        while len(objs) < n_rec:
-            o = (ADJECTIVES[int(rng.integers(len(ADJECTIVES)))], NOUNS[int(rng.integers(len(NOUNS)))])
-            if o not in objs:
-                objs.append(o)
-        vals = [int(rng.integers(1000, 100000)) for _ in objs]
-        inserts = [[("p", " The"), ("p", " " + a), ("p", " " + b), ("p", " has number")] + _number_parts(v) + [("p", ".")]
-                   for (a, b), v in zip(objs, vals)]
-        qs = rng.choice(n_rec, size=min(max_queries, n_rec), replace=False)
-        qa = []
+        objs, vals, inserts = _kv_records(rng, length)
+        qs = rng.choice(len(objs), size=min(max_queries, len(objs)), replace=False)
         for i, q in enumerate(qs):
-            a, b = objs[int(q)]
             lead = [("p", ".")] if i > 0 else []
-            qa.append((lead + [("p", " Question: what number does the"), ("p", " " + a), ("p", " " + b),
-                               ("p", " have? Answer: the"), ("p", " " + a), ("p", " " + b), ("p", " has number")], False))
+            qa.append((lead + _kv_question(*objs[int(q)]), False))
             qa.append((_number_parts(vals[int(q)]), True))
     else:  # copy
-        n_notes = int(rng.integers(2, 5))
-        firsts = rng.choice(len(NOTE_WORDS), size=n_notes, replace=False)
-        notes = [[NOTE_WORDS[int(f)]] + [NOTE_WORDS[int(i)] for i in rng.integers(len(NOTE_WORDS), size=7)]
-                 for f in firsts]
-        inserts = [[("p", " Note:")] + [("p", " " + w) for w in ws] + [("p", ".")] for ws in notes]
-        qs = rng.choice(n_notes, size=min(max_queries, n_notes), replace=False)
-        qa = []
+        notes, inserts = _copy_notes(rng)
+        qs = rng.choice(len(notes), size=min(max_queries, len(notes)), replace=False)
         for q in qs:
-            ws = notes[int(q)]
-            qa.append(([("p", " Question: repeat the note that begins with")] + [("p", " " + w) for w in ws[:3]]
-                       + [("p", ". Answer: the note is")] + [("p", " " + w) for w in ws[:3]], False))
-            qa.append(([("p", " " + w) for w in ws[3:]] + [("p", ".")], True))
+            question, answer = _copy_question_answer(notes[int(q)])
+            qa.append((question, False))
+            qa.append((answer, True))
     head = [("p", HEAD[task])]
     fixed = _parts_len(kit, head, pool) + sum(_parts_len(kit, x, pool) for x in inserts) \
         + sum(_parts_len(kit, x, pool) for x, _ in qa)
