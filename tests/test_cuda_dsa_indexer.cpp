@@ -32,187 +32,61 @@
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/dsa_bf16.h"
+#include "cuda_test_util.h"
 
 namespace indexcache {
 namespace {
 
 using cuda::DeviceBuffer;
+using namespace cuda_test;
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kDim = 128;
 constexpr double kRelTol = 5e-4;
 
-#define REQUIRE_GPU()                                                                          \
-  if (!cuda::cuda_available())                                                                 \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
-               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
-
-// f32 -> bf16 bits, round to nearest even (inputs are finite).
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// Random bf16 tensor: device bits and the same values as f32 for the CPU.
-struct Bf16Data {
-  std::vector<uint16_t> bits;
-  std::vector<float> f32;
-};
-Bf16Data random_bf16(size_t n, std::mt19937& rng) {
+// Random bf16 values: the device bits and the same values as f32 for the CPU.
+void random_bf16(size_t n, std::mt19937& rng, std::vector<uint16_t>* bits, std::vector<float>* f32) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  Bf16Data d;
-  d.bits.resize(n);
-  d.f32.resize(n);
+  bits->resize(n);
+  f32->resize(n);
   for (size_t i = 0; i < n; ++i) {
-    d.bits[i] = to_bf16(dist(rng));
-    d.f32[i] = from_bf16(d.bits[i]);
+    (*bits)[i] = to_bf16(dist(rng));
+    (*f32)[i] = from_bf16((*bits)[i]);
   }
-  return d;
-}
-
-std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-bool is_poison(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u == 0xFFFFFFFFu;
-}
-
-// Copies `count` floats starting at element `offset` of a device buffer.
-std::vector<float> download_range(const DeviceBuffer& b, size_t offset, size_t count) {
-  std::vector<float> v(count);
-  const cudaError_t e = cudaMemcpy(v.data(), b.as<float>() + offset, count * sizeof(float), cudaMemcpyDeviceToHost);
-  if (e != cudaSuccess) std::fill(v.begin(), v.end(), std::nanf(""));
-  return v;
 }
 
 // ---------------------------------------------------------------- indexer
 
-struct IndexerInputs {
-  int tokens = 0, keys = 0, heads = 0;
-  Bf16Data q, k;
-  std::vector<float> w;
-  std::vector<int32_t> pos;
-  float scale = 0;
-  std::vector<double> q_weight;  // per token: sum_h |w_h| * |q_h|
-  std::vector<double> k_norm;    // per key: |k_s|
+// The host inputs (qf, kf: the bf16 values as f32) and the device bits of q and k.
+struct IndexerInputs : IndexerHostInputs {
+  std::vector<uint16_t> qb, kb;
 };
 
-// pos_mode 0: the last chunk of the cache (positions keys - tokens + t); 1: a chunk in the middle
-// (keys / 3 + t, capped at keys - 1); 2: random positions.
+// pos_mode: see indexer_positions.
 IndexerInputs make_indexer_inputs(int tokens, int keys, int heads, int pos_mode, std::mt19937& rng) {
   IndexerInputs in;
   in.tokens = tokens;
   in.keys = keys;
   in.heads = heads;
-  in.q = random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng);
-  in.k = random_bf16(static_cast<size_t>(keys) * kDim, rng);
+  in.dim = kDim;
+  random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng, &in.qb, &in.qf);
+  random_bf16(static_cast<size_t>(keys) * kDim, rng, &in.kb, &in.kf);
   in.w = uniform(static_cast<size_t>(tokens) * heads, rng);
   in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
-  std::uniform_int_distribution<int> any(0, keys - 1);
-  in.pos.resize(tokens);
-  for (int t = 0; t < tokens; ++t)
-    in.pos[t] = pos_mode == 0   ? std::max(0, keys - tokens + t)
-                : pos_mode == 1 ? std::min(keys - 1, keys / 3 + t)
-                                : any(rng);
-  in.q_weight.assign(tokens, 0.0);
-  for (int t = 0; t < tokens; ++t)
-    for (int h = 0; h < heads; ++h) {
-      const float* qh = in.q.f32.data() + (static_cast<size_t>(t) * heads + h) * kDim;
-      double s = 0;
-      for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
-      in.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
-    }
-  in.k_norm.assign(keys, 0.0);
-  for (int s = 0; s < keys; ++s) {
-    double a = 0;
-    for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
-    in.k_norm[s] = std::sqrt(a);
-  }
+  in.pos = indexer_positions(tokens, keys, pos_mode, rng);
+  compute_indexer_bounds(&in);
   return in;
 }
-
-// CPU reference for tokens [t0, t0 + n) into ref (n rows of `stride`).
-void cpu_indexer_rows(const IndexerInputs& in, int t0, int n, int64_t stride, std::vector<float>* ref) {
-  ref->assign(static_cast<size_t>(n) * stride, 0.0f);
-  IndexerScoreParams p;
-  p.q = in.q.f32.data() + static_cast<size_t>(t0) * in.heads * kDim;
-  p.w = in.w.data() + static_cast<size_t>(t0) * in.heads;
-  p.k = in.k.f32.data();
-  p.positions = in.pos.data() + t0;
-  p.scores = ref->data();
-  p.scores_stride = stride;
-  p.tokens = n;
-  p.keys = in.keys;
-  p.heads = in.heads;
-  p.head_dim = kDim;
-  p.scale = in.scale;
-  cpu::indexer_scores(p);
-}
-
-struct FloatCheck {
-  int64_t checked = 0, bad = 0;
-  double max_ratio = 0;
-  std::ostringstream first;
-  void check(float got, float ref, double tol, int64_t t, int64_t s) {
-    ++checked;
-    bool ok;
-    if (std::isinf(ref)) {
-      ok = got == ref;
-    } else {
-      const double err = std::fabs(static_cast<double>(got) - ref);
-      ok = !std::isnan(got) && !std::isinf(got) && err <= tol;
-      if (ok && tol > 0) max_ratio = std::max(max_ratio, err / tol);
-    }
-    if (!ok && bad++ < 5)
-      first << "  at (t " << t << ", s " << s << "): got " << got << " want " << ref << " tol " << tol << "\n";
-  }
-  void fail(const std::string& why) {
-    if (bad++ < 5) first << "  " << why << "\n";
-  }
-  std::string summary() const {
-    std::ostringstream o;
-    o << bad << " of " << checked << " bad, max err/tol " << max_ratio << "\n" << first.str();
-    return o.str();
-  }
-};
 
 // Checks rows [t0, t0 + n) of GPU scores (got, n rows of stride) against the CPU.
 void check_indexer_rows(const IndexerInputs& in, int t0, int n, int64_t stride, const std::vector<float>& got,
                         FloatCheck* fc) {
-  std::vector<float> ref;
-  cpu_indexer_rows(in, t0, n, stride, &ref);
-  for (int r = 0; r < n; ++r) {
-    const int t = t0 + r;
-    for (int64_t s = 0; s < stride; ++s) {
-      const float g = got[static_cast<size_t>(r) * stride + s];
-      if (s >= in.keys) {
-        if (!is_poison(g)) fc->fail("padding written at t " + std::to_string(t) + " s " + std::to_string(s));
-        continue;
-      }
-      const double tol = kRelTol * in.scale * in.q_weight[t] * in.k_norm[s] + 1e-30;
-      fc->check(g, ref[static_cast<size_t>(r) * stride + s], tol, t, s);
-    }
-  }
+  cuda_test::check_indexer_rows(in, kRelTol, t0, n, stride, got, fc);
 }
 
 struct DeviceIndexer {
   DeviceBuffer q, k, w, pos;
   explicit DeviceIndexer(const IndexerInputs& in)
-      : q(DeviceBuffer::from(in.q.bits)), k(DeviceBuffer::from(in.k.bits)), w(DeviceBuffer::from(in.w)),
+      : q(DeviceBuffer::from(in.qb)), k(DeviceBuffer::from(in.kb)), w(DeviceBuffer::from(in.w)),
         pos(DeviceBuffer::from(in.pos)) {}
   cuda::IndexerBf16Params params(const IndexerInputs& in, float* scores, int64_t stride) const {
     cuda::IndexerBf16Params p;
@@ -240,7 +114,7 @@ void run_indexer_case(int tokens, int keys, int heads, int pos_mode, int pad, st
   cuda::indexer_scores_bf16(dev.params(in, dsc.as<float>(), stride));
   cuda::device_synchronize();
   const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
-  FloatCheck fc;
+  FloatCheck fc("t", "s");
   check_indexer_rows(in, 0, tokens, stride, got, &fc);
   EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
                            << pos_mode << " pad=" << pad << ": " << fc.summary();
@@ -590,12 +464,6 @@ TEST(CudaDsaIndexer, TopkLargeRows) {
 
 // ---------------------------------------------------------------- real shapes and timings
 
-double visible_pairs(const std::vector<int32_t>& pos, int keys) {
-  double pairs = 0;
-  for (int32_t p : pos) pairs += std::min(keys, p + 1);
-  return pairs;
-}
-
 TEST(CudaDsaIndexer, RealShapeTimings) {
   REQUIRE_GPU();
   std::printf("[cuda-ops] device: %s\n", cuda::device_description().c_str());
@@ -607,11 +475,12 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
   in.tokens = tokens;
   in.heads = heads;
   in.keys = max_keys;
-  in.q = random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng);
-  in.k = random_bf16(static_cast<size_t>(max_keys) * kDim, rng);
+  in.dim = kDim;
+  random_bf16(static_cast<size_t>(tokens) * heads * kDim, rng, &in.qb, &in.qf);
+  random_bf16(static_cast<size_t>(max_keys) * kDim, rng, &in.kb, &in.kf);
   in.w = uniform(static_cast<size_t>(tokens) * heads, rng);
   in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
-  DeviceBuffer dq = DeviceBuffer::from(in.q.bits), dk = DeviceBuffer::from(in.k.bits), dw = DeviceBuffer::from(in.w);
+  DeviceBuffer dq = DeviceBuffer::from(in.qb), dk = DeviceBuffer::from(in.kb), dw = DeviceBuffer::from(in.w);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * max_keys * sizeof(float));
 
   double ms_indexer_max = 0;
@@ -643,22 +512,8 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     IndexerInputs view = in;  // same data, this key count and positions
     view.keys = keys;
     view.pos = pos;
-    view.q_weight.assign(tokens, 0.0);
-    view.k_norm.assign(keys, 0.0);
-    FloatCheck fc;
-    for (int t : {0, tokens / 2 + 7, tokens - 1}) {
-      for (int h = 0; h < heads; ++h) {
-        const float* qh = in.q.f32.data() + (static_cast<size_t>(t) * heads + h) * kDim;
-        double s = 0;
-        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
-        view.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
-      }
-    }
-    for (int s = 0; s < keys; ++s) {
-      double a = 0;
-      for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
-      view.k_norm[s] = std::sqrt(a);
-    }
+    compute_indexer_bounds(&view, {0, tokens / 2 + 7, tokens - 1});
+    FloatCheck fc("t", "s");
     for (int t : {0, tokens / 2 + 7, tokens - 1}) {
       const std::vector<float> got = download_range(dsc, static_cast<size_t>(t) * keys, keys);
       check_indexer_rows(view, t, 1, keys, got, &fc);
@@ -740,20 +595,8 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
       view.tokens = 1;
       view.keys = keys;
       view.pos = pos;
-      view.q_weight.assign(1, 0.0);
-      for (int h = 0; h < heads; ++h) {
-        const float* qh = in.q.f32.data() + static_cast<size_t>(h) * kDim;
-        double s = 0;
-        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
-        view.q_weight[0] += std::fabs(in.w[h]) * std::sqrt(s);
-      }
-      view.k_norm.assign(keys, 0.0);
-      for (int s = 0; s < keys; ++s) {
-        double a = 0;
-        for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.k.f32[static_cast<size_t>(s) * kDim + d]) * in.k.f32[static_cast<size_t>(s) * kDim + d];
-        view.k_norm[s] = std::sqrt(a);
-      }
-      FloatCheck fc;
+      compute_indexer_bounds(&view);
+      FloatCheck fc("t", "s");
       check_indexer_rows(view, 0, 1, keys, d1.to_vector<float>(keys), &fc);
       EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 decode: " << fc.summary();
     }

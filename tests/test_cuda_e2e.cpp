@@ -46,6 +46,7 @@
 #include "indexcache/index_plan.h"
 #include "indexcache/model_spec.h"
 #include "indexcache/safetensors.h"
+#include "cuda_test_util.h"
 
 #ifndef INDEXCACHE_SOURCE_DIR
 #define INDEXCACHE_SOURCE_DIR "."
@@ -55,16 +56,13 @@ namespace indexcache {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace cuda_test;
 
 constexpr double kScoreTol = 5e-2;   // index scores and near-tie swaps, relative to the row's max |score|
 constexpr double kRowTol = 2e-2;     // logits relative L2 per row
 constexpr double kMedianTol = 1e-2;  // median of the per-row relative L2
 constexpr double kMaxTol = 0.25;     // no row beyond this
 constexpr int kChunk = 7;            // the chunked prefill of (e): several chunks, one ragged
-
-#define REQUIRE_GPU()                       \
-  if (!cuda::cuda_available())              \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()
 
 struct Case {
   std::string model_dir, expected, plan;
@@ -147,17 +145,6 @@ Fixture load_fixture(const Case& c, const ModelSpec& spec, const IndexPlan& plan
   }
   x.k = static_cast<int>(x.topk[0].size() / x.rows.size());
   return x;
-}
-
-// ||a - b|| / ||b|| over one row (NaN in a gives +inf).
-double rel_l2(const float* a, const float* b, int n) {
-  double num = 0, den = 0;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }

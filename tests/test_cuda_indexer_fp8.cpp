@@ -35,34 +35,18 @@
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/dsa_bf16.h"
+#include "cuda_test_util.h"
 
 namespace indexcache {
 namespace {
 
 using cuda::DeviceBuffer;
+using namespace cuda_test;
 
 constexpr int kDim = 128;
 constexpr double kRelTol = 1e-3;
 
-#define REQUIRE_GPU()                                                                          \
-  if (!cuda::cuda_available())                                                                 \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
-               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
-
-// ---------------------------------------------------------------- host bf16 / e4m3
-
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// ---------------------------------------------------------------- host e4m3
 
 // E4M3: sign, 4 exponent bits (bias 7), 3 mantissa bits; exponent 0 is subnormal (m/8 * 2^-6);
 // S.1111.111 is NaN; there are no infinities; the largest finite value is 448 (0x7E).
@@ -106,13 +90,6 @@ void host_quantize_row(const uint16_t* in, uint8_t* out, float* scale) {
   *scale = amax / 448.0f;
 }
 
-std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
 // rows x 128 random bf16 values; each row gets its own magnitude in [0.05, 20] (log-uniform).
 std::vector<uint16_t> random_bf16_rows(int64_t rows, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f), lg(std::log(0.05f), std::log(20.0f));
@@ -124,19 +101,7 @@ std::vector<uint16_t> random_bf16_rows(int64_t rows, std::mt19937& rng) {
   return v;
 }
 
-bool is_poison(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u == 0xFFFFFFFFu;
-}
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
-
-std::vector<float> download_range(const DeviceBuffer& b, size_t offset, size_t count) {
-  std::vector<float> v(count);
-  const cudaError_t e = cudaMemcpy(v.data(), b.as<float>() + offset, count * sizeof(float), cudaMemcpyDeviceToHost);
-  if (e != cudaSuccess) std::fill(v.begin(), v.end(), std::nanf(""));
-  return v;
-}
 
 // ---------------------------------------------------------------- quantizer
 
@@ -211,16 +176,10 @@ TEST(CudaIndexerFp8, QuantizeRows) {
 
 // ---------------------------------------------------------------- scores
 
-struct Fp8Inputs {
-  int tokens = 0, keys = 0, heads = 0;
+// The host inputs (qf, kf: dequantized, f32) and the fp8 bytes and per-row scales of q and k.
+struct Fp8Inputs : IndexerHostInputs {
   std::vector<uint8_t> q8, k8;
-  std::vector<float> qs, ks;    // per row scales
-  std::vector<float> qf, kf;    // dequantized, f32
-  std::vector<float> w;
-  std::vector<int32_t> pos;
-  float scale = 0;
-  std::vector<double> q_weight;  // per token: sum_h |w_h| * |q_h|
-  std::vector<double> k_norm;    // per key: |k_s|
+  std::vector<float> qs, ks;  // per row scales
 };
 
 void dequantize(const std::vector<uint8_t>& b, const std::vector<float>& s, std::vector<float>* out) {
@@ -228,29 +187,13 @@ void dequantize(const std::vector<uint8_t>& b, const std::vector<float>& s, std:
   for (size_t i = 0; i < b.size(); ++i) (*out)[i] = e4m3_decode(b[i]) * s[i / kDim];
 }
 
-void compute_bounds(Fp8Inputs* in) {
-  in->q_weight.assign(in->tokens, 0.0);
-  for (int t = 0; t < in->tokens; ++t)
-    for (int h = 0; h < in->heads; ++h) {
-      const float* qh = in->qf.data() + (static_cast<size_t>(t) * in->heads + h) * kDim;
-      double s = 0;
-      for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
-      in->q_weight[t] += std::fabs(in->w[static_cast<size_t>(t) * in->heads + h]) * std::sqrt(s);
-    }
-  in->k_norm.assign(in->keys, 0.0);
-  for (int s = 0; s < in->keys; ++s) {
-    double a = 0;
-    for (int d = 0; d < kDim; ++d) a += static_cast<double>(in->kf[static_cast<size_t>(s) * kDim + d]) * in->kf[static_cast<size_t>(s) * kDim + d];
-    in->k_norm[s] = std::sqrt(a);
-  }
-}
-
-// pos_mode 0: the last chunk of the cache; 1: a chunk in the middle; 2: random positions.
+// pos_mode: see indexer_positions.
 Fp8Inputs make_inputs(int tokens, int keys, int heads, int pos_mode, std::mt19937& rng) {
   Fp8Inputs in;
   in.tokens = tokens;
   in.keys = keys;
   in.heads = heads;
+  in.dim = kDim;
   const int64_t qrows = static_cast<int64_t>(tokens) * heads;
   const std::vector<uint16_t> qb = random_bf16_rows(qrows, rng), kb = random_bf16_rows(keys, rng);
   in.q8.resize(qb.size());
@@ -263,71 +206,14 @@ Fp8Inputs make_inputs(int tokens, int keys, int heads, int pos_mode, std::mt1993
   dequantize(in.k8, in.ks, &in.kf);
   in.w = uniform(static_cast<size_t>(qrows), rng);
   in.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
-  std::uniform_int_distribution<int> any(0, keys - 1);
-  in.pos.resize(tokens);
-  for (int t = 0; t < tokens; ++t)
-    in.pos[t] = pos_mode == 0   ? std::max(0, keys - tokens + t)
-                : pos_mode == 1 ? std::min(keys - 1, keys / 3 + t)
-                                : any(rng);
-  compute_bounds(&in);
+  in.pos = indexer_positions(tokens, keys, pos_mode, rng);
+  compute_indexer_bounds(&in);
   return in;
 }
 
-struct FloatCheck {
-  int64_t checked = 0, bad = 0;
-  double max_ratio = 0;
-  std::ostringstream first;
-  void check(float got, float ref, double tol, int64_t t, int64_t s) {
-    ++checked;
-    bool ok;
-    if (std::isinf(ref)) {
-      ok = got == ref;
-    } else {
-      const double err = std::fabs(static_cast<double>(got) - ref);
-      ok = !std::isnan(got) && !std::isinf(got) && err <= tol;
-      if (ok && tol > 0) max_ratio = std::max(max_ratio, err / tol);
-    }
-    if (!ok && bad++ < 5)
-      first << "  at (t " << t << ", s " << s << "): got " << got << " want " << ref << " tol " << tol << "\n";
-  }
-  void fail(const std::string& why) {
-    if (bad++ < 5) first << "  " << why << "\n";
-  }
-  std::string summary() const {
-    std::ostringstream o;
-    o << bad << " of " << checked << " bad, max err/tol " << max_ratio << "\n" << first.str();
-    return o.str();
-  }
-};
-
 // Checks GPU rows [t0, t0 + n) (got: n rows of `stride`) against the CPU on the dequantized inputs.
 void check_rows(const Fp8Inputs& in, int t0, int n, int64_t stride, const std::vector<float>& got, FloatCheck* fc) {
-  std::vector<float> ref(static_cast<size_t>(n) * stride, 0.0f);
-  IndexerScoreParams p;
-  p.q = in.qf.data() + static_cast<size_t>(t0) * in.heads * kDim;
-  p.w = in.w.data() + static_cast<size_t>(t0) * in.heads;
-  p.k = in.kf.data();
-  p.positions = in.pos.data() + t0;
-  p.scores = ref.data();
-  p.scores_stride = stride;
-  p.tokens = n;
-  p.keys = in.keys;
-  p.heads = in.heads;
-  p.head_dim = kDim;
-  p.scale = in.scale;
-  cpu::indexer_scores(p);
-  for (int r = 0; r < n; ++r) {
-    const int t = t0 + r;
-    for (int64_t s = 0; s < stride; ++s) {
-      const float g = got[static_cast<size_t>(r) * stride + s];
-      if (s >= in.keys) {
-        if (!is_poison(g)) fc->fail("padding written at t " + std::to_string(t) + " s " + std::to_string(s));
-        continue;
-      }
-      const double tol = kRelTol * in.scale * in.q_weight[t] * in.k_norm[s] + 1e-30;
-      fc->check(g, ref[static_cast<size_t>(r) * stride + s], tol, t, s);
-    }
-  }
+  check_indexer_rows(in, kRelTol, t0, n, stride, got, fc);
 }
 
 struct DeviceFp8 {
@@ -363,7 +249,7 @@ void run_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt199
   cuda::indexer_scores_fp8(dev.params(in, dsc.as<float>(), stride));
   cuda::device_synchronize();
   const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
-  FloatCheck fc;
+  FloatCheck fc("t", "s");
   check_rows(in, 0, tokens, stride, got, &fc);
   EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
                            << pos_mode << " pad=" << pad << ": " << fc.summary();
@@ -437,12 +323,6 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
 
 // ---------------------------------------------------------------- real shapes and timings
 
-double visible_pairs(const std::vector<int32_t>& pos, int keys) {
-  double pairs = 0;
-  for (int32_t p : pos) pairs += std::min(keys, p + 1);
-  return pairs;
-}
-
 TEST(CudaIndexerFp8, RealShapeTimings) {
   REQUIRE_GPU();
   std::printf("[cuda-ops] device: %s\n", cuda::device_description().c_str());
@@ -466,6 +346,7 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
   in.tokens = tokens;
   in.heads = heads;
   in.keys = max_keys;
+  in.dim = kDim;
   in.q8 = dq8.to_vector<uint8_t>(qb.size());
   in.qs = dqs.to_vector<float>(qrows);
   in.k8 = dk8.to_vector<uint8_t>(kb.size());
@@ -536,27 +417,15 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     view.tokens = tokens;
     view.heads = heads;
     view.keys = keys;
+    view.dim = kDim;
     view.scale = in.scale;
     view.pos = pos;
     // check_rows reads q/w rows of t0 and keys [0, keys): views into the full arrays via t0.
     view.qf = in.qf;
     view.w = in.w;
     view.kf.assign(in.kf.begin(), in.kf.begin() + static_cast<size_t>(keys) * kDim);
-    view.q_weight.assign(tokens, 0.0);
-    for (int t : {0, tokens / 2 + 7, tokens - 1})
-      for (int h = 0; h < heads; ++h) {
-        const float* qh = in.qf.data() + (static_cast<size_t>(t) * heads + h) * kDim;
-        double s = 0;
-        for (int d = 0; d < kDim; ++d) s += static_cast<double>(qh[d]) * qh[d];
-        view.q_weight[t] += std::fabs(in.w[static_cast<size_t>(t) * heads + h]) * std::sqrt(s);
-      }
-    view.k_norm.assign(keys, 0.0);
-    for (int s = 0; s < keys; ++s) {
-      double a = 0;
-      for (int d = 0; d < kDim; ++d) a += static_cast<double>(in.kf[static_cast<size_t>(s) * kDim + d]) * in.kf[static_cast<size_t>(s) * kDim + d];
-      view.k_norm[s] = std::sqrt(a);
-    }
-    FloatCheck fc;
+    compute_indexer_bounds(&view, {0, tokens / 2 + 7, tokens - 1});
+    FloatCheck fc("t", "s");
     for (int t : {0, tokens / 2 + 7, tokens - 1})
       check_rows(view, t, 1, keys, download_range(dsc, static_cast<size_t>(t) * keys, keys), &fc);
     EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 real shape S=" << keys << ": " << fc.summary();
@@ -593,13 +462,14 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     view.tokens = 1;
     view.heads = heads;
     view.keys = keys;
+    view.dim = kDim;
     view.scale = in.scale;
     view.pos = pos;
     view.qf.assign(in.qf.begin(), in.qf.begin() + static_cast<size_t>(heads) * kDim);
     view.w.assign(in.w.begin(), in.w.begin() + heads);
     view.kf = in.kf;
-    compute_bounds(&view);
-    FloatCheck fc;
+    compute_indexer_bounds(&view);
+    FloatCheck fc("t", "s");
     check_rows(view, 0, 1, keys, got, &fc);
     EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 decode: " << fc.summary();
   }

@@ -28,65 +28,16 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device_buffer.h"
+#include "cuda_test_util.h"
 
 namespace indexcache {
 namespace {
 
 using cuda::DeviceBuffer;
+using namespace cuda_test;
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kEps = std::numeric_limits<float>::epsilon();
 constexpr double kSafety = 8.0;
-constexpr int kPoisonByte = 0x7F;  // int32 0x7F7F7F7F: never a valid index
-
-#define REQUIRE_GPU()                                                                          \
-  if (!cuda::cuda_available())                                                                 \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
-               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
-
-std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-double norm2(const float* x, int n) {
-  double s = 0;
-  for (int i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
-  return std::sqrt(s);
-}
-
-// Compares got against ref element-wise with per-element tolerances; infinities must match.
-struct FloatCheck {
-  int64_t checked = 0, bad = 0;
-  double max_abs = 0, max_ratio = 0;
-  std::ostringstream first;
-  // (a, b, c) locate the element in the failure message.
-  void check(float got, float ref, double tol, int64_t a, int64_t b, int64_t c = -1) {
-    ++checked;
-    bool ok;
-    if (std::isinf(ref)) {
-      ok = got == ref;
-    } else {
-      const double err = std::fabs(static_cast<double>(got) - ref);
-      ok = !std::isnan(got) && err <= tol;
-      if (!std::isnan(got)) {
-        max_abs = std::max(max_abs, err);
-        if (tol > 0) max_ratio = std::max(max_ratio, err / tol);
-      }
-    }
-    if (!ok && bad++ < 5)
-      first << "  at (" << a << ", " << b << (c >= 0 ? ", " + std::to_string(c) : std::string()) << "): got "
-            << got << " want " << ref << " tol " << tol << "\n";
-  }
-  std::string summary() const {
-    std::ostringstream o;
-    o << bad << " of " << checked << " bad, max|err| " << max_abs << ", max err/tol " << max_ratio
-      << "\n" << first.str();
-    return o.str();
-  }
-};
 
 // ---------------------------------------------------------------- indexer
 

@@ -27,54 +27,17 @@
 #include "gpu/synthetic_gpu_model.h"
 #include "indexcache/error.h"
 #include "indexcache/index_plan.h"
+#include "cuda_test_util.h"
 
 namespace indexcache {
 namespace {
 
 using cuda::DeviceBuffer;
-
-#define REQUIRE_GPU()                                                                          \
-  if (!cuda::cuda_available())                                                                 \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
-               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
+using namespace cuda_test;
 
 // ---------------------------------------------------------------- host helpers
 
-uint16_t to_bf16(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t u = uint32_t{h} << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = to_bf16(v[i]);
-  return o;
-}
-std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
-  std::vector<float> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = from_bf16(v[i]);
-  return o;
-}
-// Random values already representable in bf16 (so host and device see identical inputs).
-std::vector<float> uniform_bf16(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = from_bf16(to_bf16(d(rng)));
-  return v;
-}
 DeviceBuffer upload_bf16(const std::vector<float>& v) { return DeviceBuffer::from(to_bf16(v)); }
-DeviceBuffer poisoned(size_t bytes, int byte = 0xFF) {
-  DeviceBuffer b(bytes);
-  b.fill_bytes(byte);
-  return b;
-}
 
 // Checks got vs ref with |err| <= abs_tol + rel_tol * |ref|; NaN never passes.
 struct Check {
@@ -535,20 +498,6 @@ ModelSpec small_spec(Family family) {
   s.index_topk = 64;
   s.rope.theta = 10000.0;
   return s;
-}
-
-bool all_finite(const std::vector<float>& v) {
-  return std::all_of(v.begin(), v.end(), [](float f) { return std::isfinite(f); });
-}
-
-// ||a - b|| / ||b||.
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 constexpr double kModelTol = 2e-2;  // bf16 activations through 4 layers, different GEMM algorithms per M

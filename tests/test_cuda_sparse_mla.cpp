@@ -28,33 +28,16 @@
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/dsa_bf16.h"
 #include "indexcache/error.h"
+#include "cuda_test_util.h"
 
 namespace indexcache {
 namespace {
 
 using cuda::DeviceBuffer;
+using namespace cuda_test;
 
 constexpr int kDk = 576, kDv = 512;
 constexpr double kBf16PeakTflops = 731.0;  // measured bf16 GEMM ceiling of the H200 (REFERENCE.md)
-
-#define REQUIRE_GPU_MLA()                                                                      \
-  if (!cuda::cuda_available())                                                                 \
-  GTEST_SKIP() << "skipped: " << cuda::device_description()                                  \
-               << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
-
-uint16_t to_bf16(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Fast deterministic generator (the real shapes need ~400M values).
 struct XorShift {
@@ -302,7 +285,7 @@ std::string name(const MlaCase& c) {
 }
 
 TEST(CudaSparseMla, SmallShapes) {
-  REQUIRE_GPU_MLA();
+  REQUIRE_GPU();
   XorShift rng(2024);
   const MlaCase cases[] = {
       {1, 8, 1, 1000, 576, 0.25f, -1},       {2, 20, 7, 5000, 576, 0.25f, 1},
@@ -412,7 +395,7 @@ TEST(CudaSparseMla, RejectsBadArguments) {
 // Real shapes: a 4096-token prefill chunk at the end of a 200K context and single-token decode,
 // heads 20 (the paper's 30B), 64 (GLM-5), 128 (DeepSeek-V3.2), 2048 selected rows each.
 TEST(CudaSparseMla, RealShapes) {
-  REQUIRE_GPU_MLA();
+  REQUIRE_GPU();
   const int T = 4096, keys = 200000, K = 2048, Hmax = 128;
   XorShift rng(77);
   MlaData d;

@@ -1,26 +1,42 @@
-// Lightning-indexer scores on FP8 (e4m3) tensor cores (mma.sync m16n8k32, f32 accumulation), fused:
+// Lightning-indexer scores from FP8 (e4m3) inputs on tensor cores (f32 accumulation), fused:
 //   scores[t, s] = scale * k_scale[s] * sum_h (w[t, h] * q_scale[t, h]) * relu(q8[t, h, :] . k8[s, :])
 //   (s <= positions[t]; -inf for positions[t] < s < keys)
 // which equals scale * sum_h w * relu(q_scale * k_scale * dot) because the scales are >= 0.
 //
-// Same GEMM view and tiling as indexer_bf16.cu: M = (query, head) rows, N = keys, K = 128 (one K
-// tile, now 128 BYTES per row). Block: kM = 128 rows x key tiles of kN = 128, 8 warps as 4 (rows) x
-// 2 (keys), each warp a 32 x 64 f32 accumulator tile (2 x 8 mma tiles). What fp8 changes:
-//  - a shared row is 128 B = 8 chunks of 16 B, XOR-swizzled by (row & 7): ldmatrix conflict-free;
-//  - the q fragments of a warp are only 2 (row halves) x 4 (k steps) x 4 registers = 32 registers,
-//    so they are loaded from shared memory ONCE per block and stay in registers for every key tile;
-//  - a tile is 16 KB, so three key buffers fit (cp.async prefetch distance 2).
+// Hopper (sm_90) has no native fp8 mma.sync: ptxas lowers mma.m16n8k32.e4m3 to fp8->f16 conversions
+// (F2FP) plus two f16 m16n8k16 HMMAs, re-converting both operands at every use. (Native fp8 on
+// sm_90 is wgmma only.) So this kernel does that lowering itself, converting each operand as few times
+// as possible. Every e4m3 value is exact in f16 and every product of two is exact in f32, so the
+// f16 HMMA with f32 accumulation computes the same dot products.
 //
-// Fragment layouts (PTX ISA, mma.m16n8k32 with .e4m3; groupID g = lane >> 2, t4 = lane & 3):
-//   A (16 x 32, row): reg0 = row g, k 4*t4..4*t4+3; reg1 = row g+8, same k; reg2 = row g, k 16+4*t4..;
-//                     reg3 = row g+8, k 16+4*t4..  (bytes low to high = increasing k)
-//   B (32 x 8, col):  reg0 = key g, k 4*t4..4*t4+3; reg1 = key g, k 16+4*t4..
+// Same GEMM view and tiling as indexer_bf16.cu: M = (query, head) rows, N = keys, K = 128. Block:
+// kM = 128 rows x key tiles of kN = 128, 8 warps as 4 (rows) x 2 (keys), each warp a 32 x 64 f32
+// accumulator tile (2 x 8 mma tiles).
+//  - q: the block's fp8 slab is copied (cp.async) into a staging buffer, then converted ONCE into an
+//    f16 slab in shared memory (256 B rows, 16-byte chunks XOR-swizzled by (row & 7)); the A
+//    fragments are read from it with ldmatrix at every key tile (no per-tile conversion).
+//  - k: fp8 tiles (128 B rows, 8 swizzled chunks), triple-buffered with cp.async (prefetch distance
+//    2); B fragments are read as fp8 with ldmatrix (half the shared bytes of bf16) and converted in
+//    registers (one cvt.f16x2.e4m3x2 per f16 register).
+//
+// K order. K is a reduction, so A and B may use any common permutation of k. f16 m16n8k16 gives
+// thread (g = lane >> 2, t4 = lane & 3) the k slots {2t4, 2t4+1} (a0/a1/b0) and {2t4+8, 2t4+9}
+// (a2/a3/b1) of a 16-k step; an fp8 ldmatrix of one 16-byte k chunk gives it the real k
+// 4t4..4t4+3 (bytes, low to high). So slots (2t4, 2t4+1) hold real k (4t4, 4t4+1) and slots
+// (2t4+8, 2t4+9) hold real k (4t4+2, 4t4+3):
+//   B: b0 = cvt(low 16 bits of the fp8 register), b1 = cvt(high 16 bits);
+//   q slab: the 16 k of fp8 chunk c (words w0..w3) become f16 chunk 2c = [cvt(lo w0) .. cvt(lo w3)]
+//   (slots 0-7) and f16 chunk 2c+1 = [cvt(hi w0) .. cvt(hi w3)] (slots 8-15), so a standard
+//   ldmatrix.x4 of f16 chunks (2c, 2c+1) yields a0..a3 in slot order.
+// Fragment layouts (PTX ISA, mma.m16n8k16 .f16, f32 accumulators):
+//   A (16 x 16, row): a0 = row g, slots 2t4..+1; a1 = row g+8; a2 = row g, slots 2t4+8..+9; a3 = row g+8.
+//   B (16 x 8, col):  b0 = key g, slots 2t4..+1; b1 = key g, slots 2t4+8..+9.
 //   C (16 x 8, f32):  c0, c1 = row g, cols 2*t4, 2*t4+1; c2, c3 = row g+8, same cols.
-// ldmatrix .m8n8 .b16 hands lane l the 4 bytes at byte offset 4 * (l & 3) of row l >> 2 of each 8 x 16
-// byte matrix, which is exactly the 8-bit fragment above when a 16-byte chunk holds 16 consecutive k.
-// So one ldmatrix.x4 over (rows 0-7, k 0-15), (rows 8-15, k 0-15), (rows 0-7, k 16-31),
-// (rows 8-15, k 16-31) yields A reg0..reg3, and over (keys 0-7, k 0-15), (keys 0-7, k 16-31),
-// (keys 8-15, k 0-15), (keys 8-15, k 16-31) yields B of two adjacent n-tiles.
+// ldmatrix .m8n8 .b16 hands lane l the 4 bytes at byte offset 4 * (l & 3) of row l >> 2 of each
+// 8 x 16-byte matrix. fp8 B: one ldmatrix.x4 over fp8 chunk c of keys 0-7, 8-15, 16-23, 24-31
+// yields the fp8 words of one 16-k step for four n-tiles; each becomes (b0, b1) with two cvts.
+// Per 16-k step a warp holds only 8 A registers (2 row halves), so 64 accumulators + operands +
+// addresses fit in 128 registers (2 blocks/SM) without spilling.
 //
 // Epilogue as in the bf16 kernel (relu, row weight, butterfly reduce-scatter, shared partials, one
 // coalesced pass per tile that adds the partials of each query and applies k_scale, scale and the
@@ -45,17 +61,33 @@ constexpr int kN = 128;        // keys per tile
 constexpr int kD = 128;        // head_dim (bytes per row in e4m3)
 constexpr int kThreads = 256;  // 8 warps: 4 along rows x 2 along keys
 constexpr int kRowBytes = kD;
-constexpr int kTileBytes = kM * kRowBytes;  // 16 KB; a key tile is the same size (kN == kM)
+constexpr int kTileBytes = kM * kRowBytes;  // 16 KB fp8; a key tile is the same size (kN == kM)
+constexpr int kRowBytes16 = kD * 2;          // f16 q slab row
+constexpr int kQ16Bytes = kM * kRowBytes16;  // 32 KB
 constexpr int kKeyBufs = 3;
 constexpr int kMaxParts = kM / 8;
 constexpr int kMaxQB = kM / 8;
 constexpr int kMaxChunkTiles = 32;
-constexpr size_t kSmemBytes =
-    static_cast<size_t>(1 + kKeyBufs) * kTileBytes + static_cast<size_t>(kMaxParts) * kN * sizeof(float);
+// Layout: f16 q slab | kKeyBufs fp8 key buffers (the last one stages the fp8 q slab first) | partials.
+constexpr size_t kSmemBytes = static_cast<size_t>(kQ16Bytes) + static_cast<size_t>(kKeyBufs) * kTileBytes +
+                              static_cast<size_t>(kMaxParts) * kN * sizeof(float);
+static_assert(kKeyBufs == 3, "the q staging buffer is key buffer 2, first refilled in iteration 0");
 
-// Byte offset of 16-byte chunk c (0..7) of row r in a swizzled 128-byte-row tile.
+// Byte offset of 16-byte chunk c (0..7) of row r in a swizzled 128-byte-row (fp8) tile.
 __device__ __forceinline__ uint32_t swz(int r, int c) {
   return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
+}
+// Byte offset of 16-byte chunk c (0..15) of row r in the swizzled 256-byte-row f16 q slab.
+__device__ __forceinline__ uint32_t swz16(int r, int c) {
+  return static_cast<uint32_t>(r * kRowBytes16 + ((c ^ (r & 7)) << 4));
+}
+
+// Two e4m3 pairs -> two f16x2: lo = cvt(bytes 0, 1 of x), hi = cvt(bytes 2, 3); the lower byte of a
+// pair becomes the lower half.
+__device__ __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(x));
 }
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
@@ -75,10 +107,10 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_
                : "r"(addr));
 }
 
-// c += A (16 x 32 e4m3, row) * B (32 x 8 e4m3, col), f32 accumulation.
-__device__ __forceinline__ void mma_e4m3(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+// c += A (16 x 16 f16, row) * B (16 x 8 f16, col), f32 accumulation.
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -142,9 +174,10 @@ indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scal
   __shared__ int pos_s[kMaxQB];
   __shared__ int maxpos_s;
   __shared__ float wrow_s[kM];
-  const uint32_t q_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t k_s0 = q_s + kTileBytes;  // kKeyBufs key buffers follow the q slab
-  float* part = reinterpret_cast<float*>(smem + (1 + kKeyBufs) * kTileBytes);  // [kMaxParts][kN]
+  const uint32_t q16_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t k_s0 = q16_s + kQ16Bytes;  // kKeyBufs fp8 key buffers follow the f16 q slab
+  const uint32_t q8_s = k_s0 + 2 * kTileBytes;  // fp8 q staging = key buffer 2 (free until iteration 0)
+  float* part = reinterpret_cast<float*>(smem + kQ16Bytes + kKeyBufs * kTileBytes);  // [kMaxParts][kN]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp & 3, warp_n = warp >> 2;
@@ -171,34 +204,54 @@ indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scal
   const int nc = max(0, min(j1, j_vis) - j0);  // tiles to compute
 
   if (nc > 0) {
-    // Row weights w * q_scale of the block's rows, in shared memory (read in the epilogue, which
-    // keeps 4 registers free for the resident q fragments). Made visible by the loop's first barrier.
+    // Row weights w * q_scale of the block's rows, in shared memory (read in the epilogue).
+    // Made visible by the barrier before the q conversion.
     if (tid < kM) {
       const int64_t gi = static_cast<int64_t>(t0) * heads + tid;
       wrow_s[tid] = tid < rows_used ? w[gi] * q_scale[gi] : 0.0f;
     }
     const bool warp_active = warp_m * 32 < rows_used;
+    // ldmatrix addresses, swizzle written out so that few registers hold them (the rows a lane
+    // addresses are = lane (mod 8) in both tiles, so the XOR term is per lane). For the 16-k step
+    // c (= fp8 chunk c, 0..7):
+    //  A: f16 chunk 2c + (lane >> 4) of row warp_m*32 + mi*16 + (lane & 15); only bits 0-2 of the
+    //     chunk are swizzled, so its offset in the row is 128 (c >> 2) + ((32 (c & 3)) ^ xa) with
+    //     xa = ((lane & 7) ^ (lane >> 4)) << 4.
+    //  B: fp8 chunk c of key warp_n*64 + 32 q + lane: offset (16 c) ^ xb with xb = (lane & 7) << 4.
+    const uint32_t xa = static_cast<uint32_t>(((lane & 7) ^ (lane >> 4)) << 4);
+    const uint32_t xb = static_cast<uint32_t>((lane & 7) << 4);
+    const uint32_t a_row = q16_s + static_cast<uint32_t>((warp_m * 32 + (lane & 15)) * kRowBytes16);
+    const uint32_t b_row = static_cast<uint32_t>((warp_n * 64 + lane) * kRowBytes);
     const int unit = kWarpOneQuery ? 32 : 8;  // rows per partial-sum row
     const int parts_per_query = heads / unit;
 
     // Pipeline: one cp.async group per key tile (group i = tile j0 + i; group 0 also holds the q slab),
     // committed even when empty so that "all but the newest group complete" always means tile `it`.
-    load_tile_async(q_s, qg + static_cast<int64_t>(t0) * heads * kRowBytes, rows_used);
+    load_tile_async(q8_s, qg + static_cast<int64_t>(t0) * heads * kRowBytes, rows_used);
     load_tile_async(k_s0, kg + static_cast<int64_t>(j0) * kN * kRowBytes, kvis - j0 * kN);
     cp_async_commit();
     if (nc > 1) load_tile_async(k_s0 + kTileBytes, kg + static_cast<int64_t>(j0 + 1) * kN * kRowBytes, kvis - (j0 + 1) * kN);
     cp_async_commit();
 
-    // This warp's q fragments, loaded once (tile group 0 holds the q slab).
-    uint32_t afr[2][kD / 32][4];
+    // fp8 q slab (group 0) -> f16 q slab, once per block, in the permuted k order of the header:
+    // fp8 chunk c of row r (words w0..w3) -> f16 chunks 2c (low pairs) and 2c + 1 (high pairs).
     cp_async_wait<1>();
     __syncthreads();
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int kk = 0; kk < kD / 32; ++kk)
-        ldmatrix_x4(q_s + swz(warp_m * 32 + mi * 16 + (lane & 15), kk * 2 + (lane >> 4)), afr[mi][kk][0],
-                    afr[mi][kk][1], afr[mi][kk][2], afr[mi][kk][3]);
+    for (int i = 0; i < kM * (kRowBytes / 16) / kThreads; ++i) {
+      const int idx = tid + i * kThreads;
+      const int r = idx >> 3, c = idx & 7;
+      const uint4 v = *reinterpret_cast<const uint4*>(smem + kQ16Bytes + 2 * kTileBytes + swz(r, c));
+      uint4 lo, hi;
+      e4m3x4_to_f16x2x2(v.x, lo.x, hi.x);
+      e4m3x4_to_f16x2x2(v.y, lo.y, hi.y);
+      e4m3x4_to_f16x2x2(v.z, lo.z, hi.z);
+      e4m3x4_to_f16x2x2(v.w, lo.w, hi.w);
+      *reinterpret_cast<uint4*>(smem + swz16(r, 2 * c)) = lo;
+      *reinterpret_cast<uint4*>(smem + swz16(r, 2 * c + 1)) = hi;
+    }
+    // The loop's first barrier publishes the f16 slab and frees the staging buffer (key buffer 2)
+    // before iteration 0 refills it.
 
 #pragma unroll 1
     for (int it = 0; it < nc; ++it) {
@@ -221,18 +274,28 @@ indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scal
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
 
+        // Unrolled by 2 only: acc's indices do not depend on c, and a full unroll hoists 12 more
+        // loop-invariant address offsets, which spilled at the 128-register cap (2 blocks/SM).
+#pragma unroll 2
+        for (int c = 0; c < kD / 16; ++c) {
+          // A of step c: ldmatrix.x4 over f16 chunks (2c, 2c + 1) of rows mi*16 + 0..15.
+          uint32_t a[2][4];
 #pragma unroll
-        for (int kk = 0; kk < kD / 32; ++kk) {
-          // Lane l addresses key (l & 7) + 8 * (l >> 4), 16-byte k chunk 2 * kk + ((l >> 3) & 1).
+          for (int mi = 0; mi < 2; ++mi)
+            ldmatrix_x4(a_row + (128 * (c >> 2) + ((32 * (c & 3)) ^ xa) + mi * 16 * kRowBytes16), a[mi][0], a[mi][1],
+                        a[mi][2], a[mi][3]);
+          // B of step c: ldmatrix.x4 over fp8 chunk c of keys 32q + 0..31 (matrix m = keys 32q + 8m..8m+7)
+          // gives f[m] = n-tile 4q + m; each converts to the f16 pair (b0, b1).
 #pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            uint32_t b0, b1, b2, b3;
-            ldmatrix_x4(kb + swz(warp_n * 64 + p * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)),
-                        b0, b1, b2, b3);
+          for (int q = 0; q < 2; ++q) {
+            uint32_t f[4];
+            ldmatrix_x4(kb + b_row + (((16 * c) ^ xb) + q * 32 * kRowBytes), f[0], f[1], f[2], f[3]);
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
-              mma_e4m3(acc[mi][2 * p], afr[mi][kk], b0, b1);
-              mma_e4m3(acc[mi][2 * p + 1], afr[mi][kk], b2, b3);
+            for (int m = 0; m < 4; ++m) {
+              uint32_t b0, b1;
+              e4m3x4_to_f16x2x2(f[m], b0, b1);
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi) mma_f16(acc[mi][4 * q + m], a[mi], b0, b1);
             }
           }
         }
