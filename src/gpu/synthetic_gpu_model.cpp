@@ -490,22 +490,7 @@ struct SyntheticGpuModel::Impl {
         ra.layout = RopeLayout::kInterleaved;
         rope_bf16(ra, sv());
       }
-      if (!tc_mla) {
-        auto sc = t.scope(kAttention);
-        cuda::GenericSparseMlaParams p;
-        p.q = w.qabs;
-        p.kv = cache;
-        p.kv_stride = lat;
-        p.indices = w.sel;
-        p.num_selected = topk;
-        p.out = w.o_lat;
-        p.tokens = n;
-        p.heads = nh;
-        p.dim_k = lat;
-        p.dim_v = kvlr;
-        p.scale = att_scale;
-        cuda::sparse_mla_generic(p, sv());
-      } else {
+      {
         auto sc = t.scope(kAttention);
         cuda::SparseMlaParams p;
         p.q = w.qabs;
@@ -521,7 +506,7 @@ struct SyntheticGpuModel::Impl {
         p.scale = att_scale;
         p.workspace = w.mla_ws;
         p.workspace_bytes = w.mla_ws_bytes;
-        cuda::sparse_mla_bf16(p, sv());
+        (tc_mla ? cuda::sparse_mla_bf16 : cuda::sparse_mla_generic)(p, sv());
       }
       {
         GemmArgs a = lin(w.o_lat, int64_t(nh) * kvlr, L.w_uv, w.heads_out, int64_t(nh) * vd, false, n, vd, kvlr);
@@ -603,22 +588,7 @@ struct SyntheticGpuModel::Impl {
       ra.layout = s.indexer_rope_layout();
       rope_bf16(ra, sv());
     }
-    if (!tc_indexer) {
-      auto sc = t.scope(kIndexer);
-      cuda::GenericIndexerParams p;
-      p.q = w.idx_q;
-      p.k = index_cache[l].data();
-      p.w = w.idx_w;
-      p.positions = w.pos;
-      p.scores = w.scores;
-      p.scores_stride = max_ctx;
-      p.tokens = n;
-      p.keys = keys;
-      p.heads = Hi;
-      p.head_dim = Di;
-      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
-      cuda::indexer_scores_generic(p, sv());
-    } else {
+    {
       auto sc = t.scope(kIndexer);
       cuda::IndexerBf16Params p;
       p.q = w.idx_q;
@@ -632,7 +602,7 @@ struct SyntheticGpuModel::Impl {
       p.heads = Hi;
       p.head_dim = Di;
       p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
-      cuda::indexer_scores_bf16(p, sv());
+      (tc_indexer ? cuda::indexer_scores_bf16 : cuda::indexer_scores_generic)(p, sv());
     }
     {
       auto sc = t.scope(kTopk);

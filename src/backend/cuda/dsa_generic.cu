@@ -46,7 +46,7 @@ __device__ inline float block_reduce(float v, float* part) {
   return r;
 }
 
-__global__ void indexer_generic_kernel(GenericIndexerParams p) {
+__global__ void indexer_generic_kernel(IndexerBf16Params p) {
   extern __shared__ float smem[];
   float* qs = smem;                         // [heads * head_dim]
   float* ws = smem + p.heads * p.head_dim;  // [heads]
@@ -79,7 +79,7 @@ __global__ void indexer_generic_kernel(GenericIndexerParams p) {
   }
 }
 
-__global__ void sparse_mla_generic_kernel(GenericSparseMlaParams p) {
+__global__ void sparse_mla_generic_kernel(SparseMlaParams p) {
   extern __shared__ float smem[];
   __shared__ float part[32];
   float* qs = smem;                                                // [dim_k]
@@ -178,7 +178,7 @@ void require(bool ok, const char* what, const std::string& why) {
 
 }  // namespace
 
-void indexer_scores_generic(const GenericIndexerParams& p, void* stream) {
+void indexer_scores_generic(const IndexerBf16Params& p, void* stream) {
   const char* what = "indexer_scores_generic";
   require(p.tokens >= 0 && p.keys >= 0 && p.heads > 0 && p.head_dim > 0, what, "bad shape");
   const size_t smem = static_cast<size_t>(p.heads) * (p.head_dim + 1) * sizeof(float);
@@ -193,7 +193,7 @@ void indexer_scores_generic(const GenericIndexerParams& p, void* stream) {
   IC_CUDA_CHECK_LAUNCH(what);
 }
 
-void sparse_mla_generic(const GenericSparseMlaParams& p, void* stream) {
+void sparse_mla_generic(const SparseMlaParams& p, void* stream) {
   const char* what = "sparse_mla_generic";
   require(p.tokens >= 0 && p.heads > 0 && p.heads <= kGridYMax && p.dim_k > 0 && p.dim_v > 0 &&
               p.dim_v <= p.dim_k && p.kv_stride >= p.dim_k && p.num_selected >= 0,

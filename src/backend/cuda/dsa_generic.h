@@ -12,45 +12,20 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/dsa_bf16.h"
+
 namespace indexcache::cuda {
 
-// Lightning-indexer scores, any heads / head_dim: for query t and key s <= positions[t],
-//   scores[t, s] = scale * sum_h w[t, h] * relu(q[t, h, :] . k[s, :])
-// and -inf for positions[t] < s < keys (keys >= keys are not written).
-//   q: bf16 [tokens][heads][head_dim]; k: bf16 [keys][head_dim]; w: f32 [tokens][heads];
-//   scores: f32 rows of scores_stride (>= keys) floats.
+// Lightning-indexer scores, any heads / head_dim, with the parameters (and semantics) of
+// indexer_scores_bf16: scores[t, s] = scale * sum_h w[t, h] * relu(q[t, h, :] . k[s, :]) for
+// s <= positions[t], -inf for positions[t] < s < keys.
 // Limits: heads * (head_dim + 1) * 4 bytes <= 48 KiB (one query in shared memory).
-struct GenericIndexerParams {
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const float* w = nullptr;
-  const int32_t* positions = nullptr;  // [tokens]
-  float* scores = nullptr;
-  int64_t scores_stride = 0;
-  int tokens = 0, keys = 0, heads = 0, head_dim = 0;
-  float scale = 1.0f;
-};
-void indexer_scores_generic(const GenericIndexerParams& p, void* stream = nullptr);
+void indexer_scores_generic(const IndexerBf16Params& p, void* stream = nullptr);
 
-// Sparse MLA attention in absorbed form, any dim_k / dim_v (dim_v <= dim_k <= kv_stride):
-//   out[t, h] = sum_j softmax_j(scale * q[t, h] . kv[idx_j, :dim_k]) * kv[idx_j, :dim_v]
-// over the entries idx_j = indices[t, j] >= 0 (negative entries are skipped).
-//   q: bf16 [tokens][heads][dim_k]; kv: bf16 rows of kv_stride; indices: int32 [tokens][num_selected];
-//   out: bf16 [tokens][heads][dim_v]; optional lse f32 [tokens][heads] (natural log; -inf and out = 0
-//   when nothing is selected).
+// Sparse MLA attention in absorbed form, any dim_k / dim_v (dim_v <= dim_k <= kv_stride), with the
+// parameters (and semantics) of sparse_mla_bf16; num_splits, workspace and variant are not used.
 // Limits: (dim_k + 2 * num_selected) * 4 bytes <= 48 KiB.
-struct GenericSparseMlaParams {
-  const void* q = nullptr;
-  const void* kv = nullptr;
-  int64_t kv_stride = 0;
-  const int32_t* indices = nullptr;
-  int num_selected = 0;
-  void* out = nullptr;
-  float* lse = nullptr;
-  int tokens = 0, heads = 0, dim_k = 0, dim_v = 0;
-  float scale = 1.0f;
-};
-void sparse_mla_generic(const GenericSparseMlaParams& p, void* stream = nullptr);
+void sparse_mla_generic(const SparseMlaParams& p, void* stream = nullptr);
 
 // Plain strided-batched GEMM for the shapes cuBLASLt rejects (leading dims or strides that are not
 // multiples of 8 bf16 elements): for b < batch,

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 
 namespace indexcache::cuda {
@@ -48,23 +49,6 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
   return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                            uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
 // c += A (16x16, row-major fragments a[4]) * B (16x8, "col": fragments b0, b1), bf16 in, f32 acc.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -83,40 +67,6 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const char* src, i
     const int r = idx >> 4, c = idx & 15;
     const bool ok = r < valid_rows;
     cp_async16(dst + swz(r, c), ok ? src + static_cast<int64_t>(r) * kRowBytes + c * 16 : src, ok ? 16 : 0);
-  }
-}
-
-// In-place butterfly reduce-scatter of v[16] over the 8 lanes that differ in lane bits 2..4.
-// Afterwards v[0], v[1] hold the sums (over those 8 lanes) of the original entries
-// 2 * j and 2 * j + 1 with j = 4 * bit4 + 2 * bit3 + bit2 of this lane.
-__device__ __forceinline__ void reduce_scatter16(float (&v)[16], int lane) {
-  constexpr unsigned kFull = 0xFFFFFFFFu;
-  {
-    const bool hi = lane & 16;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float send = hi ? v[i] : v[i + 8];
-      const float keep = hi ? v[i + 8] : v[i];
-      v[i] = keep + __shfl_xor_sync(kFull, send, 16);
-    }
-  }
-  {
-    const bool hi = lane & 8;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float send = hi ? v[i] : v[i + 4];
-      const float keep = hi ? v[i + 4] : v[i];
-      v[i] = keep + __shfl_xor_sync(kFull, send, 8);
-    }
-  }
-  {
-    const bool hi = lane & 4;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float send = hi ? v[i] : v[i + 2];
-      const float keep = hi ? v[i + 2] : v[i];
-      v[i] = keep + __shfl_xor_sync(kFull, send, 4);
-    }
   }
 }
 

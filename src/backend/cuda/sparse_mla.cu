@@ -32,6 +32,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 
 namespace indexcache::cuda {
@@ -93,23 +94,6 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16-byte global -> shared copy; src_bytes 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait_group() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                            uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                                   uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -237,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_kernel(const KernelPar
     const int it = tile - tile_begin;
     const int buf = it % kS;
     // Committed so far: kS - 1 + it groups; allowing kS - 2 pending means group `it` has landed.
-    cp_async_wait_group<kS - 2>();
+    cp_async_wait<kS - 2>();
     __syncthreads();  // tile (and Q) visible to all; the buffer of the previous tile is free again
     if (tile + kS - 1 < tile_end) issue_tile(tile + kS - 1, (it + kS - 1) % kS);
     cp_async_commit();
