@@ -230,14 +230,21 @@ def halve_micro_batch(opt, stage, micro):
     return micro
 
 
-def skip_step(opt, stage, step, bad):
-    """A non-finite gradient: drop the update; give up after 20 in a row."""
+def clipped_update(opt, param_sets, clip, stage, step, bad):
+    """Clips the gradient norm of each parameter set to `clip`, then steps. A non-finite norm drops
+    the update instead (giving up after 20 in a row). Returns (the norms, or None when the update
+    was dropped; the count of drops in a row)."""
+    norms = [torch.nn.utils.clip_grad_norm_(ps, clip) for ps in param_sets]
+    if not all(torch.isfinite(n) for n in norms):
+        opt.zero_grad(set_to_none=True)
+        bad += 1
+        log(f"{stage}: non-finite gradient at step {step}, update skipped ({bad} in a row)")
+        if bad >= 20:
+            raise RuntimeError(f"{stage}: 20 non-finite gradients in a row")
+        return None, bad
+    opt.step()
     opt.zero_grad(set_to_none=True)
-    bad += 1
-    log(f"{stage}: non-finite gradient at step {step}, update skipped ({bad} in a row)")
-    if bad >= 20:
-        raise RuntimeError(f"{stage}: 20 non-finite gradients in a row")
-    return bad
+    return norms, 0
 
 
 def update_router_bias(model, loads, gamma):
@@ -402,13 +409,10 @@ def stage_pretrain(ctx):
         except torch.OutOfMemoryError:
             micro = halve_micro_batch(opt, "pretrain", micro)
             continue
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        if not torch.isfinite(gn):
-            bad = skip_step(opt, "pretrain", step, bad)
+        norms, bad = clipped_update(opt, [model.parameters()], a.clip, "pretrain", step, bad)
+        if norms is None:
             continue
-        bad = 0
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        gn = norms[0]
         with torch.no_grad():
             update_router_bias(model, loads, a.bias_gamma)
         step += 1
@@ -493,13 +497,9 @@ def stage_warmup(ctx):
         except torch.OutOfMemoryError:
             micro = halve_micro_batch(opt, "warmup", micro)
             continue
-        gi_n = torch.nn.utils.clip_grad_norm_(model.indexer_parameters(), a.clip)
-        if not torch.isfinite(gi_n):
-            bad = skip_step(opt, "warmup", step, bad)
+        norms, bad = clipped_update(opt, [model.indexer_parameters()], a.clip, "warmup", step, bad)
+        if norms is None:
             continue
-        bad = 0
-        opt.step()
-        opt.zero_grad(set_to_none=True)
         step += 1
         if step % a.log_every == 0 or step == 1:
             kl = torch.stack(kls).float().mean(0).cpu()
@@ -606,14 +606,10 @@ def stage_sparse(ctx):
         except torch.OutOfMemoryError:
             micro = halve_micro_batch(opt, "sparse", micro)
             continue
-        gn = torch.nn.utils.clip_grad_norm_([p for _, p in main], a.clip)
-        gi_n = torch.nn.utils.clip_grad_norm_([p for _, p in idx], a.clip)
-        if not (torch.isfinite(gn) and torch.isfinite(gi_n)):
-            bad = skip_step(opt, "sparse", step, bad)
+        norms, bad = clipped_update(opt, [[p for _, p in main], [p for _, p in idx]], a.clip, "sparse", step, bad)
+        if norms is None:
             continue
-        bad = 0
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        gn = norms[0]
         with torch.no_grad():
             update_router_bias(model, loads, a.bias_gamma)
         step += 1
