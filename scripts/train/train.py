@@ -276,11 +276,11 @@ def token_weights(am, answer_weight):
 
 
 def answer_stats(logits, targets, am):
-    """(sum of answer-token losses is not needed) -> (#answer tokens, #answer tokens predicted right)."""
+    """(#answer tokens, #answer tokens predicted right); the argmax runs on the answer rows only."""
     n = int(am.sum())
     if n == 0:
         return 0, 0
-    return n, int((logits.argmax(-1)[am] == targets[am]).sum())
+    return n, int((logits[am].argmax(-1) == targets[am]).sum())
 
 
 _PROBE = {}
