@@ -74,6 +74,37 @@ class Carver {
 
 enum Cls { kIndexer, kTopk, kAttention, kGemmCls, kMoe, kOther, kClasses };
 
+// Wall time of one phase on a stream: events at start() and stop(); stop() waits and returns seconds.
+class PhaseClock {
+ public:
+  explicit PhaseClock(cudaStream_t s) : s_(s) {
+    IC_CUDA_CHECK(cudaEventCreate(&e0_));
+    const cudaError_t err = cudaEventCreate(&e1_);
+    if (err != cudaSuccess) {
+      cudaEventDestroy(e0_);
+      IC_CUDA_CHECK(err);
+    }
+  }
+  ~PhaseClock() {
+    cudaEventDestroy(e0_);
+    cudaEventDestroy(e1_);
+  }
+  PhaseClock(const PhaseClock&) = delete;
+  PhaseClock& operator=(const PhaseClock&) = delete;
+  void start() { IC_CUDA_CHECK(cudaEventRecord(e0_, s_)); }
+  double stop() {
+    IC_CUDA_CHECK(cudaEventRecord(e1_, s_));
+    IC_CUDA_CHECK(cudaEventSynchronize(e1_));
+    float ms = 0;
+    IC_CUDA_CHECK(cudaEventElapsedTime(&ms, e0_, e1_));
+    return ms * 1e-3;
+  }
+
+ private:
+  cudaStream_t s_;
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+};
+
 // CUDA events around kernel classes; off = no events at all (graph capture, untimed runs).
 class Timer {
  public:
@@ -920,26 +951,12 @@ PhaseResult SyntheticGpuModel::prefill(int64_t context, const IndexPlan& plan, c
   m.logits.fill_bytes(0xFF);
   PhaseResult r;
   r.tokens = context;
-  cudaEvent_t e0, e1;
-  IC_CUDA_CHECK(cudaEventCreate(&e0));
-  IC_CUDA_CHECK(cudaEventCreate(&e1));
-  try {
-    Timer t(m.stream, opt.instrument);
-    IC_CUDA_CHECK(cudaEventRecord(e0, m.stream));
-    m.prefill_all(context, plan, chunk, t, &r);
-    IC_CUDA_CHECK(cudaEventRecord(e1, m.stream));
-    IC_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    IC_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    r.seconds = ms * 1e-3;
-    r.kernels = t.collect();
-  } catch (...) {
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    throw;
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  PhaseClock clock(m.stream);
+  Timer t(m.stream, opt.instrument);
+  clock.start();
+  m.prefill_all(context, plan, chunk, t, &r);
+  r.seconds = clock.stop();
+  r.kernels = t.collect();
   return r;
 }
 
@@ -983,16 +1000,12 @@ PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, co
   }
   reset_position();
 
-  cudaEvent_t e0, e1;
-  IC_CUDA_CHECK(cudaEventCreate(&e0));
-  IC_CUDA_CHECK(cudaEventCreate(&e1));
+  PhaseClock clock(m.stream);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   auto cleanup = [&] {
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
   };
   try {
     Timer none(m.stream, false);
@@ -1024,18 +1037,14 @@ PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, co
       }
       IC_CUDA_CHECK(cudaStreamSynchronize(m.stream));
     }
-    IC_CUDA_CHECK(cudaEventRecord(e0, m.stream));
+    clock.start();
     for (int i = 0; i < steps; ++i) {
       if (exec)
         IC_CUDA_CHECK(cudaGraphLaunch(exec, m.stream));
       else
         step(none);
     }
-    IC_CUDA_CHECK(cudaEventRecord(e1, m.stream));
-    IC_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    IC_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    r.seconds = ms * 1e-3;
+    r.seconds = clock.stop();
   } catch (...) {
     cleanup();
     throw;
@@ -1080,30 +1089,20 @@ PhaseResult SyntheticGpuModel::prefill_ids(const std::vector<int32_t>& ids, cons
   PhaseResult r;
   r.tokens = context;
   Timer t(m.stream, opt.instrument && !debug);
-  cudaEvent_t e0, e1;
-  IC_CUDA_CHECK(cudaEventCreate(&e0));
-  IC_CUDA_CHECK(cudaEventCreate(&e1));
+  PhaseClock clock(m.stream);
   try {
-    IC_CUDA_CHECK(cudaEventRecord(e0, m.stream));
+    clock.start();
     for (int64_t p0 = 0; p0 < context; p0 += chunk) {
       const int n = static_cast<int>(std::min(chunk, context - p0));
       IC_CUDA_CHECK(cudaMemcpyAsync(m.w.ids, ids.data() + p0, size_t(n) * 4, cudaMemcpyHostToDevice, m.stream));
       m.run_chunk(p0, n, static_cast<int>(p0 + n), plan, false, p0 + n == context, t, &r, true, debug);
     }
-    IC_CUDA_CHECK(cudaEventRecord(e1, m.stream));
-    IC_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    IC_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    r.seconds = ms * 1e-3;
+    r.seconds = clock.stop();
     r.kernels = t.collect();
   } catch (...) {
     m.cached = 0;
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
     throw;
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   return r;
 }
 
