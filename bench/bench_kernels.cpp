@@ -85,14 +85,11 @@ void BM_IndexerScores(benchmark::State& st) {
   set_flops(st, pairs * (2.0 * kIndexHeads * kIndexDim + 2.0 * kIndexHeads));
 }
 
-// Decode shape: one query at position L-1. The kernel repacks all L keys on every call, which a
-// 64-query block amortises and a single query does not.
-void BM_IndexerScoresDecode(benchmark::State& st) {
-  const int L = static_cast<int>(st.range(0));
+// The benchmark loop of one query against L keys, the query at position `pos`.
+void run_single_query_indexer(benchmark::State& st, int L, int32_t pos) {
   const std::vector<float> q = random_vec(size_t(kIndexHeads) * kIndexDim, 1);
   const std::vector<float> w = random_vec(kIndexHeads, 2);
   const std::vector<float> k = random_vec(size_t(L) * kIndexDim, 3);
-  const int32_t pos = L - 1;
   std::vector<float> scores(L);
   const IndexerScoreParams p{.q = q.data(), .w = w.data(), .k = k.data(), .positions = &pos,
                              .scores = scores.data(), .scores_stride = L, .tokens = 1, .keys = L,
@@ -103,6 +100,13 @@ void BM_IndexerScoresDecode(benchmark::State& st) {
     benchmark::DoNotOptimize(scores.data());
     benchmark::ClobberMemory();
   }
+}
+
+// Decode shape: one query at position L-1. The kernel repacks all L keys on every call, which a
+// 64-query block amortises and a single query does not.
+void BM_IndexerScoresDecode(benchmark::State& st) {
+  const int L = static_cast<int>(st.range(0));
+  run_single_query_indexer(st, L, L - 1);
   set_flops(st, double(L) * (2.0 * kIndexHeads * kIndexDim + 2.0 * kIndexHeads));
 }
 
@@ -110,20 +114,7 @@ void BM_IndexerScoresDecode(benchmark::State& st) {
 // all L keys and fills L scores with -inf. Its time is what every call pays before any FLOP.
 void BM_IndexerScoresCallOverhead(benchmark::State& st) {
   const int L = static_cast<int>(st.range(0));
-  const std::vector<float> q = random_vec(size_t(kIndexHeads) * kIndexDim, 1);
-  const std::vector<float> w = random_vec(kIndexHeads, 2);
-  const std::vector<float> k = random_vec(size_t(L) * kIndexDim, 3);
-  const int32_t pos = 0;
-  std::vector<float> scores(L);
-  const IndexerScoreParams p{.q = q.data(), .w = w.data(), .k = k.data(), .positions = &pos,
-                             .scores = scores.data(), .scores_stride = L, .tokens = 1, .keys = L,
-                             .heads = kIndexHeads, .head_dim = kIndexDim,
-                             .scale = 1.0f / std::sqrt(float(kIndexDim))};
-  for (auto _ : st) {
-    cpu::indexer_scores(p);
-    benchmark::DoNotOptimize(scores.data());
-    benchmark::ClobberMemory();
-  }
+  run_single_query_indexer(st, L, 0);
   st.counters["key_MB"] = double(L) * kIndexDim * sizeof(float) / 1e6;
 }
 
