@@ -40,7 +40,7 @@ t0=$(date +%s)
 mkdir -p "$BUILD"
 # shellcheck disable=SC2086
 cmake -S "$ROOT/scripts/gpu_bench" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=90 ${CMAKE_ARGS:-} >"$BUILD/configure.log" 2>&1 ||
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=90a ${CMAKE_ARGS:-} >"$BUILD/configure.log" 2>&1 ||
   { cat "$BUILD/configure.log"; exit 1; }
 cmake --build "$BUILD" --parallel "$(nproc)"
 echo "build: $(( $(date +%s) - t0 )) s"

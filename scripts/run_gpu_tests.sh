@@ -41,7 +41,7 @@ echo "== build ($BUILD)"
 t0=$(date +%s)
 mkdir -p "$BUILD"
 cmake -S "$ROOT/scripts/gpu_test" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=90 "$@" >"$BUILD/configure.log" 2>&1 ||
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=90a "$@" >"$BUILD/configure.log" 2>&1 ||
   { cat "$BUILD/configure.log"; exit 1; }
 cmake --build "$BUILD" --parallel "$(nproc)"
 echo "build: $(( $(date +%s) - t0 )) s"

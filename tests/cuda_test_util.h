@@ -23,6 +23,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device_buffer.h"
+#include "gpu/synthetic_gpu_model.h"
 
 // Skips the test (GTEST_SKIP) where no CUDA device is usable, naming the reason.
 #define REQUIRE_GPU()                                                                     \
@@ -36,6 +37,14 @@ namespace indexcache::cuda_test {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kNanByte = 0xFF;     // DeviceBuffer::fill_bytes: f32 (and bf16) NaN
 constexpr int kPoisonByte = 0x7F;  // DeviceBuffer::fill_bytes: int32 0x7F7F7F7F, never a valid index
+
+// This GPU's dense bf16 matrix peak in TFLOP/s (cuBLASLt 8192^3, gpu::measure_bf16_peak_tflops),
+// measured once per process: the yardstick of the "% of peak" timing lines. Hopper's dense fp8 peak
+// is twice it.
+inline double bf16_peak_tflops() {
+  static const double v = gpu::measure_bf16_peak_tflops();
+  return v;
+}
 
 // ---------------------------------------------------------------- random values, bf16
 

@@ -110,14 +110,20 @@ void run_indexer_case(int tokens, int keys, int heads, int pos_mode, int pad, st
   const int64_t stride = keys + pad;
   DeviceIndexer dev(in);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
-  dsc.fill_bytes(0xFF);
-  cuda::indexer_scores_bf16(dev.params(in, dsc.as<float>(), stride));
-  cuda::device_synchronize();
-  const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
-  FloatCheck fc("t", "s");
-  check_indexer_rows(in, 0, tokens, stride, got, &fc);
-  EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
-                           << pos_mode << " pad=" << pad << ": " << fc.summary();
+  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma (16, 32, 64, 128 heads).
+  for (int variant : {0, 1, 2}) {
+    if (variant == 2 && !(heads == 16 || heads == 32 || heads == 64 || heads == 128)) continue;
+    dsc.fill_bytes(0xFF);
+    cuda::IndexerBf16Params p = dev.params(in, dsc.as<float>(), stride);
+    p.variant = variant;
+    cuda::indexer_scores_bf16(p);
+    cuda::device_synchronize();
+    const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
+    FloatCheck fc("t", "s");
+    check_indexer_rows(in, 0, tokens, stride, got, &fc);
+    EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 variant " << variant << " T=" << tokens << " S=" << keys
+                             << " H=" << heads << " pos_mode=" << pos_mode << " pad=" << pad << ": " << fc.summary();
+  }
 }
 
 TEST(CudaDsaIndexer, ScoresSmallShapes) {
@@ -146,7 +152,7 @@ TEST(CudaDsaIndexer, ScoresOtherHeadCounts) {
 
 TEST(CudaDsaIndexer, RejectsBadShapes) {
   // Argument checks happen before any launch, so this runs without a GPU too.
-  auto throws = [](int heads, int head_dim) {
+  auto throws = [](int heads, int head_dim, int variant = 0) {
     cuda::IndexerBf16Params p;
     alignas(16) static char dummy[64];
     p.q = dummy;
@@ -159,6 +165,7 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
     p.scores_stride = 1;
     p.heads = heads;
     p.head_dim = head_dim;
+    p.variant = variant;
     try {
       cuda::indexer_scores_bf16(p);
     } catch (const std::exception&) {
@@ -169,6 +176,9 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
   EXPECT_TRUE(throws(12, 128));
   EXPECT_TRUE(throws(136, 128));
   EXPECT_TRUE(throws(32, 64));
+  EXPECT_TRUE(throws(32, 128, 3));   // no such kernel variant
+  EXPECT_TRUE(throws(32, 128, -1));
+  EXPECT_TRUE(throws(24, 128, 2));   // wgmma forced on a head count it does not serve
   auto topk_throws = [](int k) {
     cuda::TopkRadixParams p;
     alignas(16) static char dummy[64];
@@ -500,13 +510,28 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     p.keys = keys;
     p.heads = heads;
     p.scale = in.scale;
-    dsc.fill_bytes(0xFF);
-    cuda::indexer_scores_bf16(p);
-    cuda::device_synchronize();
-    const double ms = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
-    const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
-    std::printf("[cuda-ops] indexer_bf16 T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s\n", tokens, keys,
-                heads, kDim, ms, tflop / (ms * 1e-3));
+    double ms = 0;
+    for (int variant : {1, 0}) {  // the default (wgmma) last: its scores are checked and kept
+      p.variant = variant;
+      dsc.fill_bytes(0xFF);
+      cuda::indexer_scores_bf16(p);
+      cuda::device_synchronize();
+      ms = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
+      const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
+      std::printf("[cuda-ops] indexer_bf16 %s T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s (%.1f %% of %.0f)\n",
+                  variant == 0 ? "wgmma" : "mma.sync", tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3),
+                  100.0 * tflop / (ms * 1e-3) / cuda_test::bf16_peak_tflops(), cuda_test::bf16_peak_tflops());
+      if (variant == 1) {  // check the mma.sync kernel's rows too before they are overwritten
+        IndexerInputs view = in;
+        view.keys = keys;
+        view.pos = pos;
+        compute_indexer_bounds(&view, {tokens / 3});
+        FloatCheck fc("t", "s");
+        check_indexer_rows(view, tokens / 3, 1, keys, download_range(dsc, static_cast<size_t>(tokens / 3) * keys, keys),
+                           &fc);
+        EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 mma.sync real shape S=" << keys << ": " << fc.summary();
+      }
+    }
 
     // Sampled rows against the CPU: first, a middle one, last.
     IndexerInputs view = in;  // same data, this key count and positions
@@ -584,12 +609,16 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     p.keys = keys;
     p.heads = heads;
     p.scale = in.scale;
-    cuda::indexer_scores_bf16(p);
-    cuda::device_synchronize();
-    const double ms_i = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
-    const double gb = (static_cast<double>(keys) * kDim * 2 + static_cast<double>(keys) * 4) * 1e-9;
-    std::printf("[cuda-ops] indexer_bf16 decode T=1 S=%d H=%d: %.4f ms, %.0f GB/s (keys read + scores written)\n",
-                keys, heads, ms_i, gb / (ms_i * 1e-3));
+    double ms_i = 0;
+    for (int variant : {2, 0}) {  // forced wgmma, then the default (mma.sync for one query), checked below
+      p.variant = variant;
+      cuda::indexer_scores_bf16(p);
+      cuda::device_synchronize();
+      ms_i = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
+      const double gb = (static_cast<double>(keys) * kDim * 2 + static_cast<double>(keys) * 4) * 1e-9;
+      std::printf("[cuda-ops] indexer_bf16 %s decode T=1 S=%d H=%d: %.4f ms, %.0f GB/s (keys read + scores written)\n",
+                  variant == 2 ? "wgmma" : "default", keys, heads, ms_i, gb / (ms_i * 1e-3));
+    }
     {
       IndexerInputs view = in;
       view.tokens = 1;

@@ -246,13 +246,20 @@ void run_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt199
   DeviceFp8 dev(in);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
   dsc.fill_bytes(0xFF);
-  cuda::indexer_scores_fp8(dev.params(in, dsc.as<float>(), stride));
-  cuda::device_synchronize();
-  const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
-  FloatCheck fc("t", "s");
-  check_rows(in, 0, tokens, stride, got, &fc);
-  EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 T=" << tokens << " S=" << keys << " H=" << heads << " pos_mode="
-                           << pos_mode << " pad=" << pad << ": " << fc.summary();
+  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma e4m3 (16, 32, 64, 128 heads).
+  for (int variant : {0, 1, 2}) {
+    if (variant == 2 && !(heads == 16 || heads == 32 || heads == 64 || heads == 128)) continue;
+    dsc.fill_bytes(0xFF);
+    cuda::IndexerFp8Params p = dev.params(in, dsc.as<float>(), stride);
+    p.variant = variant;
+    cuda::indexer_scores_fp8(p);
+    cuda::device_synchronize();
+    const std::vector<float> got = dsc.to_vector<float>(static_cast<size_t>(tokens) * stride);
+    FloatCheck fc("t", "s");
+    check_rows(in, 0, tokens, stride, got, &fc);
+    EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 variant " << variant << " T=" << tokens << " S=" << keys
+                             << " H=" << heads << " pos_mode=" << pos_mode << " pad=" << pad << ": " << fc.summary();
+  }
 }
 
 TEST(CudaIndexerFp8, ScoresSmallShapes) {
@@ -282,7 +289,7 @@ TEST(CudaIndexerFp8, ScoresOtherHeadCounts) {
 
 TEST(CudaIndexerFp8, RejectsBadShapes) {
   // Argument checks happen before any launch, so this runs without a GPU too.
-  auto throws = [](int heads, int head_dim, bool null_scale) {
+  auto throws = [](int heads, int head_dim, bool null_scale, int variant = 0) {
     cuda::IndexerFp8Params p;
     alignas(16) static char dummy[64];
     p.q = dummy;
@@ -297,6 +304,7 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
     p.scores_stride = 1;
     p.heads = heads;
     p.head_dim = head_dim;
+    p.variant = variant;
     try {
       cuda::indexer_scores_fp8(p);
     } catch (const std::exception&) {
@@ -308,6 +316,7 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
   EXPECT_TRUE(throws(136, 128, false));
   EXPECT_TRUE(throws(32, 64, false));
   EXPECT_TRUE(throws(32, 128, true));
+  EXPECT_TRUE(throws(32, 128, false, 3));  // no such kernel variant
   auto quant_throws = [](int64_t rows, bool misaligned) {
     alignas(16) static char dummy[64];
     try {
@@ -385,11 +394,15 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     p.keys = keys;
     p.heads = heads;
     p.scale = in.scale;
+    p.variant = 1;
+    const double ms_sync = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    p.variant = 0;
     dsc.fill_bytes(0xFF);
     cuda::indexer_scores_fp8(p);
     cuda::device_synchronize();
     const double ms = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
     const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
+    const double fp8_peak = 2.0 * cuda_test::bf16_peak_tflops();
 
     // The bf16 kernel on the same (bf16) data, same run, for the ratio.
     cuda::IndexerBf16Params pb;
@@ -404,10 +417,11 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     pb.heads = heads;
     pb.scale = in.scale;
     const double ms_b = cuda::median_ms([&] { cuda::indexer_scores_bf16(pb); });
-    std::printf("[cuda-ops] indexer_fp8 T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
-                "(%.1f %% of the 1276 fp8 peak); bf16 kernel same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
-                tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / 1276.0, ms_b,
-                tflop / (ms_b * 1e-3), ms_b / ms);
+    std::printf("[cuda-ops] indexer_fp8 wgmma T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
+                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
+                "same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
+                tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / fp8_peak, fp8_peak,
+                ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);
 
     // Rerun fp8 (the bf16 timing overwrote the scores), then sampled rows against the CPU.
     dsc.fill_bytes(0xFF);
@@ -451,13 +465,17 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     p.keys = keys;
     p.heads = heads;
     p.scale = in.scale;
+    const double gb = (static_cast<double>(keys) * (kDim + 4) + static_cast<double>(keys) * 4) * 1e-9;
+    p.variant = 2;
+    const double ms_wgmma = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    p.variant = 0;  // the default: mma.sync for one query
     cuda::indexer_scores_fp8(p);
     cuda::device_synchronize();
     const std::vector<float> got = d1.to_vector<float>(keys);
     const double ms = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
-    const double gb = (static_cast<double>(keys) * (kDim + 4) + static_cast<double>(keys) * 4) * 1e-9;
-    std::printf("[cuda-ops] indexer_fp8 decode T=1 S=%d H=%d: %.4f ms, %.0f GB/s (keys + scales read, scores written)\n",
-                keys, heads, ms, gb / (ms * 1e-3));
+    std::printf("[cuda-ops] indexer_fp8 decode T=1 S=%d H=%d: default %.4f ms, %.0f GB/s (keys + scales read, scores "
+                "written); forced wgmma %.4f ms\n",
+                keys, heads, ms, gb / (ms * 1e-3), ms_wgmma);
     Fp8Inputs view;
     view.tokens = 1;
     view.heads = heads;

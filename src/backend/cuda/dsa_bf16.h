@@ -31,6 +31,10 @@ struct IndexerBf16Params {
   int64_t scores_stride = 0;
   int tokens = 0, keys = 0, heads = 0, head_dim = 128;
   float scale = 1.0f;
+  // Kernel, for A/B measurement (same results up to f32 summation order): 0 = default, the wgmma
+  // (sm_90a) kernel for 16, 32, 64 or 128 heads and >= 64 tokens, else the mma.sync kernel;
+  // 1 = mma.sync; 2 = wgmma (an error for other head counts).
+  int variant = 0;
 };
 void indexer_scores_bf16(const IndexerBf16Params& p, void* stream = nullptr);
 
@@ -121,6 +125,10 @@ struct IndexerFp8Params {
   int64_t scores_stride = 0;
   int tokens = 0, keys = 0, heads = 0, head_dim = 128;
   float scale = 1.0f;
+  // Kernel: 0 = default (wgmma e4m3 for 16, 32, 64 or 128 heads and >= 64 tokens, else the
+  // mma.sync kernel); 1 = the mma.sync kernel (f16 MMAs on converted operands); 2 = wgmma (an error
+  // for other head counts).
+  int variant = 0;
 };
 void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
 

@@ -1,0 +1,364 @@
+// Lightning-indexer scores on Hopper warpgroup MMA (wgmma, sm_90a), bf16 or e4m3 inputs, f32
+// accumulation, fused with ReLU, the head weights and the head sum:
+//   bf16: scores[t, s] = scale * sum_h w[t, h] * relu(q[t, h, :] . k[s, :])
+//   fp8:  scores[t, s] = scale * k_scale[s] * sum_h (w[t, h] * q_scale[t, h]) * relu(q8[t, h, :] . k8[s, :])
+//   (s <= positions[t]; -inf for positions[t] < s < keys), as indexer_bf16.cu / indexer_fp8.cu.
+//
+// GEMM view, transposed with respect to the mma.sync kernels: M = keys (64 per warpgroup tile),
+// N = 256 (query, head) columns (256 / heads consecutive queries, all heads), K = 128. So in the
+// m64n256 accumulator a thread holds, for its two keys (rows), 64 columns: 2 adjacent heads of every
+// 8-column group. The head sum is then mostly thread-local (heads / 4 products per query and key),
+// finished by a 2-step butterfly over the 4 lanes of a quad: far less shuffling than summing over
+// accumulator rows, and no shared-memory partials.
+//
+// Block: kWG warpgroups (kWG * 128 threads) for one group of queries and a chunk of 64-key tiles.
+// The queries' slab Q [256 rows x 128] stays in shared memory (B operand); every warpgroup walks its
+// own tiles of the chunk (tile j0 + wg, j0 + wg + kWG, ...) with its own kStages-deep cp.async ring
+// (A operand) and its own named barrier, so warpgroups drift apart and one's epilogue overlaps
+// another's MMAs. Operands are stored K-major with the 128-byte swizzle of wgmma.cuh (bf16 rows of
+// 256 B as two 128 B column slabs; e4m3 rows are one slab). Keys any query of the block cannot see
+// are zero-filled, never read; tiles wholly in the future only get -inf.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/device_helpers.cuh"
+#include "backend/cuda/dsa_bf16.h"
+#include "backend/cuda/indexer_wgmma.h"
+#include "backend/cuda/wgmma.cuh"
+
+namespace indexcache::cuda {
+
+namespace {
+
+constexpr int kCols = 256;      // (query, head) columns per block: the wgmma N
+constexpr int kTileKeys = 64;   // keys per warpgroup tile: the wgmma M
+constexpr int kSlabBytes = 128; // one swizzled column slab of a row
+
+// d[128] += A (64 x 16 bf16, smem desc) * B (256 x 16 bf16, smem desc)^T; accumulate = 0 overwrites.
+__device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "%128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmma_m64n256k32_e4m3(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "%128, %129, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+
+template <bool kFp8>
+struct Geometry {
+  static constexpr int kRowBytes = kFp8 ? 128 : 256;        // one key / query-head row
+  static constexpr int kQBytes = kCols * kRowBytes;         // Q slab: 64 KB bf16, 32 KB e4m3
+  static constexpr int kTileBytes = kTileKeys * kRowBytes;  // key tile: 16 KB bf16, 8 KB e4m3
+  static constexpr int kKSteps = kFp8 ? 4 : 8;              // 32-byte k-steps per row
+  static constexpr int kStages = kFp8 ? 4 : 3;
+};
+
+template <bool kFp8, int kWG>
+constexpr size_t smem_bytes() {
+  using G = Geometry<kFp8>;
+  return 1024 /* alignment slack */ + G::kQBytes + static_cast<size_t>(kWG) * G::kStages * G::kTileBytes +
+         kCols * sizeof(float) + 64 * sizeof(int);
+}
+
+// Copies `rows` rows (row-major, G::kRowBytes each, from `src`) into the swizzled slabs at `dst`
+// (slab s at dst + s * rows_total * 128); rows >= valid are zero-filled, nothing read.
+template <bool kFp8, int kRowsTotal, int kThreadsUsed>
+__device__ __forceinline__ void load_rows(uint32_t dst, const char* src, int valid, int tid) {
+  using G = Geometry<kFp8>;
+  constexpr int kChunksPerRow = G::kRowBytes / 16;
+  constexpr int kChunks = kRowsTotal * kChunksPerRow;
+  static_assert(kChunks % kThreadsUsed == 0, "chunks must divide evenly");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreadsUsed; ++i) {
+    const int idx = tid + i * kThreadsUsed;
+    const int r = idx / kChunksPerRow, c = idx % kChunksPerRow;
+    const bool ok = r < valid;
+    const uint32_t d = dst + (c >> 3) * (kRowsTotal * kSlabBytes) + swz128(r, c & 7);
+    cp_async16(d, ok ? src + static_cast<int64_t>(r) * G::kRowBytes + c * 16 : src, ok ? 16 : 0);
+  }
+}
+
+struct KernelArgs {
+  const char* q;
+  const float* q_scale;  // fp8 only
+  const char* k;
+  const float* k_scale;  // fp8 only
+  const float* w;
+  const int32_t* positions;
+  float* scores;
+  int64_t scores_stride;
+  int tokens, keys, chunk_tiles;
+  float scale;
+};
+
+template <bool kFp8, int kHeads, int kWG>
+__global__ void __launch_bounds__(kWG * 128, 1) indexer_wgmma_kernel(const KernelArgs a) {
+  using G = Geometry<kFp8>;
+  constexpr int kQB = kCols / kHeads;     // queries per block
+  constexpr int kCPQ = kHeads / 8;        // 8-column groups per query
+  constexpr int kV = 2 * kQB;             // per-thread partial sums: (query, key row half)
+  constexpr int kThreads = kWG * 128;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* base_ptr = smem_raw + (base - raw);
+  const uint32_t q_s = base;
+  const uint32_t stages_s = q_s + G::kQBytes;
+  float* w_s = reinterpret_cast<float*>(base_ptr + G::kQBytes + static_cast<size_t>(kWG) * G::kStages * G::kTileBytes);
+  int* pos_s = reinterpret_cast<int*>(w_s + kCols);
+
+  const int tid = threadIdx.x;
+  const int t0 = blockIdx.x * kQB;
+  const int nq = min(kQB, a.tokens - t0);
+  const int total_tiles = (a.keys + kTileKeys - 1) / kTileKeys;
+  const int j0 = blockIdx.y * a.chunk_tiles;
+  const int j1 = min(total_tiles, j0 + a.chunk_tiles);
+
+  if (tid < kQB) pos_s[tid] = tid < nq ? a.positions[t0 + tid] : -1;
+  for (int n = tid; n < kCols; n += kThreads) {
+    const int lq = n / kHeads;
+    float wv = 0.0f;
+    if (lq < nq) {
+      const int64_t idx = static_cast<int64_t>(t0) * kHeads + n;
+      wv = a.w[idx];
+      if constexpr (kFp8) wv *= a.q_scale[idx];
+    }
+    w_s[n] = wv;
+  }
+  __syncthreads();
+  int maxpos = -1;
+#pragma unroll
+  for (int i = 0; i < kQB; ++i) maxpos = max(maxpos, pos_s[i]);
+  const int kvis = min(a.keys, maxpos + 1);  // keys any query of the block may see: [0, kvis)
+  const int j_vis = kvis <= 0 ? 0 : (kvis + kTileKeys - 1) / kTileKeys;
+  const int nc = max(0, min(j1, j_vis) - j0);  // tiles to compute
+
+  if (nc > 0) {
+    load_rows<kFp8, kCols, kThreads>(q_s, a.q + static_cast<int64_t>(t0) * kHeads * G::kRowBytes, nq * kHeads, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    __syncthreads();
+
+    const int wg = tid >> 7, wtid = tid & 127;
+    const int warp = wtid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const uint32_t ring = stages_s + wg * G::kStages * G::kTileBytes;
+    const int my_tiles = nc > wg ? (nc - wg + kWG - 1) / kWG : 0;
+    auto tile_of = [&](int it) { return j0 + wg + it * kWG; };
+    auto load_tile = [&](int it) {
+      const int j = tile_of(it);
+      load_rows<kFp8, kTileKeys, 128>(ring + (it % G::kStages) * G::kTileBytes,
+                                      a.k + static_cast<int64_t>(j) * kTileKeys * G::kRowBytes,
+                                      kvis - j * kTileKeys, wtid);
+    };
+#pragma unroll
+    for (int s = 0; s < G::kStages - 1; ++s) {
+      if (s < my_tiles) load_tile(s);
+      cp_async_commit();
+    }
+
+    float acc[128];
+#pragma unroll 1
+    for (int it = 0; it < my_tiles; ++it) {
+      cp_async_wait<G::kStages - 2>();
+      fence_proxy_async_smem();
+      named_barrier(1 + wg, 128);  // tile it landed for the whole warpgroup; stage (it - 1) is free
+      if (it + G::kStages - 1 < my_tiles) load_tile(it + G::kStages - 1);
+      cp_async_commit();
+
+      const uint32_t a_s = ring + (it % G::kStages) * G::kTileBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < G::kKSteps; ++kk) {
+        const int slab = kk / 4, off = (kk % 4) * 32;
+        const uint64_t da = wgmma_desc_k128(a_s + slab * (kTileKeys * kSlabBytes) + off);
+        const uint64_t db = wgmma_desc_k128(q_s + slab * (kCols * kSlabBytes) + off);
+        if constexpr (kFp8)
+          wgmma_m64n256k32_e4m3(acc, da, db, kk > 0);
+        else
+          wgmma_m64n256k16_bf16(acc, da, db, kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+
+      // acc[4i + e]: key row g, column 8i + 2 t4 + e; acc[4i + 2 + e]: key row g + 8.
+      float v[kV];
+#pragma unroll
+      for (int lq = 0; lq < kQB; ++lq) {
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int c = 0; c < kCPQ; ++c) {
+          const int i = lq * kCPQ + c;
+          const float2 wv = *reinterpret_cast<const float2*>(w_s + i * 8 + 2 * t4);
+          s0 = fmaf(wv.x, fmaxf(acc[4 * i], 0.0f), s0);
+          s0 = fmaf(wv.y, fmaxf(acc[4 * i + 1], 0.0f), s0);
+          s1 = fmaf(wv.x, fmaxf(acc[4 * i + 2], 0.0f), s1);
+          s1 = fmaf(wv.y, fmaxf(acc[4 * i + 3], 0.0f), s1);
+        }
+        v[2 * lq] = s0;
+        v[2 * lq + 1] = s1;
+      }
+      // Reduce-scatter over the quad (lane bits 1, then 0): afterwards v[m] (m < kV / 4) holds the
+      // quad's sum of entry m + b1 * kV / 2 + b0 * kV / 4.
+      {
+        const bool hi = lane & 2;
+#pragma unroll
+        for (int m = 0; m < kV / 2; ++m) {
+          const float send = hi ? v[m] : v[m + kV / 2];
+          const float keep = hi ? v[m + kV / 2] : v[m];
+          v[m] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 2);
+        }
+      }
+      {
+        const bool hi = lane & 1;
+#pragma unroll
+        for (int m = 0; m < kV / 4; ++m) {
+          const float send = hi ? v[m] : v[m + kV / 4];
+          const float keep = hi ? v[m + kV / 4] : v[m];
+          v[m] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 1);
+        }
+      }
+      const int key0 = tile_of(it) * kTileKeys + warp * 16 + g;
+      const int jbase = ((lane >> 1) & 1) * (kV / 2) + (lane & 1) * (kV / 4);
+#pragma unroll
+      for (int m = 0; m < kV / 4; ++m) {
+        const int jj = jbase + m;
+        const int lq = jj >> 1;
+        const int key = key0 + (jj & 1) * 8;
+        if (lq < nq && key < a.keys) {
+          float val = v[m] * a.scale;
+          if constexpr (kFp8) val *= key < kvis ? a.k_scale[key] : 0.0f;
+          a.scores[static_cast<int64_t>(t0 + lq) * a.scores_stride + key] = key <= pos_s[lq] ? val : -INFINITY;
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+
+  // Tiles of the chunk in the future of every query of the block: -inf only.
+  const int sm0 = (j0 + nc) * kTileKeys;
+  const int sm1 = min(a.keys, j1 * kTileKeys);
+  const int width = sm1 - sm0;
+  if (width > 0)
+    for (int i = tid; i < nq * width; i += kThreads) {
+      const int lq = i / width, s = sm0 + i % width;
+      a.scores[static_cast<int64_t>(t0 + lq) * a.scores_stride + s] = -INFINITY;
+    }
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    IC_CUDA_CHECK(cudaGetDevice(&dev));
+    IC_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
+template <bool kFp8, int kHeads, int kWG>
+void launch(const KernelArgs& args_in, cudaStream_t stream, const char* what) {
+  constexpr size_t kSmem = smem_bytes<kFp8, kWG>();
+  static const bool attr_set = [] {
+    IC_CUDA_CHECK(cudaFuncSetAttribute(indexer_wgmma_kernel<kFp8, kHeads, kWG>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+    return true;
+  }();
+  (void)attr_set;
+  KernelArgs args = args_in;
+  constexpr int kQB = kCols / kHeads;
+  const int qblocks = (args.tokens + kQB - 1) / kQB;
+  const int tiles = (args.keys + kTileKeys - 1) / kTileKeys;
+  // Long chunks amortise the Q slab; shrink them (not below one tile per warpgroup) until the grid
+  // covers the GPU a few times (decode: one query block, so the keys spread over the SMs).
+  int chunk = 64;
+  while (chunk > kWG && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4LL * sm_count()) chunk /= 2;
+  chunk = chunk < kWG ? kWG : chunk;
+  const int chunks = (tiles + chunk - 1) / chunk;
+  if (chunks > 65535) throw_runtime(what, "too many keys (" + std::to_string(args.keys) + ")");
+  args.chunk_tiles = chunk;
+  indexer_wgmma_kernel<kFp8, kHeads, kWG><<<dim3(qblocks, chunks), kWG * 128, kSmem, stream>>>(args);
+  IC_CUDA_CHECK_LAUNCH(what);
+}
+
+template <bool kFp8>
+void dispatch_heads(const KernelArgs& a, int heads, cudaStream_t s, const char* what) {
+  constexpr int kWG = 2;
+  switch (heads) {
+    case 16: launch<kFp8, 16, kWG>(a, s, what); break;
+    case 32: launch<kFp8, 32, kWG>(a, s, what); break;
+    case 64: launch<kFp8, 64, kWG>(a, s, what); break;
+    case 128: launch<kFp8, 128, kWG>(a, s, what); break;
+    default: throw_runtime(what, "wgmma indexer: unsupported head count " + std::to_string(heads));
+  }
+}
+
+}  // namespace
+
+bool indexer_wgmma_shape(int heads, int head_dim) {
+  return head_dim == 128 && (heads == 16 || heads == 32 || heads == 64 || heads == 128);
+}
+
+bool indexer_wgmma_preferred(int heads, int head_dim, int tokens) {
+  return indexer_wgmma_shape(heads, head_dim) && tokens >= 64;
+}
+
+void indexer_scores_bf16_wgmma(const IndexerBf16Params& p, void* stream) {
+  KernelArgs a{static_cast<const char*>(p.q), nullptr, static_cast<const char*>(p.k), nullptr, p.w, p.positions,
+               p.scores, p.scores_stride, p.tokens, p.keys, 0, p.scale};
+  dispatch_heads<false>(a, p.heads, static_cast<cudaStream_t>(stream), "indexer_scores_bf16 (wgmma) launch");
+}
+
+void indexer_scores_fp8_wgmma(const IndexerFp8Params& p, void* stream) {
+  KernelArgs a{static_cast<const char*>(p.q), p.q_scale, static_cast<const char*>(p.k), p.k_scale, p.w, p.positions,
+               p.scores, p.scores_stride, p.tokens, p.keys, 0, p.scale};
+  dispatch_heads<true>(a, p.heads, static_cast<cudaStream_t>(stream), "indexer_scores_fp8 (wgmma) launch");
+}
+
+}  // namespace indexcache::cuda
