@@ -56,6 +56,8 @@ TEST(BenchCli, BadModeAndOptions) {
   expect_bad_input("--synthetic tiny --ctx 256 --device tpu", {"--device", "tpu"});
   expect_bad_input("--synthetic tiny --ctx 256 --decode-steps 0", {"--decode-steps"});
   expect_bad_input("--synthetic tiny --ctx 256 --json=yes", {"--json"});
+  expect_bad_input("--synthetic tiny --ctx 256 --indexer fp16", {"--indexer", "fp16", "bf16 or fp8"});
+  expect_bad_input("--synthetic tiny --ctx 256 --indexer fp8", {"--indexer fp8", "--device cuda"});
 }
 
 TEST(BenchCli, BadTrim) {

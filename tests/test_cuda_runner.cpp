@@ -591,6 +591,95 @@ TEST(CudaRunner, ModelSharedPlanDiffersButStaysFinite) {
             size_t(4 * 576 * 2 + 1 * 128 * 2));
 }
 
+// RunOptions::indexer_fp8: the e4m3 indexer (keys quantized into their own cache as they are
+// written, queries per (token, head) row). Layer 0 sees identical inputs either way, so its index
+// scores differ only by the e4m3 rounding of q and k: a few percent of the row's magnitude. (Later
+// layers and the logits are not compared: on a random model a single flipped near-tie selection
+// changes everything downstream, fp8 or not.) The decode step, which finds the new key's cache row
+// from the device position, must give the same logits replayed as a graph as eagerly.
+TEST(CudaRunner, ModelFp8IndexerTracksBf16) {
+  REQUIRE_GPU();
+  const ModelSpec s = small_spec(Family::kGlmMoeDsa);
+  gpu::SyntheticGpuModel model(s, 1024, 11);
+  const IndexPlan plan = IndexPlan::from_pattern("FSFS", s.num_layers);
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int32_t> tok(0, s.vocab_size - 1);
+  std::vector<int32_t> ids(401);
+  for (auto& id : ids) id = tok(rng);
+  const std::vector<int32_t> rows = {0, 63, 200, 400};
+  gpu::RunOptions o;
+  o.chunk = 128;
+  gpu::PrefillDebug dbf;
+  dbf.rows = rows;
+  model.prefill_ids(ids, plan, o, &dbf);
+  gpu::RunOptions f = o;
+  f.indexer_fp8 = true;
+  gpu::PrefillDebug d8;
+  d8.rows = rows;
+  model.prefill_ids(ids, plan, f, &d8);
+  const std::vector<float> fp8_logits = model.last_logits();
+  ASSERT_TRUE(all_finite(fp8_logits)) << "NaN/inf in fp8-indexer logits";
+  ASSERT_TRUE(dbf.index_scores.size() == d8.index_scores.size());
+  ASSERT_TRUE(!d8.index_scores.empty() && !d8.index_scores[0].empty()) << "layer 0 scores not captured";
+  double worst = 0, mean_rel = 0;
+  size_t n = 0;
+  bool any_diff = false;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int r = rows[i];
+    const float* a = dbf.index_scores[0].data() + i * ids.size();
+    const float* b = d8.index_scores[0].data() + i * ids.size();
+    double amax = 0;
+    for (int k = 0; k <= r; ++k) amax = std::max(amax, double(std::fabs(a[k])));
+    for (int k = 0; k <= r; ++k) {
+      ASSERT_TRUE(std::isfinite(b[k])) << "row " << r << " key " << k << ": " << b[k];
+      const double e = std::fabs(double(b[k]) - a[k]) / std::max(amax, 1e-30);
+      worst = std::max(worst, e);
+      mean_rel += e;
+      ++n;
+      any_diff = any_diff || b[k] != a[k];
+    }
+    for (size_t k = r + 1; k < ids.size(); ++k) EXPECT_TRUE(std::isinf(b[k]) && b[k] < 0) << "future key not -inf";
+  }
+  mean_rel /= double(n);
+  std::printf("[cuda-ops] model FSFS layer-0 index scores, fp8 vs bf16 indexer: worst %.3g, mean %.3g of the row max\n",
+              worst, mean_rel);
+  EXPECT_TRUE(any_diff) << "fp8 scores equal the bf16 ones bit for bit: the option was ignored";
+  EXPECT_TRUE(worst < 0.1 && mean_rel < 0.02) << "fp8 scores too far from bf16: worst " << worst << ", mean " << mean_rel;
+
+  std::vector<float> graph_logits;
+  for (bool graphs : {true, false}) {
+    gpu::RunOptions d = f;
+    d.decode_steps = 3;
+    d.cuda_graphs = graphs;
+    model.decode(397, plan, d);
+    const std::vector<float> got = model.last_logits();
+    EXPECT_TRUE(all_finite(got)) << "fp8 decode, graphs " << graphs;
+    if (graphs) {
+      graph_logits = got;
+    } else {
+      const double ge = rel_l2(graph_logits, got);
+      std::printf("[cuda-ops] model FSFS fp8 indexer 3 decode steps: graph vs eager rel L2 %.3g\n", ge);
+      EXPECT_TRUE(ge < 1e-6) << "fp8 decode: graph replay differs from the eager steps: rel L2 " << ge;
+    }
+  }
+}
+
+TEST(CudaRunner, ModelFp8IndexerNeedsTensorCoreShapes) {
+  REQUIRE_GPU();
+  ModelSpec s = small_spec(Family::kGlmMoeDsa);
+  s.index_head_dim = 64;  // the generic (CUDA-core) indexer: no e4m3 kernel for it
+  gpu::SyntheticGpuModel model(s, 256, 1);
+  gpu::RunOptions o;
+  o.indexer_fp8 = true;
+  std::string msg;
+  try {
+    model.prefill(100, IndexPlan::full(s.num_layers), o);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_TRUE(msg.find("indexer_fp8") != std::string::npos) << "fp8 indexer on a 64-dim indexer: '" << msg << "'";
+}
+
 TEST(CudaRunner, ModelRejectsBadRequests) {
   REQUIRE_GPU();
   const ModelSpec s = small_spec(Family::kGlmMoeDsa);

@@ -84,6 +84,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   ro.chunk = setup.chunk;
   ro.decode_steps = setup.decode_steps;
   ro.cuda_graphs = o.cuda_graphs;
+  ro.indexer_fp8 = o.indexer_fp8;
   ro.instrument = true;
 
   // Warm-up (cuBLASLt heuristics, module loading, graph capture paths): a short prefill and decode.

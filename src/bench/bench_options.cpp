@@ -74,7 +74,8 @@ std::string bench_usage() {
   for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
   return "usage: indexcache bench [--device cpu|cuda] [--synthetic PRESET] [--layers N] [--experts E]\n"
          "                        [--ctx LIST] [--plan LIST] [--mode prefill,decode] [--decode-steps N]\n"
-         "                        [--chunk N] [--repeat N] [--no-graphs] [--seed S] [--json]\n"
+         "                        [--chunk N] [--repeat N] [--no-graphs] [--indexer bf16|fp8] [--seed S]\n"
+         "                        [--json]"
          "                        [--json-out FILE] [--quiet]\n"
          "Times prefill and single-request decode of a model with random weights and the real shapes of\n"
          "a preset, for every context x plan, and prints a markdown table (or JSON).\n"
@@ -90,6 +91,8 @@ std::string bench_usage() {
          "  --chunk N             prefill chunk in tokens (default cpu 2048, cuda 8192)\n"
          "  --repeat N            timed runs per cell, median reported (default 1)\n"
          "  --no-graphs           cuda: decode without CUDA graphs\n"
+         "  --indexer bf16|fp8    cuda: the lightning indexer in bf16 (default) or e4m3 with per-row\n"
+         "                        scales (DeepSeek-V3.2 style; selections may differ near ties)\n"
          "  --seed S              seed of the random weights and token ids (default 1)\n"
          "  --json                print JSON instead of the markdown table\n"
          "  --json-out FILE       also write the JSON report to FILE\n"
@@ -127,7 +130,8 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       continue;
     }
     static const char* kValued[] = {"--device", "--synthetic", "--layers", "--experts", "--ctx", "--plan",
-                                    "--mode", "--decode-steps", "--chunk", "--repeat", "--seed", "--json-out"};
+                                    "--mode", "--decode-steps", "--chunk", "--repeat", "--seed", "--json-out",
+                                    "--indexer"};
     if (std::find_if(std::begin(kValued), std::end(kValued), [&](const char* k) { return flag == k; }) ==
         std::end(kValued)) {
       if (flag.rfind("-", 0) == 0)
@@ -178,6 +182,14 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       uint64_t v = 0;
       if (!parse_u64(trim(value), v)) throw_bad_input("--seed " + quote_for_message(value), "expected a non-negative integer");
       o.seed = v;
+    } else if (flag == "--indexer") {
+      const std::string v = trim(value);
+      if (v == "bf16")
+        o.indexer_fp8 = false;
+      else if (v == "fp8")
+        o.indexer_fp8 = true;
+      else
+        throw_bad_input("--indexer " + quote_for_message(value), "expected bf16 or fp8");
     } else if (flag == "--json-out") {
       if (value.empty()) throw_bad_input("--json-out", "needs a file name");
       o.json_out = value;
@@ -194,6 +206,7 @@ int64_t BenchSetup::max_context() const {
 
 BenchSetup resolve_bench(const BenchOptions& o) {
   const bool cuda = o.device == Device::kCuda;
+  if (o.indexer_fp8 && !cuda) throw_bad_input("--indexer fp8", "needs --device cuda (the CPU indexer is f32)");
   const std::string preset = o.preset.empty() ? (cuda ? "glm47flash-dsa" : "dsa-mini") : o.preset;
   BenchSetup s{o, make_preset(preset, o.layers, o.experts), {}, 0, 0};
   s.decode_steps = o.decode_steps > 0 ? o.decode_steps : (cuda ? 32 : 16);
@@ -233,6 +246,7 @@ BenchReport report_skeleton(const BenchSetup& setup) {
   r.repeat = o.repeat;
   r.seed = o.seed;
   r.cuda_graphs = o.cuda_graphs;
+  r.indexer_fp8 = o.indexer_fp8;
   return r;
 }
 

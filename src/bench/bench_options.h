@@ -27,6 +27,7 @@ struct BenchOptions {
   int64_t chunk = 0;     // 0: the device's default (cpu 2048, cuda 8192)
   int repeat = 1;        // timed runs per cell; the median is reported
   bool cuda_graphs = true;
+  bool indexer_fp8 = false;   // --indexer fp8 (cuda only): the e4m3 lightning indexer
   bool json = false;          // JSON instead of markdown on stdout
   std::string json_out;       // also write the JSON here
   bool quiet = false;         // no progress lines on stderr

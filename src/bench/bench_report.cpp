@@ -83,7 +83,8 @@ Derived derive(const BenchReport& r, const BenchRow& row) {
       d.topk_share = ratio(c.topk, c.indexer + c.topk);
       d.indexer_tflops = ratio(p.flops.indexer / 1e12, c.indexer);
       d.attention_tflops = ratio(p.flops.attention / 1e12, c.attention);
-      if (peak && d.indexer_tflops) d.indexer_peak = ratio(*d.indexer_tflops, *peak);
+      // Hopper's dense e4m3 matrix rate is twice its bf16 rate.
+      if (peak && d.indexer_tflops) d.indexer_peak = ratio(*d.indexer_tflops, *peak * (r.indexer_fp8 ? 2.0 : 1.0));
       if (peak && d.attention_tflops) d.attention_peak = ratio(*d.attention_tflops, *peak);
     }
   }
@@ -219,7 +220,9 @@ std::string format_markdown(const BenchReport& r) {
     o += "- measured matrix peak: n/a (% of peak columns need the GPU)\n";
   o += "- run: chunk " + std::to_string(r.chunk) + ", decode steps " + std::to_string(r.decode_steps) +
        ", repeats " + std::to_string(r.repeat) + " (median)" +
-       (m.device == "cuda" ? std::string(", CUDA graphs ") + (r.cuda_graphs ? "on" : "off") : std::string()) +
+       (m.device == "cuda" ? std::string(", CUDA graphs ") + (r.cuda_graphs ? "on" : "off") +
+                                 ", indexer " + (r.indexer_fp8 ? "e4m3 (% peak of 2x the bf16 peak)" : "bf16")
+                           : std::string()) +
        ", seed " + std::to_string(r.seed) + "\n";
   o += "- commit " + r.commit + ", " + r.date + ", command `indexcache bench " + r.command + "`\n\n";
 
@@ -283,6 +286,7 @@ std::string format_json(const BenchReport& r) {
        json_num(m.fp8_peak_tflops) + "},\n";
   o += "  \"run\": {\"chunk\": " + json_int(r.chunk) + ", \"decode_steps\": " + json_int(r.decode_steps) +
        ", \"repeat\": " + json_int(r.repeat) + ", \"cuda_graphs\": " + (r.cuda_graphs ? "true" : "false") +
+       ", \"indexer\": " + (r.indexer_fp8 ? "\"fp8\"" : "\"bf16\"") +
        ", \"seed\": " + std::to_string(r.seed) + "},\n";
   o += "  \"rows\": [";
   for (size_t i = 0; i < r.rows.size(); ++i) {

@@ -32,6 +32,7 @@
 #include "backend/cuda/dsa_generic.h"
 #include "gpu/gemm.h"
 #include "gpu/gpu_weights.h"
+#include "gpu/grouped_gemm.h"
 #include "gpu/layer_kernels.h"
 #include "indexcache/error.h"
 #include "model/rope_table.h"
@@ -178,6 +179,8 @@ struct Work {
   int32_t *pos, *valid, *sel, *ids;
   float *x, *qa_tmp, *kv_tmp, *idx_k_tmp, *idx_w, *scores;
   void *hn, *qr, *q, *qabs, *o_lat, *heads_out, *idx_q, *gu, *act;
+  void* idx_q8;     // e4m3 indexer queries [n * Hi][Di] (RunOptions::indexer_fp8)
+  float* idx_qs;    // their per-row scales [n * Hi]
   float *router_logits, *route_w, *dgu, *dy;
   int32_t *chosen, *counts, *offsets, *scratch, *slot, *slot_token;
   void *xe, *egu, *eact, *ye;
@@ -208,6 +211,9 @@ struct SyntheticGpuModel::Impl {
   std::vector<LayerW> layers;
   std::vector<DeviceBuffer> latent_cache;  // per layer [max_ctx, lat] bf16
   std::vector<DeviceBuffer> index_cache;   // per layer [max_ctx, Di] bf16, F layers of the current plan only
+  // RunOptions::indexer_fp8: the F layers' keys also as e4m3 rows [max_ctx, Di] and their scales.
+  bool fp8_indexer = false;
+  std::vector<DeviceBuffer> index_cache8, index_kscale;
   DeviceBuffer rope_cos, rope_sin;         // [max_ctx, rd/2] f32
   DeviceBuffer work_buf;
   Work w{};
@@ -312,6 +318,8 @@ struct SyntheticGpuModel::Impl {
     w.heads_out = c.take<uint16_t>(size_t(n) * nh * vd);
     w.idx_q = c.take<uint16_t>(size_t(n) * Hi * Di);
     w.idx_k_tmp = c.take<float>(size_t(n) * Di);
+    w.idx_q8 = c.take<uint8_t>(size_t(n) * Hi * Di);
+    w.idx_qs = c.take<float>(size_t(n) * Hi);
     w.idx_w = c.take<float>(size_t(n) * Hi);
     w.scores = c.take<float>(size_t(n) * max_ctx);
     w.gu = c.take<uint16_t>(size_t(n) * 2 * mlp_i);
@@ -382,7 +390,23 @@ struct SyntheticGpuModel::Impl {
       } else if (!index_cache[l].data()) {
         index_cache[l] = DeviceBuffer(size_t(max_ctx) * Di * 2);
       }
+      if (!plan.is_full(l) || !fp8_indexer) {
+        index_cache8[l] = DeviceBuffer();
+        index_kscale[l] = DeviceBuffer();
+      } else if (!index_cache8[l].data()) {
+        index_cache8[l] = DeviceBuffer(size_t(max_ctx) * Di);
+        index_kscale[l] = DeviceBuffer(size_t(max_ctx) * sizeof(float));
+      }
     }
+  }
+
+  // Takes RunOptions::indexer_fp8 for the run that follows (before ensure_index_cache).
+  void set_indexer_precision(const RunOptions& opt) {
+    if (opt.indexer_fp8 && !tc_indexer)
+      throw_bad_input("indexer_fp8", "needs the tensor-core indexer (index_head_dim 128, index_n_heads a multiple "
+                                     "of 8 up to 128); this model has " + std::to_string(Hi) + " heads of " +
+                                     std::to_string(Di));
+    fp8_indexer = opt.indexer_fp8;
   }
 
   // ---- the forward pass
@@ -619,7 +643,28 @@ struct SyntheticGpuModel::Impl {
       ra.layout = s.indexer_rope_layout();
       rope_bf16(ra, sv());
     }
-    {
+    if (fp8_indexer) {
+      auto sc = t.scope(kIndexer);  // quantization included: it is part of the fp8 indexer's cost
+      // The chunk's new keys: the cache rows at its positions (read on the device: decode graphs).
+      cuda::quantize_rows_fp8_at(index_cache[l].data(), index_cache8[l].data(), index_kscale[l].as<float>(), w.pos,
+                                 n, sv());
+      cuda::quantize_rows_fp8(w.idx_q, w.idx_q8, w.idx_qs, int64_t(n) * Hi, sv());
+      cuda::IndexerFp8Params p;
+      p.q = w.idx_q8;
+      p.q_scale = w.idx_qs;
+      p.k = index_cache8[l].data();
+      p.k_scale = index_kscale[l].as<float>();
+      p.w = w.idx_w;
+      p.positions = w.pos;
+      p.scores = w.scores;
+      p.scores_stride = max_ctx;
+      p.tokens = n;
+      p.keys = keys;
+      p.heads = Hi;
+      p.head_dim = Di;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
+      cuda::indexer_scores_fp8(p, sv());
+    } else {
       auto sc = t.scope(kIndexer);
       cuda::IndexerBf16Params p;
       p.q = w.idx_q;
@@ -688,23 +733,57 @@ struct SyntheticGpuModel::Impl {
     } else {
       const int pairs = n * K;
       moe_dispatch(w.chosen, pairs, K, E, w.counts, w.offsets, w.scratch, w.slot, w.slot_token, sv());
-      IC_CUDA_CHECK(cudaMemcpyAsync(host_offsets, w.offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream));
-      IC_CUDA_CHECK(cudaStreamSynchronize(stream));
+      // Expert GEMMs over the expert-sorted rows: one grouped launch each, the row ranges read from
+      // w.offsets on the device (no host sync, graph-capturable). gate_up: [rows, H] -> [rows, 2I];
+      // down: [rows, I] -> [rows, H].
+      GroupedGemmArgs gu;
+      gu.x = w.xe;
+      gu.ldx = H;
+      gu.w = L.e_gate_up;
+      gu.ldw = H;
+      gu.w_expert_stride = int64_t(2) * I * H;
+      gu.y = w.egu;
+      gu.ldy = 2 * int64_t(I);
+      gu.offsets = w.offsets;
+      gu.experts = E;
+      gu.max_rows = pairs;
+      gu.n = 2 * I;
+      gu.k = H;
+      GroupedGemmArgs dn = gu;
+      dn.x = w.eact;
+      dn.ldx = I;
+      dn.w = L.e_down;
+      dn.ldw = I;
+      dn.w_expert_stride = int64_t(H) * I;
+      dn.y = w.ye;
+      dn.ldy = H;
+      dn.n = H;
+      dn.k = I;
       moe_gather(w.hn, w.slot_token, pairs, H, w.xe, sv());
-      for (int e = 0; e < E; ++e) {
-        const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
-        if (cnt == 0) continue;
-        gm(lin(static_cast<uint16_t*>(w.xe) + size_t(r0) * H, H,
-                      static_cast<const uint16_t*>(L.e_gate_up) + size_t(e) * 2 * I * H,
-                      static_cast<uint16_t*>(w.egu) + size_t(r0) * 2 * I, 2 * int64_t(I), false, cnt, 2 * I, H));
-      }
-      silu_mul_bf16(w.egu, 2 * int64_t(I), w.eact, I, pairs, I, sv());
-      for (int e = 0; e < E; ++e) {
-        const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
-        if (cnt == 0) continue;
-        gm(lin(static_cast<uint16_t*>(w.eact) + size_t(r0) * I, I,
-                      static_cast<const uint16_t*>(L.e_down) + size_t(e) * H * I,
-                      static_cast<uint16_t*>(w.ye) + size_t(r0) * H, H, false, cnt, H, I));
+      if (grouped_gemm_supported(gu) && grouped_gemm_supported(dn)) {  // H % 8 == 0 and I % 8 == 0
+        grouped_gemm_bf16(gu, sv());
+        silu_mul_bf16(w.egu, 2 * int64_t(I), w.eact, I, pairs, I, sv());
+        grouped_gemm_bf16(dn, sv());
+      } else {
+        // Other widths: one GEMM per expert, sized on the host from the offsets (a stream sync).
+        IC_CUDA_CHECK(
+            cudaMemcpyAsync(host_offsets, w.offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream));
+        IC_CUDA_CHECK(cudaStreamSynchronize(stream));
+        for (int e = 0; e < E; ++e) {
+          const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
+          if (cnt == 0) continue;
+          gm(lin(static_cast<uint16_t*>(w.xe) + size_t(r0) * H, H,
+                 static_cast<const uint16_t*>(L.e_gate_up) + size_t(e) * 2 * I * H,
+                 static_cast<uint16_t*>(w.egu) + size_t(r0) * 2 * I, 2 * int64_t(I), false, cnt, 2 * I, H));
+        }
+        silu_mul_bf16(w.egu, 2 * int64_t(I), w.eact, I, pairs, I, sv());
+        for (int e = 0; e < E; ++e) {
+          const int r0 = host_offsets[e], cnt = host_offsets[e + 1] - r0;
+          if (cnt == 0) continue;
+          gm(lin(static_cast<uint16_t*>(w.eact) + size_t(r0) * I, I,
+                 static_cast<const uint16_t*>(L.e_down) + size_t(e) * H * I,
+                 static_cast<uint16_t*>(w.ye) + size_t(r0) * H, H, false, cnt, H, I));
+        }
       }
       moe_combine(w.ye, false, w.slot, w.route_w, n, K, H, w.x, sv());
     }
@@ -784,6 +863,8 @@ struct SyntheticGpuModel::Impl {
     layout_weights(carve);
     for (int l = 0; l < spec.num_layers; ++l) latent_cache.emplace_back(size_t(max_context) * lat * 2);
     index_cache.resize(spec.num_layers);
+    index_cache8.resize(spec.num_layers);
+    index_kscale.resize(spec.num_layers);
 
     // RoPE tables [max_context, rd/2]: the CPU model's (f32 angles as torch, YaRN factor folded in).
     const RopeTable rt = make_rope_table(spec, static_cast<int>(max_context));
@@ -945,6 +1026,7 @@ std::vector<float> SyntheticGpuModel::last_logits() const {
 
 PhaseResult SyntheticGpuModel::prefill(int64_t context, const IndexPlan& plan, const RunOptions& opt) {
   Impl& m = *impl_;
+  m.set_indexer_precision(opt);
   m.check_run(context, plan, 0);
   const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk > 0 ? opt.chunk : context, context));
   m.ensure_work(static_cast<int>(chunk));
@@ -963,6 +1045,7 @@ PhaseResult SyntheticGpuModel::prefill(int64_t context, const IndexPlan& plan, c
 PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, const RunOptions& opt) {
   Impl& m = *impl_;
   const int steps = std::max(1, opt.decode_steps);
+  m.set_indexer_precision(opt);
   m.check_run(context, plan, steps);
   const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk > 0 ? opt.chunk : context, context));
   m.ensure_work(static_cast<int>(chunk));
@@ -1057,6 +1140,7 @@ PhaseResult SyntheticGpuModel::prefill_ids(const std::vector<int32_t>& ids, cons
                                            const RunOptions& opt, PrefillDebug* debug) {
   Impl& m = *impl_;
   const int64_t context = static_cast<int64_t>(ids.size());
+  m.set_indexer_precision(opt);
   m.check_run(context, plan, 0);
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= m.s.vocab_size)

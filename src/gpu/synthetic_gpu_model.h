@@ -43,6 +43,12 @@ struct RunOptions {
   int decode_steps = 32;       // decode: timed steps after the prefill of the context
   bool cuda_graphs = true;     // decode steps captured and replayed as CUDA graphs
   bool instrument = true;      // per-kernel-class events (an extra, separately timed run in decode)
+  // The lightning indexer in e4m3 (DeepSeek-V3.2 style): each F layer also keeps its indexer keys
+  // as e4m3 rows with one f32 scale per 128-element row (quantize_rows_fp8), the queries are
+  // quantized per (token, head) row, and the scores come from the e4m3 kernel. Selections then
+  // differ from the bf16 indexer's where scores are close. Needs the tensor-core indexer
+  // (index_head_dim 128); a decode_id step uses the setting of the latest prefill_ids.
+  bool indexer_fp8 = false;
 };
 
 // Debug hooks of a real-token prefill (tests; see SyntheticGpuModel::prefill_ids). Inputs: `rows`

@@ -138,5 +138,10 @@ void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
 // in_bf16: [rows][128] (8-byte aligned); out_e4m3: [rows][128] bytes (4-byte aligned); out_scale: [rows].
 void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows,
                        void* stream = nullptr);
+// The same for scattered rows: the i-th of `rows` rows is row rows_at[i] (device int32 array) of
+// both the input and the outputs, e.g. the cache rows a chunk or decode step just wrote (positions
+// read on the device, so a captured decode step quantizes the right row on every replay).
+void quantize_rows_fp8_at(const void* in_bf16, void* out_e4m3, float* out_scale, const int32_t* rows_at,
+                          int64_t rows, void* stream = nullptr);
 
 }  // namespace indexcache::cuda

@@ -319,13 +319,16 @@ indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scal
     }
 }
 
-// One warp per 128-element row: lane l converts elements 4l..4l+3.
+// One warp per 128-element row: lane l converts elements 4l..4l+3. With rows_at, the i-th row
+// processed is row rows_at[i] of both input and output.
 __global__ void __launch_bounds__(256) quantize_rows_fp8_kernel(const uint2* __restrict__ in,
                                                                  uint32_t* __restrict__ out,
-                                                                 float* __restrict__ out_scale, int64_t rows) {
+                                                                 float* __restrict__ out_scale, int64_t rows,
+                                                                 const int32_t* __restrict__ rows_at) {
   const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= rows) return;  // whole warps leave together
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (i >= rows) return;  // whole warps leave together
+  const int64_t row = rows_at ? rows_at[i] : i;
   const uint2 v = in[row * 32 + lane];
   float f[4];
   f[0] = __uint_as_float(v.x << 16);
@@ -413,8 +416,9 @@ void indexer_scores_fp8(const IndexerFp8Params& p, void* stream) {
     launch<false>(p, qb, s);
 }
 
-void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, void* stream) {
-  const char* what = "cuda quantize_rows_fp8";
+namespace {
+void quantize_launch(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, const int32_t* rows_at,
+                     void* stream, const char* what) {
   if (rows < 0) throw_runtime(what, "rows must be >= 0 (got " + std::to_string(rows) + ")");
   if (rows == 0) return;
   if (!in_bf16 || !out_e4m3 || !out_scale) throw_runtime(what, "null pointer argument");
@@ -424,8 +428,19 @@ void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, in
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > 0x7FFFFFFF) throw_runtime(what, "too many rows (" + std::to_string(rows) + ")");
   quantize_rows_fp8_kernel<<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(
-      static_cast<const uint2*>(in_bf16), static_cast<uint32_t*>(out_e4m3), out_scale, rows);
+      static_cast<const uint2*>(in_bf16), static_cast<uint32_t*>(out_e4m3), out_scale, rows, rows_at);
   IC_CUDA_CHECK_LAUNCH("quantize_rows_fp8 launch");
+}
+}  // namespace
+
+void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, void* stream) {
+  quantize_launch(in_bf16, out_e4m3, out_scale, rows, nullptr, stream, "cuda quantize_rows_fp8");
+}
+
+void quantize_rows_fp8_at(const void* in_bf16, void* out_e4m3, float* out_scale, const int32_t* rows_at,
+                          int64_t rows, void* stream) {
+  if (!rows_at && rows > 0) throw_runtime("cuda quantize_rows_fp8_at", "null rows_at");
+  quantize_launch(in_bf16, out_e4m3, out_scale, rows, rows_at, stream, "cuda quantize_rows_fp8_at");
 }
 
 }  // namespace indexcache::cuda
