@@ -246,9 +246,10 @@ void run_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt199
   DeviceFp8 dev(in);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
   dsc.fill_bytes(0xFF);
-  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma e4m3 (16, 32, 64, 128 heads).
-  for (int variant : {0, 1, 2}) {
+  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma e4m3 (16, 32, 64, 128 heads), 3 = 3 warpgroups (32).
+  for (int variant : {0, 1, 2, 3}) {
     if (variant == 2 && !(heads == 16 || heads == 32 || heads == 64 || heads == 128)) continue;
+    if (variant == 3 && heads != 32) continue;
     dsc.fill_bytes(0xFF);
     cuda::IndexerFp8Params p = dev.params(in, dsc.as<float>(), stride);
     p.variant = variant;
@@ -316,7 +317,7 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
   EXPECT_TRUE(throws(136, 128, false));
   EXPECT_TRUE(throws(32, 64, false));
   EXPECT_TRUE(throws(32, 128, true));
-  EXPECT_TRUE(throws(32, 128, false, 3));  // no such kernel variant
+  EXPECT_TRUE(throws(32, 128, false, 4));  // no such kernel variant
   auto quant_throws = [](int64_t rows, bool misaligned) {
     alignas(16) static char dummy[64];
     try {
@@ -396,6 +397,27 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     p.scale = in.scale;
     p.variant = 1;
     const double ms_sync = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    p.variant = 3;
+    dsc.fill_bytes(0xFF);
+    cuda::indexer_scores_fp8(p);
+    cuda::device_synchronize();
+    const double ms_3wg = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    {  // the 3-warpgroup kernel's rows, checked before the default kernel overwrites them
+      Fp8Inputs view;
+      view.tokens = tokens;
+      view.heads = heads;
+      view.keys = keys;
+      view.dim = kDim;
+      view.scale = in.scale;
+      view.pos = pos;
+      view.qf = in.qf;
+      view.w = in.w;
+      view.kf.assign(in.kf.begin(), in.kf.begin() + static_cast<size_t>(keys) * kDim);
+      compute_indexer_bounds(&view, {tokens / 3});
+      FloatCheck fc("t", "s");
+      check_rows(view, tokens / 3, 1, keys, download_range(dsc, static_cast<size_t>(tokens / 3) * keys, keys), &fc);
+      EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 3-warpgroup real shape S=" << keys << ": " << fc.summary();
+    }
     p.variant = 0;
     dsc.fill_bytes(0xFF);
     cuda::indexer_scores_fp8(p);
@@ -418,10 +440,10 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     pb.scale = in.scale;
     const double ms_b = cuda::median_ms([&] { cuda::indexer_scores_bf16(pb); });
     std::printf("[cuda-ops] indexer_fp8 wgmma T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
-                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
+                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); 3 warpgroups %.3f ms; mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
                 "same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
                 tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / fp8_peak, fp8_peak,
-                ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);
+                ms_3wg, ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);
 
     // Rerun fp8 (the bf16 timing overwrote the scores), then sampled rows against the CPU.
     dsc.fill_bytes(0xFF);

@@ -33,7 +33,8 @@ struct IndexerBf16Params {
   float scale = 1.0f;
   // Kernel, for A/B measurement (same results up to f32 summation order): 0 = default, the wgmma
   // (sm_90a) kernel for 16, 32, 64 or 128 heads and >= 64 tokens, else the mma.sync kernel;
-  // 1 = mma.sync; 2 = wgmma (an error for other head counts).
+  // 1 = mma.sync; 2 = wgmma (an error for other head counts); 3 = wgmma with three warpgroups per
+  // block instead of two (32 heads only; measurement).
   int variant = 0;
 };
 void indexer_scores_bf16(const IndexerBf16Params& p, void* stream = nullptr);
@@ -95,9 +96,13 @@ struct SparseMlaParams {
   // A non-null workspace smaller than needed is an error.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  // Kernel variant, for A/B measurement: 0 = default; 1 = deep cp.async pipeline (32-row tiles, 5
-  // buffers, up to 4 tiles of gathers in flight) where it applies (heads <= 32 and one split),
-  // else the default. Same results either way (up to f32 summation order).
+  // Kernel variant, for A/B measurement (same results up to f32 summation and bf16 rounding order):
+  // 0 = default: the wgmma (sm_90a) kernel whenever the plan has one split of the selected set
+  // (prefill; any head count), else the mma.sync kernel (split and combine, decode);
+  // 1 = mma.sync only: the deep cp.async pipeline (32-row tiles, 5 buffers, up to 4 tiles of
+  // gathers in flight) where it applies (heads <= 32 and one split), else the 64-row-tile kernel;
+  // 2 = wgmma (automatic splits then mean one split; an error when num_splits forces more);
+  // 3 = the mma.sync 64-row-tile kernel only (the default before the wgmma kernel).
   int variant = 0;
 };
 void sparse_mla_bf16(const SparseMlaParams& p, void* stream = nullptr);
@@ -127,7 +132,7 @@ struct IndexerFp8Params {
   float scale = 1.0f;
   // Kernel: 0 = default (wgmma e4m3 for 16, 32, 64 or 128 heads and >= 64 tokens, else the
   // mma.sync kernel); 1 = the mma.sync kernel (f16 MMAs on converted operands); 2 = wgmma (an error
-  // for other head counts).
+  // for other head counts); 3 = wgmma with three warpgroups per block (32 heads only; measurement).
   int variant = 0;
 };
 void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);

@@ -286,11 +286,11 @@ void indexer_scores_bf16(const IndexerBf16Params& p, void* stream) {
   if (!p.q || !p.k || !p.w || !p.positions || !p.scores) throw_runtime(what, "null pointer argument");
   if ((reinterpret_cast<uintptr_t>(p.q) | reinterpret_cast<uintptr_t>(p.k)) % 16 != 0)
     throw_runtime(what, "q and k must be 16-byte aligned");
-  if (p.variant < 0 || p.variant > 2)
-    throw_runtime(what, "variant must be 0, 1 or 2 (got " + std::to_string(p.variant) + ")");
-  if (p.variant == 2 && !indexer_wgmma_shape(p.heads, p.head_dim))
+  if (p.variant < 0 || p.variant > 3)
+    throw_runtime(what, "variant must be 0, 1, 2 or 3 (got " + std::to_string(p.variant) + ")");
+  if (p.variant >= 2 && !indexer_wgmma_shape(p.heads, p.head_dim))
     throw_runtime(what, "the wgmma kernel needs 16, 32, 64 or 128 heads (got " + std::to_string(p.heads) + ")");
-  if (p.variant == 2 || (p.variant == 0 && indexer_wgmma_preferred(p.heads, p.head_dim, p.tokens))) {
+  if (p.variant >= 2 || (p.variant == 0 && indexer_wgmma_preferred(p.heads, p.head_dim, p.tokens))) {
     indexer_scores_bf16_wgmma(p, stream);
     return;
   }

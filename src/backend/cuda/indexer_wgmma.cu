@@ -113,10 +113,10 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const char* src, int val
   using G = Geometry<kFp8>;
   constexpr int kChunksPerRow = G::kRowBytes / 16;
   constexpr int kChunks = kRowsTotal * kChunksPerRow;
-  static_assert(kChunks % kThreadsUsed == 0, "chunks must divide evenly");
 #pragma unroll
-  for (int i = 0; i < kChunks / kThreadsUsed; ++i) {
+  for (int i = 0; i < (kChunks + kThreadsUsed - 1) / kThreadsUsed; ++i) {
     const int idx = tid + i * kThreadsUsed;
+    if (kChunks % kThreadsUsed != 0 && idx >= kChunks) break;
     const int r = idx / kChunksPerRow, c = idx % kChunksPerRow;
     const bool ok = r < valid;
     const uint32_t d = dst + (c >> 3) * (kRowsTotal * kSlabBytes) + swz128(r, c & 7);
@@ -328,8 +328,13 @@ void launch(const KernelArgs& args_in, cudaStream_t stream, const char* what) {
 }
 
 template <bool kFp8>
-void dispatch_heads(const KernelArgs& a, int heads, cudaStream_t s, const char* what) {
+void dispatch_heads(const KernelArgs& a, int heads, bool three_wg, cudaStream_t s, const char* what) {
   constexpr int kWG = 2;
+  if (three_wg) {  // A/B measurement: 3 warpgroups per block (more epilogue/MMA overlap, 168 registers)
+    if (heads != 32) throw_runtime(what, "the 3-warpgroup wgmma kernel is built for 32 heads only");
+    launch<kFp8, 32, 3>(a, s, what);
+    return;
+  }
   switch (heads) {
     case 16: launch<kFp8, 16, kWG>(a, s, what); break;
     case 32: launch<kFp8, 32, kWG>(a, s, what); break;
@@ -352,13 +357,15 @@ bool indexer_wgmma_preferred(int heads, int head_dim, int tokens) {
 void indexer_scores_bf16_wgmma(const IndexerBf16Params& p, void* stream) {
   KernelArgs a{static_cast<const char*>(p.q), nullptr, static_cast<const char*>(p.k), nullptr, p.w, p.positions,
                p.scores, p.scores_stride, p.tokens, p.keys, 0, p.scale};
-  dispatch_heads<false>(a, p.heads, static_cast<cudaStream_t>(stream), "indexer_scores_bf16 (wgmma) launch");
+  dispatch_heads<false>(a, p.heads, p.variant == 3, static_cast<cudaStream_t>(stream),
+                        "indexer_scores_bf16 (wgmma) launch");
 }
 
 void indexer_scores_fp8_wgmma(const IndexerFp8Params& p, void* stream) {
   KernelArgs a{static_cast<const char*>(p.q), p.q_scale, static_cast<const char*>(p.k), p.k_scale, p.w, p.positions,
                p.scores, p.scores_stride, p.tokens, p.keys, 0, p.scale};
-  dispatch_heads<true>(a, p.heads, static_cast<cudaStream_t>(stream), "indexer_scores_fp8 (wgmma) launch");
+  dispatch_heads<true>(a, p.heads, p.variant == 3, static_cast<cudaStream_t>(stream),
+                       "indexer_scores_fp8 (wgmma) launch");
 }
 
 }  // namespace indexcache::cuda
