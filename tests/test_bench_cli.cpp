@@ -56,8 +56,9 @@ TEST(BenchCli, BadModeAndOptions) {
   expect_bad_input("--synthetic tiny --ctx 256 --device tpu", {"--device", "tpu"});
   expect_bad_input("--synthetic tiny --ctx 256 --decode-steps 0", {"--decode-steps"});
   expect_bad_input("--synthetic tiny --ctx 256 --json=yes", {"--json"});
-  expect_bad_input("--synthetic tiny --ctx 256 --indexer fp16", {"--indexer", "fp16", "bf16 or fp8"});
+  expect_bad_input("--synthetic tiny --ctx 256 --indexer fp16", {"--indexer", "fp16", "bf16, fp8 or fp8-hadamard"});
   expect_bad_input("--synthetic tiny --ctx 256 --indexer fp8", {"--indexer fp8", "--device cuda"});
+  expect_bad_input("--synthetic tiny --ctx 256 --indexer fp8-hadamard", {"--indexer fp8", "--device cuda"});
 }
 
 TEST(BenchCli, BadTrim) {

@@ -81,12 +81,24 @@ uint8_t e4m3_encode(float x) {
   return sign | static_cast<uint8_t>(c);
 }
 
-// The documented quantizer, in the same f32 operations as the device.
-void host_quantize_row(const uint16_t* in, uint8_t* out, float* scale) {
+// The documented quantizer, in the same f32 operations as the device; `rotate`: the Walsh-Hadamard
+// rotation first, butterfly by butterfly in the documented order (stride 1, 2, ..., 64; the sum
+// where bit b of the index is clear, x[i^b] - x[i] where it is set), then times 1/sqrt(128).
+void host_quantize_row(const uint16_t* in, uint8_t* out, float* scale, bool rotate = false) {
+  float x[kDim];
+  for (int i = 0; i < kDim; ++i) x[i] = from_bf16(in[i]);
+  if (rotate) {
+    for (int b = 1; b < kDim; b <<= 1) {
+      float y[kDim];
+      for (int i = 0; i < kDim; ++i) y[i] = (i & b) ? x[i ^ b] - x[i] : x[i] + x[i ^ b];
+      std::memcpy(x, y, sizeof x);
+    }
+    for (float& v : x) v *= 0.088388347648318440550f;
+  }
   float amax = 0.0f;
-  for (int i = 0; i < kDim; ++i) amax = std::max(amax, std::fabs(from_bf16(in[i])));
+  for (int i = 0; i < kDim; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float inv = amax > 0.0f ? std::min(448.0f / amax, FLT_MAX) : 0.0f;
-  for (int i = 0; i < kDim; ++i) out[i] = e4m3_encode(from_bf16(in[i]) * inv);
+  for (int i = 0; i < kDim; ++i) out[i] = e4m3_encode(x[i] * inv);
   *scale = amax / 448.0f;
 }
 
@@ -105,17 +117,17 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 
 // ---------------------------------------------------------------- quantizer
 
-void check_quantizer(const std::vector<uint16_t>& in, int64_t rows, const std::string& label) {
+void check_quantizer(const std::vector<uint16_t>& in, int64_t rows, const std::string& label, bool rotate = false) {
   std::vector<uint8_t> ref(static_cast<size_t>(rows) * kDim);
   std::vector<float> ref_scale(rows);
   for (int64_t r = 0; r < rows; ++r)
-    host_quantize_row(in.data() + r * kDim, ref.data() + r * kDim, &ref_scale[r]);
+    host_quantize_row(in.data() + r * kDim, ref.data() + r * kDim, &ref_scale[r], rotate);
 
   DeviceBuffer din = DeviceBuffer::from(in);
   DeviceBuffer dout(ref.size()), dscale(rows * sizeof(float));
   dout.fill_bytes(0x7F);  // the e4m3 NaN code
   dscale.fill_bytes(0xFF);
-  cuda::quantize_rows_fp8(din.data(), dout.data(), dscale.as<float>(), rows);
+  cuda::quantize_rows_fp8(din.data(), dout.data(), dscale.as<float>(), rows, nullptr, rotate);
   cuda::device_synchronize();
   const std::vector<uint8_t> got = dout.to_vector<uint8_t>(ref.size());
   const std::vector<float> got_scale = dscale.to_vector<float>(rows);
@@ -171,7 +183,49 @@ TEST(CudaIndexerFp8, QuantizeRows) {
       for (int i = 0; i < kDim; ++i) in[5 * kDim + i] = to_bf16(special[i % 16]);
     }
     check_quantizer(in, rows, "quantize_rows_fp8 rows=" + std::to_string(rows));
+    check_quantizer(in, rows, "quantize_rows_fp8 (Hadamard) rows=" + std::to_string(rows), true);
   }
+}
+
+void dequantize(const std::vector<uint8_t>& b, const std::vector<float>& s, std::vector<float>* out);
+
+// The rotation is orthonormal: dequantized rotated rows keep the dot products of the originals up
+// to the e4m3 rounding, and a row with one outlier loses far less to rounding once rotated.
+TEST(CudaIndexerFp8, HadamardKeepsDotProducts) {
+  REQUIRE_GPU();
+  std::mt19937 rng(4002);
+  const int64_t rows = 64;
+  std::vector<uint16_t> in = random_bf16_rows(rows, rng);
+  for (int64_t r = 0; r < rows; r += 2) in[static_cast<size_t>(r) * kDim + (r % kDim)] = to_bf16(300.0f);  // outliers
+  DeviceBuffer din = DeviceBuffer::from(in);
+  auto quantized = [&](bool rotate) {
+    DeviceBuffer dout(static_cast<size_t>(rows) * kDim), dscale(rows * sizeof(float));
+    cuda::quantize_rows_fp8(din.data(), dout.data(), dscale.as<float>(), rows, nullptr, rotate);
+    cuda::device_synchronize();
+    std::vector<float> deq;
+    dequantize(dout.to_vector<uint8_t>(static_cast<size_t>(rows) * kDim), dscale.to_vector<float>(rows), &deq);
+    return deq;
+  };
+  const std::vector<float> plain = quantized(false), rot = quantized(true);
+  double err_plain = 0, err_rot = 0, norm = 0;
+  for (int64_t a = 0; a < rows; ++a)
+    for (int64_t b = 0; b < rows; ++b) {
+      double exact = 0, p = 0, q = 0;
+      for (int i = 0; i < kDim; ++i) {
+        exact += double(from_bf16(in[a * kDim + i])) * from_bf16(in[b * kDim + i]);
+        p += double(plain[a * kDim + i]) * plain[b * kDim + i];
+        q += double(rot[a * kDim + i]) * rot[b * kDim + i];
+      }
+      err_plain += (p - exact) * (p - exact);
+      err_rot += (q - exact) * (q - exact);
+      norm += exact * exact;
+    }
+  err_plain = std::sqrt(err_plain / norm);
+  err_rot = std::sqrt(err_rot / norm);
+  std::printf("[cuda-ops] e4m3 dot products of rows with outliers: rel L2 error %.3g plain, %.3g Hadamard-rotated\n",
+              err_plain, err_rot);
+  EXPECT_TRUE(err_rot < 0.05) << "rotated rows lost their dot products: rel L2 " << err_rot;
+  EXPECT_TRUE(err_rot < err_plain) << "the rotation did not help rows with outliers";
 }
 
 // ---------------------------------------------------------------- scores

@@ -614,37 +614,41 @@ TEST(CudaRunner, ModelFp8IndexerTracksBf16) {
   model.prefill_ids(ids, plan, o, &dbf);
   gpu::RunOptions f = o;
   f.indexer_fp8 = true;
-  gpu::PrefillDebug d8;
-  d8.rows = rows;
-  model.prefill_ids(ids, plan, f, &d8);
-  const std::vector<float> fp8_logits = model.last_logits();
-  ASSERT_TRUE(all_finite(fp8_logits)) << "NaN/inf in fp8-indexer logits";
-  ASSERT_TRUE(dbf.index_scores.size() == d8.index_scores.size());
-  ASSERT_TRUE(!d8.index_scores.empty() && !d8.index_scores[0].empty()) << "layer 0 scores not captured";
-  double worst = 0, mean_rel = 0;
-  size_t n = 0;
-  bool any_diff = false;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const int r = rows[i];
-    const float* a = dbf.index_scores[0].data() + i * ids.size();
-    const float* b = d8.index_scores[0].data() + i * ids.size();
-    double amax = 0;
-    for (int k = 0; k <= r; ++k) amax = std::max(amax, double(std::fabs(a[k])));
-    for (int k = 0; k <= r; ++k) {
-      ASSERT_TRUE(std::isfinite(b[k])) << "row " << r << " key " << k << ": " << b[k];
-      const double e = std::fabs(double(b[k]) - a[k]) / std::max(amax, 1e-30);
-      worst = std::max(worst, e);
-      mean_rel += e;
-      ++n;
-      any_diff = any_diff || b[k] != a[k];
+  for (bool hadamard : {true, false}) {  // plain e4m3 last: the decode checks below use it
+    f.indexer_hadamard = hadamard;
+    gpu::PrefillDebug d8;
+    d8.rows = rows;
+    model.prefill_ids(ids, plan, f, &d8);
+    const std::vector<float> fp8_logits = model.last_logits();
+    ASSERT_TRUE(all_finite(fp8_logits)) << "NaN/inf in fp8-indexer logits";
+    ASSERT_TRUE(dbf.index_scores.size() == d8.index_scores.size());
+    ASSERT_TRUE(!d8.index_scores.empty() && !d8.index_scores[0].empty()) << "layer 0 scores not captured";
+    double worst = 0, mean_rel = 0;
+    size_t n = 0;
+    bool any_diff = false;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int r = rows[i];
+      const float* a = dbf.index_scores[0].data() + i * ids.size();
+      const float* b = d8.index_scores[0].data() + i * ids.size();
+      double amax = 0;
+      for (int k = 0; k <= r; ++k) amax = std::max(amax, double(std::fabs(a[k])));
+      for (int k = 0; k <= r; ++k) {
+        ASSERT_TRUE(std::isfinite(b[k])) << "row " << r << " key " << k << ": " << b[k];
+        const double e = std::fabs(double(b[k]) - a[k]) / std::max(amax, 1e-30);
+        worst = std::max(worst, e);
+        mean_rel += e;
+        ++n;
+        any_diff = any_diff || b[k] != a[k];
+      }
+      for (size_t k = r + 1; k < ids.size(); ++k) EXPECT_TRUE(std::isinf(b[k]) && b[k] < 0) << "future key not -inf";
     }
-    for (size_t k = r + 1; k < ids.size(); ++k) EXPECT_TRUE(std::isinf(b[k]) && b[k] < 0) << "future key not -inf";
+    mean_rel /= double(n);
+    std::printf("[cuda-ops] model FSFS layer-0 index scores, fp8%s vs bf16 indexer: worst %.3g, mean %.3g of the row "
+                "max\n", hadamard ? " (Hadamard)" : "", worst, mean_rel);
+    EXPECT_TRUE(any_diff) << "fp8 scores equal the bf16 ones bit for bit: the option was ignored";
+    EXPECT_TRUE(worst < 0.1 && mean_rel < 0.02) << "fp8 scores too far from bf16: worst " << worst << ", mean " << mean_rel
+                                                 << " (Hadamard " << hadamard << ")";
   }
-  mean_rel /= double(n);
-  std::printf("[cuda-ops] model FSFS layer-0 index scores, fp8 vs bf16 indexer: worst %.3g, mean %.3g of the row max\n",
-              worst, mean_rel);
-  EXPECT_TRUE(any_diff) << "fp8 scores equal the bf16 ones bit for bit: the option was ignored";
-  EXPECT_TRUE(worst < 0.1 && mean_rel < 0.02) << "fp8 scores too far from bf16: worst " << worst << ", mean " << mean_rel;
 
   std::vector<float> graph_logits;
   for (bool graphs : {true, false}) {
@@ -678,6 +682,15 @@ TEST(CudaRunner, ModelFp8IndexerNeedsTensorCoreShapes) {
     msg = e.what();
   }
   EXPECT_TRUE(msg.find("indexer_fp8") != std::string::npos) << "fp8 indexer on a 64-dim indexer: '" << msg << "'";
+  gpu::RunOptions h;
+  h.indexer_hadamard = true;  // without indexer_fp8
+  msg.clear();
+  try {
+    model.prefill(100, IndexPlan::full(s.num_layers), h);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_TRUE(msg.find("indexer_hadamard") != std::string::npos) << "Hadamard without fp8 accepted: '" << msg << "'";
 }
 
 TEST(CudaRunner, ModelRejectsBadRequests) {

@@ -85,6 +85,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   ro.decode_steps = setup.decode_steps;
   ro.cuda_graphs = o.cuda_graphs;
   ro.indexer_fp8 = o.indexer_fp8;
+  ro.indexer_hadamard = o.indexer_hadamard;
   ro.instrument = true;
 
   // Warm-up (cuBLASLt heuristics, module loading, graph capture paths): a short prefill and decode.

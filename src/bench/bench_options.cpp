@@ -74,7 +74,7 @@ std::string bench_usage() {
   for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
   return "usage: indexcache bench [--device cpu|cuda] [--synthetic PRESET] [--layers N] [--experts E]\n"
          "                        [--ctx LIST] [--plan LIST] [--mode prefill,decode] [--decode-steps N]\n"
-         "                        [--chunk N] [--repeat N] [--no-graphs] [--indexer bf16|fp8] [--seed S]\n"
+         "                        [--chunk N] [--repeat N] [--no-graphs] [--indexer KIND] [--seed S]\n"
          "                        [--json]"
          "                        [--json-out FILE] [--quiet]\n"
          "Times prefill and single-request decode of a model with random weights and the real shapes of\n"
@@ -91,8 +91,9 @@ std::string bench_usage() {
          "  --chunk N             prefill chunk in tokens (default cpu 2048, cuda 8192)\n"
          "  --repeat N            timed runs per cell, median reported (default 1)\n"
          "  --no-graphs           cuda: decode without CUDA graphs\n"
-         "  --indexer bf16|fp8    cuda: the lightning indexer in bf16 (default) or e4m3 with per-row\n"
-         "                        scales (DeepSeek-V3.2 style; selections may differ near ties)\n"
+         "  --indexer KIND        cuda: the lightning indexer in bf16 (default), fp8 (e4m3 with per-row\n"
+         "                        scales, DeepSeek-V3.2 style; selections may differ near ties) or\n"
+         "                        fp8-hadamard (e4m3 after a Walsh-Hadamard rotation of q and k)\n"
          "  --seed S              seed of the random weights and token ids (default 1)\n"
          "  --json                print JSON instead of the markdown table\n"
          "  --json-out FILE       also write the JSON report to FILE\n"
@@ -184,12 +185,12 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       o.seed = v;
     } else if (flag == "--indexer") {
       const std::string v = trim(value);
-      if (v == "bf16")
-        o.indexer_fp8 = false;
-      else if (v == "fp8")
-        o.indexer_fp8 = true;
-      else
-        throw_bad_input("--indexer " + quote_for_message(value), "expected bf16 or fp8");
+      if (v == "bf16" || v == "fp8" || v == "fp8-hadamard") {
+        o.indexer_fp8 = v != "bf16";
+        o.indexer_hadamard = v == "fp8-hadamard";
+      } else {
+        throw_bad_input("--indexer " + quote_for_message(value), "expected bf16, fp8 or fp8-hadamard");
+      }
     } else if (flag == "--json-out") {
       if (value.empty()) throw_bad_input("--json-out", "needs a file name");
       o.json_out = value;
@@ -247,6 +248,7 @@ BenchReport report_skeleton(const BenchSetup& setup) {
   r.seed = o.seed;
   r.cuda_graphs = o.cuda_graphs;
   r.indexer_fp8 = o.indexer_fp8;
+  r.indexer_hadamard = o.indexer_hadamard;
   return r;
 }
 

@@ -221,7 +221,10 @@ std::string format_markdown(const BenchReport& r) {
   o += "- run: chunk " + std::to_string(r.chunk) + ", decode steps " + std::to_string(r.decode_steps) +
        ", repeats " + std::to_string(r.repeat) + " (median)" +
        (m.device == "cuda" ? std::string(", CUDA graphs ") + (r.cuda_graphs ? "on" : "off") +
-                                 ", indexer " + (r.indexer_fp8 ? "e4m3 (% peak of 2x the bf16 peak)" : "bf16")
+                                 ", indexer " +
+                                 (r.indexer_fp8 ? std::string(r.indexer_hadamard ? "e4m3 after a Hadamard rotation" : "e4m3") +
+                                                      " (% peak of 2x the bf16 peak)"
+                                                : std::string("bf16"))
                            : std::string()) +
        ", seed " + std::to_string(r.seed) + "\n";
   o += "- commit " + r.commit + ", " + r.date + ", command `indexcache bench " + r.command + "`\n\n";
@@ -286,7 +289,7 @@ std::string format_json(const BenchReport& r) {
        json_num(m.fp8_peak_tflops) + "},\n";
   o += "  \"run\": {\"chunk\": " + json_int(r.chunk) + ", \"decode_steps\": " + json_int(r.decode_steps) +
        ", \"repeat\": " + json_int(r.repeat) + ", \"cuda_graphs\": " + (r.cuda_graphs ? "true" : "false") +
-       ", \"indexer\": " + (r.indexer_fp8 ? "\"fp8\"" : "\"bf16\"") +
+       ", \"indexer\": " + (r.indexer_fp8 ? (r.indexer_hadamard ? "\"fp8-hadamard\"" : "\"fp8\"") : "\"bf16\"") +
        ", \"seed\": " + std::to_string(r.seed) + "},\n";
   o += "  \"rows\": [";
   for (size_t i = 0; i < r.rows.size(); ++i) {

@@ -70,6 +70,7 @@ struct BenchReport {
   int decode_steps = 0, repeat = 1;
   uint64_t seed = 0;
   bool cuda_graphs = false;
+  bool indexer_hadamard = false;  // with indexer_fp8: q and k Walsh-Hadamard-rotated before quantizing
   bool indexer_fp8 = false;  // e4m3 indexer: its % of peak is then of the fp8 peak (2x bf16 on Hopper)
   std::vector<BenchRow> rows;
 };

@@ -213,6 +213,7 @@ struct SyntheticGpuModel::Impl {
   std::vector<DeviceBuffer> index_cache;   // per layer [max_ctx, Di] bf16, F layers of the current plan only
   // RunOptions::indexer_fp8: the F layers' keys also as e4m3 rows [max_ctx, Di] and their scales.
   bool fp8_indexer = false;
+  bool fp8_rotate = false;  // RunOptions::indexer_hadamard
   std::vector<DeviceBuffer> index_cache8, index_kscale;
   DeviceBuffer rope_cos, rope_sin;         // [max_ctx, rd/2] f32
   DeviceBuffer work_buf;
@@ -406,7 +407,10 @@ struct SyntheticGpuModel::Impl {
       throw_bad_input("indexer_fp8", "needs the tensor-core indexer (index_head_dim 128, index_n_heads a multiple "
                                      "of 8 up to 128); this model has " + std::to_string(Hi) + " heads of " +
                                      std::to_string(Di));
+    if (opt.indexer_hadamard && !opt.indexer_fp8)
+      throw_bad_input("indexer_hadamard", "the Hadamard rotation is part of the fp8 indexer: set indexer_fp8 too");
     fp8_indexer = opt.indexer_fp8;
+    fp8_rotate = opt.indexer_hadamard;
   }
 
   // ---- the forward pass
@@ -647,8 +651,8 @@ struct SyntheticGpuModel::Impl {
       auto sc = t.scope(kIndexer);  // quantization included: it is part of the fp8 indexer's cost
       // The chunk's new keys: the cache rows at its positions (read on the device: decode graphs).
       cuda::quantize_rows_fp8_at(index_cache[l].data(), index_cache8[l].data(), index_kscale[l].as<float>(), w.pos,
-                                 n, sv());
-      cuda::quantize_rows_fp8(w.idx_q, w.idx_q8, w.idx_qs, int64_t(n) * Hi, sv());
+                                 n, sv(), fp8_rotate);
+      cuda::quantize_rows_fp8(w.idx_q, w.idx_q8, w.idx_qs, int64_t(n) * Hi, sv(), fp8_rotate);
       cuda::IndexerFp8Params p;
       p.q = w.idx_q8;
       p.q_scale = w.idx_qs;

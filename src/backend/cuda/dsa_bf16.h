@@ -141,12 +141,16 @@ void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
 // out[r, i] = e4m3_rn_satfinite(in[r, i] * inv_r) with inv_r = min(448 / amax_r, FLT_MAX)
 // (f32 ops, IEEE rounding; inv_r = 0 for an all-zero row, whose scale is 0). Inputs finite.
 // in_bf16: [rows][128] (8-byte aligned); out_e4m3: [rows][128] bytes (4-byte aligned); out_scale: [rows].
+// rotate: quantize H x instead of x, H the orthonormal 128 x 128 Walsh-Hadamard matrix (f32
+// butterflies, then 1 / sqrt(128)), as DeepSeek-V3.2's indexer does before FP8: H is orthogonal, so
+// (H q) . (H k) = q . k, while the rotation spreads outlier dimensions over the whole row and so
+// lowers the e4m3 rounding error of rows with a few large entries. Rotate q and k alike.
 void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows,
-                       void* stream = nullptr);
+                       void* stream = nullptr, bool rotate = false);
 // The same for scattered rows: the i-th of `rows` rows is row rows_at[i] (device int32 array) of
 // both the input and the outputs, e.g. the cache rows a chunk or decode step just wrote (positions
 // read on the device, so a captured decode step quantizes the right row on every replay).
 void quantize_rows_fp8_at(const void* in_bf16, void* out_e4m3, float* out_scale, const int32_t* rows_at,
-                          int64_t rows, void* stream = nullptr);
+                          int64_t rows, void* stream = nullptr, bool rotate = false);
 
 }  // namespace indexcache::cuda

@@ -320,7 +320,11 @@ indexer_fp8_kernel(const char* __restrict__ qg, const float* __restrict__ q_scal
 }
 
 // One warp per 128-element row: lane l converts elements 4l..4l+3. With rows_at, the i-th row
-// processed is row rows_at[i] of both input and output.
+// processed is row rows_at[i] of both input and output. kRotate: the row is first multiplied by the
+// orthonormal 128 x 128 Walsh-Hadamard matrix (butterflies over element-index bits 0..6: bits 0, 1
+// inside the thread, bits 2..6 across lanes; x[i] <- x[i] + x[i^b] where bit b of i is clear,
+// x[i^b] - x[i] where it is set; then times 1/sqrt(128)), all in f32.
+template <bool kRotate>
 __global__ void __launch_bounds__(256) quantize_rows_fp8_kernel(const uint2* __restrict__ in,
                                                                  uint32_t* __restrict__ out,
                                                                  float* __restrict__ out_scale, int64_t rows,
@@ -335,6 +339,24 @@ __global__ void __launch_bounds__(256) quantize_rows_fp8_kernel(const uint2* __r
   f[1] = __uint_as_float(v.x & 0xFFFF0000u);
   f[2] = __uint_as_float(v.y << 16);
   f[3] = __uint_as_float(v.y & 0xFFFF0000u);
+  if constexpr (kRotate) {
+    const float a0 = f[0] + f[1], a1 = f[0] - f[1], a2 = f[2] + f[3], a3 = f[2] - f[3];
+    f[0] = a0 + a2;
+    f[2] = a0 - a2;
+    f[1] = a1 + a3;
+    f[3] = a1 - a3;
+#pragma unroll
+    for (int b = 1; b < 32; b <<= 1) {
+      const bool upper = lane & b;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float u = __shfl_xor_sync(0xFFFFFFFFu, f[i], b);
+        f[i] = upper ? __fsub_rn(u, f[i]) : __fadd_rn(f[i], u);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f[i] = __fmul_rn(f[i], 0.088388347648318440550f);  // 1/sqrt(128)
+  }
   float amax = fmaxf(fmaxf(fabsf(f[0]), fabsf(f[1])), fmaxf(fabsf(f[2]), fabsf(f[3])));
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
@@ -418,7 +440,7 @@ void indexer_scores_fp8(const IndexerFp8Params& p, void* stream) {
 
 namespace {
 void quantize_launch(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, const int32_t* rows_at,
-                     void* stream, const char* what) {
+                     bool rotate, void* stream, const char* what) {
   if (rows < 0) throw_runtime(what, "rows must be >= 0 (got " + std::to_string(rows) + ")");
   if (rows == 0) return;
   if (!in_bf16 || !out_e4m3 || !out_scale) throw_runtime(what, "null pointer argument");
@@ -427,20 +449,22 @@ void quantize_launch(const void* in_bf16, void* out_e4m3, float* out_scale, int6
   constexpr int kRowsPerBlock = 8;
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > 0x7FFFFFFF) throw_runtime(what, "too many rows (" + std::to_string(rows) + ")");
-  quantize_rows_fp8_kernel<<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(
+  const auto kernel = rotate ? quantize_rows_fp8_kernel<true> : quantize_rows_fp8_kernel<false>;
+  kernel<<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const uint2*>(in_bf16), static_cast<uint32_t*>(out_e4m3), out_scale, rows, rows_at);
   IC_CUDA_CHECK_LAUNCH("quantize_rows_fp8 launch");
 }
 }  // namespace
 
-void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, void* stream) {
-  quantize_launch(in_bf16, out_e4m3, out_scale, rows, nullptr, stream, "cuda quantize_rows_fp8");
+void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows, void* stream,
+                       bool rotate) {
+  quantize_launch(in_bf16, out_e4m3, out_scale, rows, nullptr, rotate, stream, "cuda quantize_rows_fp8");
 }
 
 void quantize_rows_fp8_at(const void* in_bf16, void* out_e4m3, float* out_scale, const int32_t* rows_at,
-                          int64_t rows, void* stream) {
+                          int64_t rows, void* stream, bool rotate) {
   if (!rows_at && rows > 0) throw_runtime("cuda quantize_rows_fp8_at", "null rows_at");
-  quantize_launch(in_bf16, out_e4m3, out_scale, rows, rows_at, stream, "cuda quantize_rows_fp8_at");
+  quantize_launch(in_bf16, out_e4m3, out_scale, rows, rows_at, rotate, stream, "cuda quantize_rows_fp8_at");
 }
 
 }  // namespace indexcache::cuda
