@@ -190,7 +190,10 @@ TEST(CudaIndexerFp8, QuantizeRows) {
 void dequantize(const std::vector<uint8_t>& b, const std::vector<float>& s, std::vector<float>* out);
 
 // The rotation is orthonormal: dequantized rotated rows keep the dot products of the originals up
-// to the e4m3 rounding, and a row with one outlier loses far less to rounding once rotated.
+// to the e4m3 rounding (a wrong butterfly or scale would not). Whether it lowers that rounding error
+// depends on the data: e4m3's exponent already serves rows with one large entry well (the H200 run
+// of this test: 0.003 plain, 0.021 rotated, the outlier spread over every element), so both figures
+// are only reported.
 TEST(CudaIndexerFp8, HadamardKeepsDotProducts) {
   REQUIRE_GPU();
   std::mt19937 rng(4002);
@@ -225,7 +228,7 @@ TEST(CudaIndexerFp8, HadamardKeepsDotProducts) {
   std::printf("[cuda-ops] e4m3 dot products of rows with outliers: rel L2 error %.3g plain, %.3g Hadamard-rotated\n",
               err_plain, err_rot);
   EXPECT_TRUE(err_rot < 0.05) << "rotated rows lost their dot products: rel L2 " << err_rot;
-  EXPECT_TRUE(err_rot < err_plain) << "the rotation did not help rows with outliers";
+  EXPECT_TRUE(err_plain < 0.05) << "plain e4m3 rows lost their dot products: rel L2 " << err_plain;
 }
 
 // ---------------------------------------------------------------- scores
@@ -300,7 +303,7 @@ void run_case(int tokens, int keys, int heads, int pos_mode, int pad, std::mt199
   DeviceFp8 dev(in);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
   dsc.fill_bytes(0xFF);
-  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma e4m3 (16, 32, 64, 128 heads), 3 = 3 warpgroups (32).
+  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma e4m3 (16, 32, 64, 128 heads), 3 = 2 warpgroups (32).
   for (int variant : {0, 1, 2, 3}) {
     if (variant == 2 && !(heads == 16 || heads == 32 || heads == 64 || heads == 128)) continue;
     if (variant == 3 && heads != 32) continue;
@@ -456,7 +459,7 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     cuda::indexer_scores_fp8(p);
     cuda::device_synchronize();
     const double ms_3wg = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
-    {  // the 3-warpgroup kernel's rows, checked before the default kernel overwrites them
+    {  // the 2-warpgroup kernel's rows, checked before the default kernel overwrites them
       Fp8Inputs view;
       view.tokens = tokens;
       view.heads = heads;
@@ -470,7 +473,7 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
       compute_indexer_bounds(&view, {tokens / 3});
       FloatCheck fc("t", "s");
       check_rows(view, tokens / 3, 1, keys, download_range(dsc, static_cast<size_t>(tokens / 3) * keys, keys), &fc);
-      EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 3-warpgroup real shape S=" << keys << ": " << fc.summary();
+      EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 2-warpgroup real shape S=" << keys << ": " << fc.summary();
     }
     p.variant = 0;
     dsc.fill_bytes(0xFF);
@@ -494,7 +497,7 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     pb.scale = in.scale;
     const double ms_b = cuda::median_ms([&] { cuda::indexer_scores_bf16(pb); });
     std::printf("[cuda-ops] indexer_fp8 wgmma T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
-                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); 3 warpgroups %.3f ms; mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
+                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); 2 warpgroups %.3f ms; mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
                 "same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
                 tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / fp8_peak, fp8_peak,
                 ms_3wg, ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);

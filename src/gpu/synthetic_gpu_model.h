@@ -50,8 +50,8 @@ struct RunOptions {
   // (index_head_dim 128); a decode_id step uses the setting of the latest prefill_ids.
   bool indexer_fp8 = false;
   // With indexer_fp8: rotate queries and keys by the 128 x 128 Walsh-Hadamard matrix before
-  // quantizing (quantize_rows_fp8's `rotate`; dot products unchanged, less e4m3 error on rows with
-  // outliers). An error without indexer_fp8.
+  // quantizing (quantize_rows_fp8's `rotate`; dot products unchanged up to rounding), as
+  // DeepSeek-V3.2 does. An error without indexer_fp8.
   bool indexer_hadamard = false;
 };
 

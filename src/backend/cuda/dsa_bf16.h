@@ -33,8 +33,8 @@ struct IndexerBf16Params {
   float scale = 1.0f;
   // Kernel, for A/B measurement (same results up to f32 summation order): 0 = default, the wgmma
   // (sm_90a) kernel for 16, 32, 64 or 128 heads and >= 64 tokens, else the mma.sync kernel;
-  // 1 = mma.sync; 2 = wgmma (an error for other head counts); 3 = wgmma with three warpgroups per
-  // block instead of two (32 heads only; measurement).
+  // 1 = mma.sync; 2 = wgmma (an error for other head counts); 3 = wgmma with two warpgroups per
+  // block instead of three (32 heads only; measurement).
   int variant = 0;
 };
 void indexer_scores_bf16(const IndexerBf16Params& p, void* stream = nullptr);
@@ -132,7 +132,7 @@ struct IndexerFp8Params {
   float scale = 1.0f;
   // Kernel: 0 = default (wgmma e4m3 for 16, 32, 64 or 128 heads and >= 64 tokens, else the
   // mma.sync kernel); 1 = the mma.sync kernel (f16 MMAs on converted operands); 2 = wgmma (an error
-  // for other head counts); 3 = wgmma with three warpgroups per block (32 heads only; measurement).
+  // for other head counts); 3 = wgmma with two warpgroups per block (32 heads only; measurement).
   int variant = 0;
 };
 void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
@@ -143,8 +143,9 @@ void indexer_scores_fp8(const IndexerFp8Params& p, void* stream = nullptr);
 // in_bf16: [rows][128] (8-byte aligned); out_e4m3: [rows][128] bytes (4-byte aligned); out_scale: [rows].
 // rotate: quantize H x instead of x, H the orthonormal 128 x 128 Walsh-Hadamard matrix (f32
 // butterflies, then 1 / sqrt(128)), as DeepSeek-V3.2's indexer does before FP8: H is orthogonal, so
-// (H q) . (H k) = q . k, while the rotation spreads outlier dimensions over the whole row and so
-// lowers the e4m3 rounding error of rows with a few large entries. Rotate q and k alike.
+// (H q) . (H k) = q . k up to rounding; the rotation spreads large dimensions over the whole row
+// (whether that lowers the e4m3 error depends on the data; see tests/test_cuda_indexer_fp8.cpp).
+// Rotate q and k alike.
 void quantize_rows_fp8(const void* in_bf16, void* out_e4m3, float* out_scale, int64_t rows,
                        void* stream = nullptr, bool rotate = false);
 // The same for scattered rows: the i-th of `rows` rows is row rows_at[i] (device int32 array) of
