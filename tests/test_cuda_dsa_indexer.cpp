@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -110,9 +111,10 @@ void run_indexer_case(int tokens, int keys, int heads, int pos_mode, int pad, st
   const int64_t stride = keys + pad;
   DeviceIndexer dev(in);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * stride * sizeof(float));
-  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma (16, 32, 64, 128 heads).
-  for (int variant : {0, 1, 2}) {
+  // Every kernel: 0 = default, 1 = mma.sync, 2 = wgmma (16, 32, 64, 128 heads), 3 = wgmma 2 warpgroups (32).
+  for (int variant : {0, 1, 2, 3}) {
     if (variant == 2 && !(heads == 16 || heads == 32 || heads == 64 || heads == 128)) continue;
+    if (variant == 3 && heads != 32) continue;
     dsc.fill_bytes(0xFF);
     cuda::IndexerBf16Params p = dev.params(in, dsc.as<float>(), stride);
     p.variant = variant;
@@ -176,7 +178,8 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
   EXPECT_TRUE(throws(12, 128));
   EXPECT_TRUE(throws(136, 128));
   EXPECT_TRUE(throws(32, 64));
-  EXPECT_TRUE(throws(32, 128, 3));   // no such kernel variant
+  EXPECT_TRUE(throws(32, 128, 4));   // no such kernel variant
+  EXPECT_TRUE(throws(64, 128, 3));   // the 2-warpgroup kernel is built for 32 heads only
   EXPECT_TRUE(throws(32, 128, -1));
   EXPECT_TRUE(throws(24, 128, 2));   // wgmma forced on a head count it does not serve
   auto topk_throws = [](int k) {
@@ -236,12 +239,32 @@ enum class Kind {
   kMostlyInf,  // 1000 finite values, the rest -inf: ties at -inf
   kRamp,       // increasing with the index: every survivor sits in the last blocks of the row
   kRampTies,   // increasing in steps of 100 equal values: skewed and tied
+  // Rows aimed at the sampled single pass of long rows (valid >= 32768; see topk_radix.cu):
+  kGauss,       // N(0.3, 0.8): like indexer scores, the threshold bin fits the buffer
+  kAllEqual,    // every score 0.5: ties everywhere (ordered heavy-tie fallback)
+  kNanMix,      // U(-1, 1) with 40 % NaN (NaN ranks below -inf)
+  kMostlyNan,   // NaN, 700 scores 1.0 and 500 -inf: ties at 1.0, then at -inf, then NaN
+  kAllNegInf,   // every score -inf
+  kHotWindows,  // U(-1, 0) with 1..4 windows (100..20000 wide) of U(a, a + 1), a in {0, 0.5, 2}
+  kExactK,      // U(-1, 0), 500 scores in [4, 4.5), 1548 in [1, 1.1): k = 2048 takes the whole bin
+  kSampleDecoy, // U(-1, 0); U(1, 2) exactly on the first 100 sampled runs: the sample overestimates
+  kSampleMiss,  // U(-1, 0); 12000 scores in [1, 2) between the sampled runs: the buffer overflows
 };
+
+// The sampled runs of a row of n >= 32768 valid scores in topk_radix.cu: 256 runs of 32 consecutive
+// elements starting at c * ((n - 32) / 255). Only the kSampleDecoy / kSampleMiss rows use this, to
+// steer the kernel into its fallbacks; a change of the sample keeps the tests valid (they then just
+// exercise other paths).
+bool in_sampled_run(int64_t s, int64_t n) {
+  const int64_t step = (n - 32) / 255;
+  return step >= 32 && s < 256 * step && s % step < 32;
+}
 
 std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt19937& rng) {
   std::vector<float> v(static_cast<size_t>(rows) * stride);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f), u01(0.0f, 1.0f);
   std::uniform_int_distribution<int> l4(0, 3), l64(0, 63);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (int t = 0; t < rows; ++t) {
     std::vector<int64_t> finite_slots;
     for (int64_t s = 0; s < stride; ++s) {
@@ -256,18 +279,92 @@ std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt
         case Kind::kMostlyInf: x = -kInf; break;
         case Kind::kRamp: x = static_cast<float>(s) * 1e-6f; break;
         case Kind::kRampTies: x = static_cast<float>(s / 100); break;
+        case Kind::kGauss: x = 0.3f + 0.8f * gauss(rng); break;
+        case Kind::kAllEqual: x = 0.5f; break;
+        case Kind::kNanMix: x = u01(rng) < 0.4f ? std::nanf("") : u(rng); break;
+        case Kind::kMostlyNan: x = std::nanf(""); break;
+        case Kind::kAllNegInf: x = -kInf; break;
+        case Kind::kHotWindows:
+        case Kind::kExactK:
+        case Kind::kSampleMiss: x = -u01(rng); break;
+        case Kind::kSampleDecoy: x = in_sampled_run(s, stride) && s < 100 * ((stride - 32) / 255) ? 1.0f + u01(rng) : -u01(rng); break;
       }
       v[static_cast<size_t>(t) * stride + s] = x;
     }
-    if (kind == Kind::kMostlyInf) {
-      std::uniform_int_distribution<int64_t> any(0, stride - 1);
-      for (int i = 0; i < 1000; ++i) v[static_cast<size_t>(t) * stride + any(rng)] = u(rng);
+    float* r = v.data() + static_cast<size_t>(t) * stride;
+    std::uniform_int_distribution<int64_t> any(0, stride - 1);
+    if (kind == Kind::kMostlyInf)
+      for (int i = 0; i < 1000; ++i) r[any(rng)] = u(rng);
+    if (kind == Kind::kMostlyNan) {
+      for (int i = 0; i < 500; ++i) r[any(rng)] = -kInf;
+      for (int i = 0; i < 700; ++i) r[any(rng)] = 1.0f;
     }
+    if (kind == Kind::kHotWindows) {
+      const int windows = std::uniform_int_distribution<int>(1, 4)(rng);
+      for (int w = 0; w < windows; ++w) {
+        const int64_t width = std::min<int64_t>(stride, std::uniform_int_distribution<int64_t>(100, 20000)(rng));
+        const int64_t off = std::uniform_int_distribution<int64_t>(0, stride - width)(rng);
+        const float a = std::array<float, 3>{0.0f, 0.5f, 2.0f}[std::uniform_int_distribution<int>(0, 2)(rng)];
+        for (int64_t s = off; s < off + width; ++s) r[s] = a + u01(rng);
+      }
+    }
+    if (kind == Kind::kExactK) {  // distinct positions: a random permutation's first 2048
+      std::vector<int64_t> perm(stride);
+      for (int64_t s = 0; s < stride; ++s) perm[s] = s;
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int i = 0; i < 2048 && i < stride; ++i) r[perm[i]] = i < 500 ? 4.0f + 0.5f * u01(rng) : 1.0f + 0.1f * u01(rng);
+    }
+    if (kind == Kind::kSampleMiss)
+      for (int placed = 0; placed < 12000;) {
+        const int64_t s = any(rng);
+        if (in_sampled_run(s, stride) || r[s] >= 1.0f) continue;
+        r[s] = 1.0f + u01(rng);
+        ++placed;
+      }
   }
   return v;
 }
 
-// GPU topk_radix vs CPU topk on the same scores: per row, the sorted index lists must be equal.
+// The documented order of topk_radix's list for a row of n > k valid scores, given its selected set
+// in index order (from the CPU): the global refinement of topk_radix.cu (digits of 12, 10, 10 bits
+// until at most 8192 elements match the prefix, or all of the matching ones are needed, or 32 bits
+// are fixed) gives a prefix; the selected elements above it come first, then the selected ones that
+// match it, each in index order; one index-ordered list when all matching ones are selected or
+// more than 8192 share the full key (heavy-tie fallback).
+std::vector<int32_t> expected_topk_list(const float* row, int n, int k, const std::vector<int32_t>& selected) {
+  auto key = [&](int i) {
+    const float f = row[i];
+    if (f != f) return 0u;
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  };
+  uint32_t prefix = 0, mask = 0;
+  int fixed = 0, krem = k, cnt = n;
+  while (cnt > 8192 && cnt > krem && fixed < 32) {
+    const int d = fixed == 0 ? 12 : 10, shift = 32 - fixed - d, nb = 1 << d;
+    std::vector<int> hist(nb, 0);
+    for (int i = 0; i < n; ++i)
+      if ((key(i) & mask) == prefix) ++hist[(key(i) >> shift) & (nb - 1)];
+    int b = nb - 1, above = 0;
+    while (above + hist[b] < krem) above += hist[b--];
+    prefix |= static_cast<uint32_t>(b) << shift;
+    mask |= static_cast<uint32_t>(nb - 1) << shift;
+    krem -= above;
+    cnt = hist[b];
+    fixed += d;
+  }
+  if (cnt == krem || cnt > 8192) return selected;
+  std::vector<int32_t> list;
+  for (int32_t i : selected)
+    if ((key(i) & mask) > prefix) list.push_back(i);
+  for (int32_t i : selected)
+    if ((key(i) & mask) == prefix) list.push_back(i);
+  return list;
+}
+
+// GPU topk_radix vs CPU topk on the same scores: per row, the sorted index lists must be equal, and
+// the list itself must be the documented one (expected_topk_list).
 void check_topk_sets(const std::vector<float>& scores, int rows, int64_t stride, const std::vector<int32_t>& valid,
                      int k, const std::string& label) {
   std::vector<int32_t> ref(static_cast<size_t>(rows) * k);
@@ -327,21 +424,41 @@ void check_topk_sets(const std::vector<float>& scores, int rows, int64_t stride,
     g.scratch = nullptr;
     g.scratch_bytes = 0;
   }
-  int bad_rows = 0;
+  int bad_rows = 0, bad_order = 0;
   std::ostringstream first;
   for (int t = 0; t < rows; ++t) {
-    std::vector<int32_t> a(got.begin() + static_cast<size_t>(t) * k, got.begin() + static_cast<size_t>(t + 1) * k);
+    const std::vector<int32_t> list(got.begin() + static_cast<size_t>(t) * k,
+                                    got.begin() + static_cast<size_t>(t + 1) * k);
+    std::vector<int32_t> a = list;
     std::vector<int32_t> b(ref.begin() + static_cast<size_t>(t) * k, ref.begin() + static_cast<size_t>(t + 1) * k);
     std::sort(a.begin(), a.end());
     std::sort(b.begin(), b.end());
-    if (a != b && bad_rows++ < 3) {
+    if (a != b) {
+      if (bad_rows++ < 3) {
+        size_t i = 0;
+        while (i < a.size() && a[i] == b[i]) ++i;
+        first << "  row " << t << " (valid " << valid[t] << "): sorted sets differ first at " << i << ": got "
+              << a[i] << " want " << b[i] << "\n";
+      }
+      continue;
+    }
+    const int n = valid[t];
+    std::vector<int32_t> want;
+    if (n <= k) {
+      for (int i = 0; i < k; ++i) want.push_back(i < n ? i : -1);
+    } else {
+      want = expected_topk_list(scores.data() + static_cast<size_t>(t) * stride, n, k, b);
+    }
+    if (list != want && bad_order++ < 3) {
       size_t i = 0;
-      while (i < a.size() && a[i] == b[i]) ++i;
-      first << "  row " << t << " (valid " << valid[t] << "): sorted sets differ first at " << i << ": got "
-            << a[i] << " want " << b[i] << "\n";
+      while (i < list.size() && list[i] == want[i]) ++i;
+      first << "  row " << t << " (valid " << valid[t] << "): list order differs first at " << i << ": got "
+            << list[i] << " want " << want[i] << "\n";
     }
   }
   EXPECT_EQ(bad_rows, 0) << label << ": " << bad_rows << " rows with a different set\n" << first.str();
+  EXPECT_EQ(bad_order, 0) << label << ": " << bad_order << " rows whose list is not in the documented order\n"
+                          << first.str();
 }
 
 // Row validity patterns: all, all but one, random above k, exactly k, k + 1, 1, below k, 0.
@@ -472,6 +589,96 @@ TEST(CudaDsaIndexer, TopkLargeRows) {
   run_topk_case(3, 256 * 1024, 0, 1, Kind::kNarrow, rng);
 }
 
+// Long rows take the sampled single pass (valid >= 32768) with its fallbacks: the sample misleads
+// (kSampleDecoy: start over), the candidates overflow the buffer (kSampleMiss, kHotWindows: a second
+// pass collects), the threshold bin is too big (kAllEqual, kMostlyNan: more global passes, heavy-tie
+// fallback), the whole threshold bin is needed (kExactK). Rows are fully valid (the sampled runs
+// depend on valid) except in the make_valid cases. Each case also runs the multi-block path and
+// compares its lists.
+TEST(CudaDsaIndexer, TopkSampledPass) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2005);
+  const Kind kinds[] = {Kind::kGauss,      Kind::kUniform,    Kind::kAllEqual,  Kind::kNanMix,
+                        Kind::kMostlyNan,  Kind::kAllNegInf,  Kind::kHotWindows, Kind::kExactK,
+                        Kind::kSampleDecoy, Kind::kSampleMiss, Kind::kLevels64,  Kind::kRamp};
+  for (Kind kind : kinds) {
+    for (int k : {2048, 777, 1}) {
+      if (kind == Kind::kExactK && k != 2048) continue;
+      const int rows = 4, cols = 204800;
+      const std::vector<float> scores = make_topk_scores(rows, cols, kind, rng);
+      const std::vector<int32_t> valid(rows, cols);
+      check_topk_sets(scores, rows, cols, valid, k,
+                      "topk_radix sampled kind=" + std::to_string(static_cast<int>(kind)) + " k=" + std::to_string(k));
+    }
+  }
+  // Around the sampled pass's length threshold, and rows of many validity patterns.
+  for (int cols : {32767, 32768, 32769, 40000}) {
+    run_topk_case(8, cols, 0, 2048, Kind::kGauss, rng);
+    run_topk_case(8, cols, 1, 100, Kind::kHotWindows, rng);
+  }
+  run_topk_case(16, 100003, 3, 2048, Kind::kGauss, rng);
+  run_topk_case(16, 204800, 0, 2048, Kind::kHotWindows, rng);
+}
+
+// Prefill-shaped timing on uniform random rows: 4096 rows x 204800 scores, k = 2048. The rows are
+// windows at odd offsets of a 64 Mi-score random pool (no two rows alike, filled on the device).
+TEST(CudaDsaIndexer, TopkPrefillTimings) {
+  REQUIRE_GPU();
+  std::mt19937 rng(2006);
+  const int rows = 4096, cols = 204800, k = 2048;
+  const size_t pool_n = size_t{1} << 26;
+  const std::vector<float> pool = uniform(pool_n, rng);
+  DeviceBuffer dpool = DeviceBuffer::from(pool);
+  DeviceBuffer ds(static_cast<size_t>(rows) * cols * sizeof(float));
+  std::vector<size_t> offs(rows);
+  for (int t = 0; t < rows; ++t) {
+    offs[t] = (static_cast<size_t>(t) * 7919 * 1021 + 13 * static_cast<size_t>(t)) % (pool_n - cols);
+    ASSERT_TRUE(cudaMemcpy(ds.as<float>() + static_cast<size_t>(t) * cols, dpool.as<float>() + offs[t],
+                           cols * sizeof(float), cudaMemcpyDeviceToDevice) == cudaSuccess);
+  }
+  const std::vector<int32_t> valid(rows, cols);
+  DeviceBuffer dv = DeviceBuffer::from(valid);
+  DeviceBuffer di(static_cast<size_t>(rows) * k * sizeof(int32_t));
+  di.fill_bytes(0x7F);
+  cuda::TopkRadixParams p;
+  p.scores = ds.as<float>();
+  p.scores_stride = cols;
+  p.valid = dv.as<int32_t>();
+  p.indices = di.as<int32_t>();
+  p.tokens = rows;
+  p.k = k;
+  cuda::topk_radix(p);
+  cuda::device_synchronize();
+  const std::vector<int32_t> got = di.to_vector<int32_t>(static_cast<size_t>(rows) * k);
+  const double ms = cuda::median_ms([&] { cuda::topk_radix(p); });
+  const double gb = static_cast<double>(rows) * cols * sizeof(float) * 1e-9;
+  std::printf("[cuda-ops] topk_radix %d rows x %d (uniform random), k=%d: %.3f ms (%.0f GB/s of scores read once)\n",
+              rows, cols, k, ms, gb / (ms * 1e-3));
+  EXPECT_TRUE(di.to_vector<int32_t>(static_cast<size_t>(rows) * k) == got) << "topk_radix: timed runs changed the lists";
+  // Sampled rows: the set against the CPU and the documented order.
+  const std::vector<int32_t> one = {cols};
+  for (int t : {0, 1, rows / 2, rows - 1}) {
+    const std::vector<float> row(pool.begin() + static_cast<int64_t>(offs[t]),
+                                 pool.begin() + static_cast<int64_t>(offs[t]) + cols);
+    std::vector<int32_t> ref(k);
+    TopkParams c;
+    c.scores = row.data();
+    c.scores_stride = cols;
+    c.valid = one.data();
+    c.indices = ref.data();
+    c.tokens = 1;
+    c.k = k;
+    cpu::topk(c);
+    std::sort(ref.begin(), ref.end());
+    const std::vector<int32_t> list(got.begin() + static_cast<size_t>(t) * k, got.begin() + static_cast<size_t>(t + 1) * k);
+    std::vector<int32_t> sorted = list;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_TRUE(sorted == ref) << "topk_radix uniform row " << t << ": the set differs from the CPU's";
+    EXPECT_TRUE(list == expected_topk_list(row.data(), cols, k, ref)) << "topk_radix uniform row " << t
+                                                                     << ": the list is not in the documented order";
+  }
+}
+
 // ---------------------------------------------------------------- real shapes and timings
 
 TEST(CudaDsaIndexer, RealShapeTimings) {
@@ -511,7 +718,7 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     p.heads = heads;
     p.scale = in.scale;
     double ms = 0;
-    for (int variant : {1, 0}) {  // the default (wgmma) last: its scores are checked and kept
+    for (int variant : {1, 3, 0}) {  // the default (wgmma) last: its scores are checked and kept
       p.variant = variant;
       dsc.fill_bytes(0xFF);
       cuda::indexer_scores_bf16(p);
@@ -519,9 +726,10 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
       ms = cuda::median_ms([&] { cuda::indexer_scores_bf16(p); });
       const double tflop = 2.0 * heads * kDim * visible_pairs(pos, keys) * 1e-12;
       std::printf("[cuda-ops] indexer_bf16 %s T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s (%.1f %% of %.0f)\n",
-                  variant == 0 ? "wgmma" : "mma.sync", tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3),
+                  variant == 0 ? "wgmma" : variant == 3 ? "wgmma-2wg" : "mma.sync", tokens, keys, heads, kDim, ms,
+                  tflop / (ms * 1e-3),
                   100.0 * tflop / (ms * 1e-3) / cuda_test::bf16_peak_tflops(), cuda_test::bf16_peak_tflops());
-      if (variant == 1) {  // check the mma.sync kernel's rows too before they are overwritten
+      if (variant != 0) {  // check the other kernels' rows too before they are overwritten
         IndexerInputs view = in;
         view.keys = keys;
         view.pos = pos;
@@ -529,7 +737,7 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
         FloatCheck fc("t", "s");
         check_indexer_rows(view, tokens / 3, 1, keys, download_range(dsc, static_cast<size_t>(tokens / 3) * keys, keys),
                            &fc);
-        EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 mma.sync real shape S=" << keys << ": " << fc.summary();
+        EXPECT_TRUE(fc.bad == 0) << "indexer_bf16 variant " << variant << " real shape S=" << keys << ": " << fc.summary();
       }
     }
 
@@ -568,9 +776,13 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
     cuda::device_synchronize();
     const std::vector<int32_t> got = di.to_vector<int32_t>(static_cast<size_t>(tokens) * k);
     const double ms = cuda::median_ms([&] { cuda::topk_radix(p); });
-    std::printf("[cuda-ops] topk_radix %d rows x %d (indexer scores), k=%d: %.3f ms (%.1f %% of the indexer)\n",
-                tokens, max_keys, k, ms, 100.0 * ms / ms_indexer_max);
-    int bad = 0;
+    const double gb = static_cast<double>(tokens) * max_keys * sizeof(float) * 1e-9;
+    std::printf("[cuda-ops] topk_radix %d rows x %d (indexer scores), k=%d: %.3f ms (%.1f %% of the indexer, %.0f GB/s "
+                "of scores read once)\n",
+                tokens, max_keys, k, ms, 100.0 * ms / ms_indexer_max, gb / (ms * 1e-3));
+    EXPECT_TRUE(di.to_vector<int32_t>(static_cast<size_t>(tokens) * k) == got)
+        << "topk_radix on real indexer scores: timed runs changed the lists";
+    int bad = 0, bad_order = 0;
     for (int t : {0, 1, tokens / 2, tokens - 1}) {
       const std::vector<float> row = download_range(dsc, static_cast<size_t>(t) * max_keys, max_keys);
       std::vector<int32_t> ref(k);
@@ -583,12 +795,16 @@ TEST(CudaDsaIndexer, RealShapeTimings) {
       c.tokens = 1;
       c.k = k;
       cpu::topk(c);
-      std::vector<int32_t> a(got.begin() + static_cast<size_t>(t) * k, got.begin() + static_cast<size_t>(t + 1) * k);
+      const std::vector<int32_t> list(got.begin() + static_cast<size_t>(t) * k,
+                                      got.begin() + static_cast<size_t>(t + 1) * k);
+      std::vector<int32_t> a = list;
       std::sort(a.begin(), a.end());
       std::sort(ref.begin(), ref.end());
       if (a != ref) ++bad;
+      else if (list != expected_topk_list(row.data(), v, k, ref)) ++bad_order;
     }
     EXPECT_EQ(bad, 0) << "topk_radix on real indexer scores: rows with a different set";
+    EXPECT_EQ(bad_order, 0) << "topk_radix on real indexer scores: rows whose list is not in the documented order";
   }
 
   // Decode: one query at the end of a 204800-key cache.

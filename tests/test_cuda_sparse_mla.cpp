@@ -2,12 +2,20 @@
 // reference cpu::sparse_attention run on the same bf16 values converted to f32 (kv_heads 1; K and V
 // point into the same latent rows, V = their first 512 dims).
 //  - Fresh random inputs from fixed seeds; outputs and lse poisoned (bf16 / f32 NaN) before each run.
-//  - Every case runs with automatic splits, 1 split (direct path) and 3 splits (split + combine).
+//  - Every case runs with automatic splits, 1 split (direct path: the wgmma kernel by default) and
+//    3 splits (split + combine), and with the mma.sync kernels forced (variants 1 and 3).
 //  - Output tolerance per element: 1e-2 * |ref| + 4e-3 * max|v| over the token's selected rows (the
 //    kernel rounds the probabilities to bf16 before P V: at most 2^-9 * sum_j p_j |v_j|, plus the bf16
 //    rounding of the output). Logits are made peaky (scale 0.25 on uniform data) so outputs are well
 //    above that bound and a wrong row, head or dim shows.
 //  - lse against a double-precision host computation: 1e-3 + 1e-4 |ref|; -inf must match exactly.
+//  - Variant 2 (the wgmma kernel, one split, any head count: the last 64-head group padded) on its
+//    own cases: heads 64 and 128, and 1, 20, 24, 33, 100, 127 (padded groups), selections of 2048,
+//    1999, 130, 64, 33, 1 and 0, holes, early and all-masked tokens, kv_stride 576 / 584 / 640.
+//  - The output and lse buffers extend past the last (token, head) by a poisoned guard of 64 rows:
+//    a kernel that stored the padding rows of the last token's head group would write there, so the
+//    guard must come back untouched after every run (the padding rows of earlier tokens land on the
+//    next token's heads, which the comparison with the reference catches).
 // Without a CUDA device the GPU tests skip. Real-shape timings print "[cuda-ops]" lines (median of
 // 10 CUDA-event-timed runs). Builds against GoogleTest and scripts/gpu_test/mini_gtest alike.
 #include <gtest/gtest.h>
@@ -234,15 +242,18 @@ void compare(const MlaCase& c, const Reference& r, const std::vector<uint16_t>& 
   }
 }
 
+constexpr int kGuardRows = 64;  // poisoned (token, head) rows after the end of out and lse
+
 struct GpuRun {
   DeviceBuffer q, kv, idx, out, lse;
   cuda::SparseMlaParams p;
+  int64_t guard_touched = 0;  // guard elements the last run() changed (must stay 0)
   GpuRun(const MlaCase& c, const MlaData& d) {
     q = DeviceBuffer::from(d.q);
     kv = DeviceBuffer::from(d.kv);
     idx = DeviceBuffer::from(d.idx.empty() ? std::vector<int32_t>{0} : d.idx);
-    out = DeviceBuffer(static_cast<size_t>(c.tokens) * c.heads * kDv * 2);
-    lse = DeviceBuffer(static_cast<size_t>(c.tokens) * c.heads * 4);
+    out = DeviceBuffer((static_cast<size_t>(c.tokens) * c.heads + kGuardRows) * kDv * 2);
+    lse = DeviceBuffer((static_cast<size_t>(c.tokens) * c.heads + kGuardRows) * 4);
     p.q = q.data();
     p.kv = kv.data();
     p.kv_stride = c.kv_stride;
@@ -254,8 +265,9 @@ struct GpuRun {
     p.heads = c.heads;
     p.scale = c.scale;
   }
-  // Poisons the outputs, runs with `splits` (0 = automatic) and kernel `variant`, with a caller
-  // workspace (poisoned too) when `use_ws`, returns out and lse.
+  // Poisons the outputs (and their guards), runs with `splits` (0 = automatic) and kernel `variant`,
+  // with a caller workspace (poisoned too) when `use_ws`, returns out and lse; counts the changed
+  // guard elements in guard_touched.
   void run(int splits, std::vector<uint16_t>* o, std::vector<float>* l, int variant = 0, bool use_ws = false) {
     out.fill_bytes(0xFF);  // bf16 0xFFFF and f32 0xFFFFFFFF are NaN
     lse.fill_bytes(0xFF);
@@ -272,8 +284,18 @@ struct GpuRun {
     }
     cuda::sparse_mla_bf16(g);
     cuda::device_synchronize();
-    *o = out.to_vector<uint16_t>(static_cast<size_t>(p.tokens) * p.heads * kDv);
-    *l = lse.to_vector<float>(static_cast<size_t>(p.tokens) * p.heads);
+    const size_t rows = static_cast<size_t>(p.tokens) * p.heads;
+    *o = out.to_vector<uint16_t>((rows + kGuardRows) * kDv);
+    *l = lse.to_vector<float>(rows + kGuardRows);
+    guard_touched = 0;
+    for (size_t i = rows * kDv; i < o->size(); ++i) guard_touched += (*o)[i] != 0xFFFF;
+    for (size_t i = rows; i < l->size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &(*l)[i], 4);
+      guard_touched += bits != 0xFFFFFFFFu;
+    }
+    o->resize(rows * kDv);
+    l->resize(rows);
   }
 };
 
@@ -309,9 +331,11 @@ TEST(CudaSparseMla, SmallShapes) {
     std::vector<int> toks(c.tokens);
     for (int t = 0; t < c.tokens; ++t) toks[t] = t;
     const Reference ref = reference(c, d, toks);
-    // (splits, variant, caller workspace): automatic, direct, split + combine (allocated and caller
-    // workspace), the deep-pipeline variant (direct path; heads > 32 fall back to the default).
-    const int runs[][3] = {{0, 0, 0}, {1, 0, 0}, {3, 0, 0}, {3, 0, 1}, {0, 0, 1}, {1, 1, 0}, {0, 1, 1}};
+    // (splits, variant, caller workspace): automatic, direct (the wgmma kernel), split + combine
+    // (allocated and caller workspace), the mma.sync kernels: deep pipeline (variant 1: heads > 32
+    // take the 64-row-tile kernel) direct and automatic, and the 64-row-tile kernel direct (variant 3).
+    const int runs[][3] = {{0, 0, 0}, {1, 0, 0}, {3, 0, 0}, {3, 0, 1}, {0, 0, 1},
+                           {1, 1, 0}, {0, 1, 1}, {1, 3, 0}, {0, 3, 0}};
     for (const auto& r : runs) {
       const int splits = r[0], variant = r[1];
       const bool use_ws = r[2] != 0;
@@ -325,7 +349,93 @@ TEST(CudaSparseMla, SmallShapes) {
       EXPECT_TRUE(st.bad == 0) << "sparse MLA " << name(c) << " splits=" << splits << " variant=" << variant
                                << " ws=" << use_ws << ": " << st.bad << " of " << st.checked << " bad\n"
                                << st.first.str();
+      EXPECT_TRUE(gpu.guard_touched == 0) << "sparse MLA " << name(c) << " splits=" << splits
+                                          << " variant=" << variant << ": wrote " << gpu.guard_touched
+                                          << " guard elements past the last head";
     }
+  }
+}
+
+// The wgmma prefill kernel: one split, any head count (groups of 64 heads, the last one padded with
+// zero Q rows whose outputs are not stored). Each case runs with variant 2 and 1 forced split,
+// variant 2 with automatic splits (variant 2 then means one split) and the default variant with 1
+// split (which dispatches to the wgmma kernel). Head counts 64 and 128 (no padding) and 1, 20, 24,
+// 33, 100, 127 (padded last group: 63, 44, 40, 31, 28, 1 padding rows); single-token cases put the
+// padding rows of the only token right on the guard.
+TEST(CudaSparseMla, WgmmaVariant) {
+  REQUIRE_GPU();
+  XorShift rng(4242);
+  const MlaCase cases[] = {
+      {3, 64, 2048, 50000, 576, 0.25f, 1},    {2, 128, 2048, 50000, 584, 0.25f, -1},
+      {5, 64, 1999, 5000, 576, 0.25f, 2},     {4, 128, 1999, 3000, 584, 0.13523f, 0},
+      {6, 64, 33, 100, 576, 0.25f, 5},        {3, 128, 33, 40, 640, 0.0625f, -1},
+      {5, 128, 1, 10, 576, 0.25f, -1},        {2, 64, 64, 200, 576, 0.25f, -1},
+      {7, 64, 130, 4000, 576, 0.25f, 6},      {77, 128, 300, 2000, 576, 0.25f, 76},
+      {150, 64, 200, 900, 584, 0.25f, 149},
+      // padded head groups
+      {3, 20, 2048, 50000, 576, 0.25f, 1},    {1, 20, 2048, 50000, 584, 0.25f, -1},
+      {5, 20, 1999, 3000, 640, 0.13523f, 0},  {77, 20, 300, 2000, 576, 0.25f, 76},
+      {1, 20, 130, 500, 584, 0.25f, 0},       {4, 24, 2048, 20000, 584, 0.25f, 3},
+      {6, 24, 33, 40, 576, 0.0625f, 2},       {2, 24, 1, 10, 640, 0.25f, -1},
+      {5, 33, 1999, 4000, 576, 0.25f, 4},     {3, 33, 130, 4000, 584, 0.25f, -1},
+      {1, 33, 64, 100, 640, 0.25f, -1},       {2, 100, 500, 2000, 576, 0.25f, 0},
+      {5, 100, 1999, 8000, 584, 0.13523f, 3}, {1, 100, 33, 50, 640, 0.25f, -1},
+      {7, 1, 300, 200, 576, 0.25f, 6},        {2, 127, 2048, 30000, 576, 0.25f, -1},
+      {40, 24, 1000, 3000, 576, 0.25f, 39}};
+  for (const MlaCase& c : cases) {
+    const MlaData d = make_data(c, rng);
+    GpuRun gpu(c, d);
+    std::vector<int> toks(c.tokens);
+    for (int t = 0; t < c.tokens; ++t) toks[t] = t;
+    const Reference ref = reference(c, d, toks);
+    const int runs[][2] = {{1, 2}, {0, 2}, {1, 0}};  // (splits, variant)
+    for (const auto& r : runs) {
+      const int splits = r[0], variant = r[1];
+      std::vector<uint16_t> out;
+      std::vector<float> lse;
+      gpu.run(splits, &out, &lse, variant);
+      Stats st;
+      compare(c, ref, out, lse, st);
+      std::printf("[cuda-ops] sparse MLA %s splits=%d variant=%d (wgmma): max|err| %.3g, max err/tol %.3g\n",
+                  name(c).c_str(), splits, variant, st.max_abs, st.max_ratio);
+      EXPECT_TRUE(st.bad == 0) << "sparse MLA " << name(c) << " splits=" << splits << " variant=" << variant
+                               << " (wgmma): " << st.bad << " of " << st.checked << " bad\n"
+                               << st.first.str();
+      EXPECT_TRUE(gpu.guard_touched == 0) << "sparse MLA " << name(c) << " splits=" << splits
+                                          << " variant=" << variant << " (wgmma): wrote " << gpu.guard_touched
+                                          << " guard elements past the last head";
+    }
+  }
+  // Nothing selected (num_selected 0): out 0 and lse -inf for every head, the guard untouched.
+  for (int heads : {20, 64, 100, 128}) {
+    const MlaCase c{3, heads, 0, 10, 576, 0.25f, -1};
+    const MlaData d = make_data(c, rng);
+    GpuRun gpu(c, d);
+    std::vector<uint16_t> out;
+    std::vector<float> lse;
+    gpu.run(1, &out, &lse, /*variant=*/2);
+    int64_t bad = 0;
+    for (uint16_t v : out) bad += v != 0 && v != 0x8000;  // +0 or -0
+    for (float v : lse) bad += !(std::isinf(v) && v < 0);
+    EXPECT_TRUE(bad == 0) << "sparse MLA num_selected 0 heads " << heads << " variant=2: " << bad << " bad values";
+    EXPECT_TRUE(gpu.guard_touched == 0) << "sparse MLA num_selected 0 heads " << heads << " variant=2: wrote "
+                                        << gpu.guard_touched << " guard elements";
+  }
+  // Variant 2 with more than one split forced is an error (before anything is launched).
+  {
+    const MlaCase c{2, 20, 300, 100, 576, 0.25f, -1};
+    const MlaData d = make_data(c, rng);
+    GpuRun gpu(c, d);
+    cuda::SparseMlaParams g = gpu.p;
+    g.variant = 2;
+    g.num_splits = 3;
+    bool threw = false;
+    try {
+      cuda::sparse_mla_bf16(g);
+    } catch (const Error&) {
+      threw = true;
+    }
+    EXPECT_TRUE(threw) << "variant 2 with num_splits 3";
   }
 }
 
@@ -367,8 +477,31 @@ TEST(CudaSparseMla, RejectsBadArguments) {
   p.kv = reinterpret_cast<void*>(uintptr_t{258});
   EXPECT_TRUE(throws(p)) << "misaligned kv";
   p = ok;
+  p.variant = 4;
+  EXPECT_TRUE(throws(p)) << "variant 4";
+  p = ok;
+  p.variant = -1;
+  EXPECT_TRUE(throws(p)) << "variant -1";
+  p = ok;
+  p.variant = 2;  // valid (the wgmma kernel serves heads 8); the argument checks still apply
+  p.kv_stride = 580;
+  EXPECT_TRUE(throws(p)) << "variant 2, kv_stride 580";
+  p = ok;
+  p.variant = 2;  // the wgmma kernel runs one split: forcing 3 (of 32 tiles) is an error
+  p.num_selected = 2048;
+  p.num_splits = 3;
+  EXPECT_TRUE(throws(p)) << "variant 2, num_splits 3";
+  p.num_splits = 0;  // automatic means one split with variant 2: no workspace
+  EXPECT_EQ(cuda::sparse_mla_workspace_bytes(p), size_t{0});
+  p = ok;
+  p.variant = 3;
+  p.kv_stride = 580;
+  EXPECT_TRUE(throws(p)) << "variant 3, kv_stride 580";
+  p = ok;
   p.variant = 2;
-  EXPECT_TRUE(throws(p)) << "variant 2";
+  p.heads = 64;
+  p.out = reinterpret_cast<void*>(uintptr_t{264});
+  EXPECT_TRUE(throws(p)) << "variant 2, misaligned out";
   // Forced splits: the plan needs no device query, so these run without a GPU too.
   p = ok;
   p.num_splits = 1;
@@ -435,11 +568,13 @@ TEST(CudaSparseMla, RealShapes) {
       EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << ": " << st.bad << " of " << st.checked << " bad\n"
                                << st.first.str();
     }
-    for (int variant : {0, 1}) {
+    // 0: default (the wgmma kernel here: one split); 1: mma.sync deep pipeline (heads <= 32; above,
+    // the same kernel as 3); 2: wgmma forced; 3: mma.sync with 64-row tiles (the previous default).
+    for (int variant : {0, 1, 2, 3}) {
       if (variant == 1 && H > 32) continue;  // the deep pipeline is for heads <= 32
       cuda::SparseMlaParams g = p;
       g.variant = variant;
-      if (variant == 1) {
+      if (variant != 0) {
         dout.fill_bytes(0xFF);
         dlse.fill_bytes(0xFF);
         cuda::sparse_mla_bf16(g);
@@ -448,10 +583,10 @@ TEST(CudaSparseMla, RealShapes) {
         Stats st;
         compare(c, ref, dout.to_vector<uint16_t>(static_cast<size_t>(T) * H * kDv),
                 dlse.to_vector<float>(static_cast<size_t>(T) * H), st);
-        std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d variant=1: max|err| %.3g, max err/tol %.3g\n", T, H,
-                    st.max_abs, st.max_ratio);
-        EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << " variant=1: " << st.bad << " of " << st.checked
-                                 << " bad\n"
+        std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d variant=%d: max|err| %.3g, max err/tol %.3g\n", T, H,
+                    variant, st.max_abs, st.max_ratio);
+        EXPECT_TRUE(st.bad == 0) << "prefill H=" << H << " variant=" << variant << ": " << st.bad << " of "
+                                 << st.checked << " bad\n"
                                  << st.first.str();
       }
       const double ms = cuda::median_ms([&] { cuda::sparse_mla_bf16(g); });

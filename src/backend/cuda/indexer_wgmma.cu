@@ -12,12 +12,12 @@
 // accumulator rows, and no shared-memory partials.
 //
 // Block: kWG warpgroups (kWG * 128 threads; 3, or 2 for 16 heads) for one group of queries and a
-// chunk of 64-key tiles. The queries' slab Q [256 rows x 128] stays in shared memory (B operand); every warpgroup walks its
-// own tiles of the chunk (tile j0 + wg, j0 + wg + kWG, ...) with its own kStages-deep cp.async ring
-// (A operand) and its own named barrier, so warpgroups drift apart and one's epilogue overlaps
-// another's MMAs. Operands are stored K-major with the 128-byte swizzle of wgmma.cuh (bf16 rows of
-// 256 B as two 128 B column slabs; e4m3 rows are one slab). Keys any query of the block cannot see
-// are zero-filled, never read; tiles wholly in the future only get -inf.
+// chunk of 64-key tiles. The queries' slab Q [256 rows x 128] stays in shared memory (B operand);
+// every warpgroup walks its own tiles of the chunk (tile j0 + wg, j0 + wg + kWG, ...) with its own
+// kStages-deep cp.async ring (A operand) and its own named barrier, so warpgroups drift apart and
+// one's epilogue overlaps the others' MMAs. Operands are stored K-major with the 128-byte swizzle of
+// wgmma.cuh (bf16 rows of 256 B as two 128 B column slabs; e4m3 rows are one slab). Keys any query
+// of the block cannot see are zero-filled, never read; tiles wholly in the future only get -inf.
 #include <cuda_runtime.h>
 
 #include <cmath>

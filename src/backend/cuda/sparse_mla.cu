@@ -20,8 +20,15 @@
 // sparse_mla_workspace_bytes; no allocation per call, graph capturable) or allocated stream-ordered.
 //
 // Variant 1 (heads <= 32, one split): the same kernel with 32-row tiles and 5 cp.async buffers, so
-// up to 4 tiles of gathers are in flight while one is computed (the default keeps at most one tile
-// in flight); each warp then scores 8 keys, one x4 ldmatrix giving the B fragments of two k-steps.
+// up to 4 tiles of gathers are in flight while one is computed (the 64-row kernel keeps at most one
+// tile in flight); each warp then scores 8 keys, one x4 ldmatrix giving the B fragments of two k-steps.
+//
+// Dispatch (SparseMlaParams::variant): prefill calls with one split go by default (variant 0) to the
+// wgmma kernel of sparse_mla_wgmma.cu (any head count, the last 64-head group padded); calls that
+// split the selected set (decode) use this file's kernels. Variant 1 = this file's kernels only (the
+// deep pipeline where it applies), 2 = the wgmma kernel (an error when the plan has more than one
+// split; automatic splits then mean one), 3 = this file's kernel with 64-row tiles only (the default
+// before the wgmma kernel, kept for A/B measurement).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -34,6 +41,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
+#include "backend/cuda/sparse_mla_wgmma.h"
 
 namespace indexcache::cuda {
 
@@ -438,7 +446,8 @@ void check_shape(const SparseMlaParams& p, const char* what) {
   if (p.num_selected < 0 || p.num_selected > kMaxSelected)
     throw_runtime(what, "num_selected must be in 0..2048 (got " + std::to_string(p.num_selected) + ")");
   if (p.num_splits < 0) throw_runtime(what, "num_splits must be >= 0");
-  if (p.variant < 0 || p.variant > 1) throw_runtime(what, "variant must be 0 or 1");
+  if (p.variant < 0 || p.variant > 3)
+    throw_runtime(what, "variant must be 0, 1, 2 or 3 (got " + std::to_string(p.variant) + ")");
 }
 
 // How a call is cut into blocks: head groups of kM, splits of the selected set.
@@ -453,6 +462,7 @@ Plan make_plan(const SparseMlaParams& p) {
   pl.groups = (p.heads + pl.kM - 1) / pl.kM;
   pl.ntiles = (p.num_selected + kTile - 1) / kTile;
   int splits = p.num_splits;
+  if (splits == 0 && p.variant == 2) splits = 1;  // the wgmma kernel runs one split (no device query)
   if (splits == 0) {
     // The SM count is cached per device (the attribute query is not free on the decode path).
     static std::atomic<int> sm_cache[64] = {};
@@ -500,6 +510,17 @@ void sparse_mla_bf16(const SparseMlaParams& p, void* stream_ptr) {
   if (p.workspace != nullptr && p.workspace_bytes < pl.ws_bytes)
     throw_runtime(what, "workspace of " + std::to_string(p.workspace_bytes) + " bytes is smaller than the " +
                             std::to_string(pl.ws_bytes) + " needed (sparse_mla_workspace_bytes)");
+
+  // The wgmma (sm_90a) prefill kernel: the default (variant 0) wherever it applies (one split, any
+  // head count), forced by variant 2; variants 1 and 3 force this file's mma.sync kernels.
+  const bool wgmma_ok = sparse_mla_wgmma_applies(p, pl.splits);
+  if (p.variant == 2 && !wgmma_ok)
+    throw_runtime(what, "variant 2 (the wgmma kernel) needs one split of the selected set (the plan has " +
+                            std::to_string(pl.splits) + "; set num_splits to 0 or 1)");
+  if (wgmma_ok && (p.variant == 0 || p.variant == 2)) {
+    sparse_mla_wgmma_bf16(p, stream_ptr);
+    return;
+  }
 
   const int64_t blocks = static_cast<int64_t>(p.tokens) * pl.groups * pl.splits;
   if (blocks > INT32_MAX) throw_runtime(what, "too many tokens");

@@ -1,4 +1,4 @@
-// Row-wise top-k by radix selection, no sort: one block per row.
+// Row-wise top-k by radix selection (no sort of the row): one block per row.
 //
 // Keys: order_key() maps a float to a uint32 whose unsigned order is the float order (NaN -> 0, as
 // on the CPU). The CPU backend's order is the 64-bit composite (key << 32 | ~index): score
@@ -17,9 +17,16 @@
 //    the index is part of the composite.
 // Fallback when more than kCap elements share the full 32-bit threshold key (heavy exact ties): an
 // ordered pass over the row (block scan of tie counts, index order) takes the krem lowest-index ties.
-// Rows with valid <= k get 0..valid-1, then -1. Output order within a row: elements above the final
-// 32-bit prefix in index order, then the selected threshold elements in index order (block scans, no
-// atomics), so every run writes the same list.
+// Rows with valid <= k get 0..valid-1, then -1. Output order within a row: the elements above the
+// prefix reached by the global refinement in index order, then the selected ones that match it in
+// index order (one index-ordered list when every matching element is selected, and in the heavy-tie
+// fallback), so every run writes the same list.
+// Long rows (valid >= kSampleMin, the prefill case) first try a sampled single pass (see
+// single_block_row): a sample of the row bounds the first digit of the threshold from below, the one
+// pass over the row counts and buffers only the few elements at or above that bound, and the finish
+// runs in shared memory, sorting the k selected by (class, index) to give the same list as above.
+// When the sample misleads or the candidates do not fit, the steps above continue from the first
+// pass's (exact) result or start over, so the lists never depend on the path.
 // Few long rows (decode) with a caller scratch: the first pass and the filtering are spread over many
 // blocks per row (see "Few rows" below); the final per-row block gives the same lists.
 #include <cuda_runtime.h>
@@ -42,7 +49,18 @@ constexpr int kMaxK = 2048;
 constexpr int kPer = 8;                    // consecutive elements per thread in ordered passes
 constexpr int kStripe = kPer * kThreads;  // 4096 <= 65535: per-stripe counts fit 16 bits
 constexpr unsigned kFull = 0xFFFFFFFFu;
-constexpr size_t kSmemBytes = kMaxBins * sizeof(int) + kCap * 2 * sizeof(uint32_t);
+// Sampled single pass (rows of valid >= kSampleMin): kSampleChunks runs of kSampleLen consecutive
+// elements spread evenly over the row estimate a lower bound of the threshold bin; the full pass then
+// counts and buffers (kFastCap entries) only the elements at or above it.
+constexpr int kSampleLen = 32;  // one warp's coalesced 128-byte line per run
+constexpr int kSampleChunks = 256;
+constexpr int kSample = kSampleLen * kSampleChunks;  // 8192 = 16 loads per thread
+constexpr int kSampleMin = 32768;
+constexpr int kFastCap = kCap + kMaxK;
+constexpr size_t kSmemBytes = kMaxBins * sizeof(int) + kFastCap * 2 * sizeof(uint32_t);
+static_assert(kSample % kThreads == 0 && kThreads % kSampleLen == 0, "sample layout");
+static_assert(kSampleMin >= 2 * kSampleChunks * kSampleLen, "sample runs must not overlap");
+static_assert(kMaxBins * sizeof(int) >= kMaxK * sizeof(uint32_t), "sort keys reuse the histogram");
 
 __device__ __forceinline__ uint32_t order_key(float f) {
   if (f != f) return 0;
@@ -57,6 +75,7 @@ __device__ __forceinline__ unsigned long long composite(uint32_t key, uint32_t i
 struct Shared {
   int warp_sums[kWarps];
   int bin, above, count;  // result of select_bin
+  int nbuf, nsel;         // sampled single pass: buffer and output slot counters
 };
 
 // Inclusive sum of v over the block of NT threads in thread order (all threads call); *total = block sum.
@@ -117,8 +136,9 @@ __device__ void select_bin(const int* hist, int nb, int krem, Shared& sh) {
   __syncthreads();
 }
 
-// Calls f(index, key) for every element of row[0..n), any order, 16-byte loads for the aligned body.
-template <class F>
+// Calls f(index, key) for every element of row[0..n), any order, 16-byte loads for the aligned body:
+// U of them in flight per thread, then T at a time for the last ones (fewer than U per thread).
+template <int U = 4, int T = 1, class F>
 __device__ __forceinline__ void for_each_key(const float* __restrict__ row, int n, F&& f) {
   const int tid = threadIdx.x;
   const int head = min(n, static_cast<int>(((16 - (reinterpret_cast<uintptr_t>(row) & 15)) & 15) / 4));
@@ -126,12 +146,12 @@ __device__ __forceinline__ void for_each_key(const float* __restrict__ row, int 
   const float4* body = reinterpret_cast<const float4*>(row + head);
   const int nv = (n - head) / 4;
   int v = tid;
-  for (; v + 3 * kThreads < nv; v += 4 * kThreads) {
-    float4 x[4];
+  for (; v + (U - 1) * kThreads < nv; v += U * kThreads) {
+    float4 x[U];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) x[u] = __ldg(body + v + u * kThreads);
+    for (int u = 0; u < U; ++u) x[u] = __ldg(body + v + u * kThreads);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int i = head + 4 * (v + u * kThreads);
       f(i, order_key(x[u].x));
       f(i + 1, order_key(x[u].y));
@@ -139,13 +159,21 @@ __device__ __forceinline__ void for_each_key(const float* __restrict__ row, int 
       f(i + 3, order_key(x[u].w));
     }
   }
-  for (; v < nv; v += kThreads) {
-    const float4 x = __ldg(body + v);
-    const int i = head + 4 * v;
-    f(i, order_key(x.x));
-    f(i + 1, order_key(x.y));
-    f(i + 2, order_key(x.z));
-    f(i + 3, order_key(x.w));
+  for (; v < nv; v += T * kThreads) {
+    float4 x[T];
+#pragma unroll
+    for (int u = 0; u < T; ++u)
+      if (v + u * kThreads < nv) x[u] = __ldg(body + v + u * kThreads);
+#pragma unroll
+    for (int u = 0; u < T; ++u) {
+      if (v + u * kThreads < nv) {
+        const int i = head + 4 * (v + u * kThreads);
+        f(i, order_key(x[u].x));
+        f(i + 1, order_key(x[u].y));
+        f(i + 2, order_key(x[u].z));
+        f(i + 3, order_key(x[u].w));
+      }
+    }
   }
   for (int i = head + 4 * nv + tid; i < n; i += kThreads) f(i, order_key(row[i]));
 }
@@ -180,10 +208,31 @@ __device__ void refine_composites(const uint32_t* bkey, const uint32_t* bidx, in
   }
 }
 
-// The whole single-block algorithm for one row (n = valid > k) on a block of kThreads threads;
-// smem holds kSmemBytes.
-__device__ void single_block_row(const float* __restrict__ row, int n, int32_t* __restrict__ out, int k,
-                                 unsigned char* smem, Shared& sh) {
+// Bitonic sort (ascending) of s[0..np) in shared memory, np a power of two; all threads call.
+__device__ void bitonic_sort(uint32_t* s, int np) {
+#pragma unroll 1
+  for (int size = 2; size <= np; size <<= 1) {
+#pragma unroll 1
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int t = threadIdx.x; t < np / 2; t += kThreads) {
+        const int i = 2 * t - (t & (stride - 1));  // bit `stride` of i is clear; partner i + stride
+        const uint32_t a = s[i], b = s[i + stride];
+        if ((a > b) == ((i & size) == 0)) {
+          s[i] = b;
+          s[i + stride] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// The single-block algorithm for one row (n = valid > k) on a block of kThreads threads from the
+// state after `fixed` bits of global refinement (fixed = 0: from scratch; prefix/mask: the fixed
+// bits, krem of the cnt elements matching them belong to the top k); smem holds kSmemBytes.
+__device__ void finish_from(const float* __restrict__ row, int n, int32_t* __restrict__ out, int k,
+                            unsigned char* smem, Shared& sh, uint32_t prefix, uint32_t mask, int fixed, int krem,
+                            int cnt) {
   int* hist = reinterpret_cast<int*>(smem);                     // [kMaxBins]
   uint32_t* bkey = reinterpret_cast<uint32_t*>(hist + kMaxBins);  // [kCap]
   uint32_t* bidx = bkey + kCap;                                  // [kCap]
@@ -197,8 +246,6 @@ __device__ void single_block_row(const float* __restrict__ row, int n, int32_t* 
   };
 
   // --- 1. global refinement of the key prefix ---
-  uint32_t prefix = 0, mask = 0;
-  int fixed = 0, krem = k, cnt = n;
 #pragma unroll 1
   while (cnt > kCap && cnt > krem && fixed < 32) {
     const int d = fixed == 0 ? 12 : 10;  // 12 + 10 + 10 = 32
@@ -325,6 +372,121 @@ __device__ void single_block_row(const float* __restrict__ row, int n, int32_t* 
   }
 }
 
+// The whole single-block algorithm for one row (n = valid > k) on a block of kThreads threads;
+// smem holds kSmemBytes. Long rows take the sampled single pass:
+//   0. sample: a 12-bit first-digit histogram of kSample elements (kSampleChunks runs spread evenly)
+//      gives lo, the bin where the sample's count from the top reaches 2 r + 32 (r: the sample's
+//      expected share of the top k), so the row's k-th largest key very likely has a first digit
+//      >= lo, while only a few per cent of the elements do;
+//   1. one pass over the row counts the first digits >= lo (the other bins stay 0: the histogram is
+//      exact where select_bin looks, so bin / above / count equal the full pass's whenever at least
+//      k elements were counted) and, when the sample predicts they fit, appends those elements to
+//      the buffer (any order: shared atomics);
+//   2. all of them buffered and the threshold bin fits the buffer (or all of it is needed): radix
+//      select on the buffered composites as in finish_from, then the k selected entries are sorted
+//      by (class, index) with class 0 for first digit > threshold bin, 1 for the threshold bin (0 for
+//      all when the whole bin is needed): exactly finish_from's output order.
+// Otherwise finish_from continues from the state after the first digit (a second pass collects), or,
+// when fewer than k elements were counted (the sample misled), runs from scratch.
+__device__ void single_block_row(const float* __restrict__ row, int n, int32_t* __restrict__ out, int k,
+                                 unsigned char* smem, Shared& sh) {
+  if (n < kSampleMin) {
+    finish_from(row, n, out, k, smem, sh, 0, 0, 0, k, n);
+    return;
+  }
+  int* hist = reinterpret_cast<int*>(smem);                       // [kMaxBins]
+  uint32_t* bkey = reinterpret_cast<uint32_t*>(hist + kMaxBins);  // [kFastCap]
+  uint32_t* bidx = bkey + kFastCap;                               // [kFastCap]
+  const int tid = threadIdx.x;
+
+  // --- 0. sample ---
+  for (int i = tid; i < kMaxBins; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  {
+    const int step = (n - kSampleLen) / (kSampleChunks - 1);  // >= kSampleLen: runs are disjoint, in the row
+    float x[kSample / kThreads];
+#pragma unroll
+    for (int j = 0; j < kSample / kThreads; ++j) {
+      const int e = j * kThreads + tid;  // sample element: run e / kSampleLen, offset e % kSampleLen
+      x[j] = __ldg(row + (e / kSampleLen) * step + (e % kSampleLen));
+    }
+#pragma unroll
+    for (int j = 0; j < kSample / kThreads; ++j) atomicAdd(&hist[order_key(x[j]) >> 20], 1);
+  }
+  __syncthreads();
+  const int r = static_cast<int>((static_cast<int64_t>(k) * kSample + n - 1) / n);  // <= 512
+  select_bin(hist, kMaxBins, 2 * r + 32, sh);  // 2 r + 32 <= 1056 <= kSample
+  const uint32_t lo_key = static_cast<uint32_t>(sh.bin) << 20;
+  // Expected number of elements with first digit >= lo: the sample's count there times n / kSample.
+  const bool buffering = static_cast<int64_t>(sh.above + sh.count) * n <= static_cast<int64_t>(kFastCap) * kSample;
+  __syncthreads();  // sh read by all before it is rewritten
+  for (int i = tid; i < kMaxBins; i += kThreads) hist[i] = 0;
+  if (tid == 0) sh.nbuf = 0;
+  __syncthreads();
+
+  // --- 1. the pass over the row ---
+  for_each_key<8, 4>(row, n, [&](int i, uint32_t key) {
+    if (key >= lo_key) {
+      atomicAdd(&hist[key >> 20], 1);
+      if (buffering) {
+        const int slot = atomicAdd(&sh.nbuf, 1);
+        if (slot < kFastCap) {
+          bkey[slot] = key;
+          bidx[slot] = static_cast<uint32_t>(i);
+        }
+      }
+    }
+  });
+  __syncthreads();
+  int total;
+  {
+    constexpr int kPerThread = kMaxBins / kThreads;
+    int c = 0;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) c += hist[tid * kPerThread + j];
+    block_inclusive_sum(c, sh, &total);  // ends with a barrier
+  }
+  if (total < k) {  // block-uniform: the k-th largest key lies below lo
+    finish_from(row, n, out, k, smem, sh, 0, 0, 0, k, n);
+    return;
+  }
+  select_bin(hist, kMaxBins, k, sh);
+  const int bin = sh.bin, above = sh.above, cnt = sh.count, nbuf = sh.nbuf;
+  const int krem = k - above;
+  if ((cnt > kCap && cnt > krem) || !buffering || nbuf > kFastCap) {  // block-uniform
+    finish_from(row, n, out, k, smem, sh, static_cast<uint32_t>(bin) << 20, 0xFFF00000u, 12, krem, cnt);
+    return;
+  }
+
+  // --- 2. finish in shared memory: every element with first digit >= lo is buffered ---
+  const bool take_all = cnt == krem;
+  unsigned long long cprefix = static_cast<unsigned long long>(bin) << 52;
+  unsigned long long cmask = 0xFFFull << 52;
+  // Entries of other bins never match the prefix, so they do not disturb the selection.
+  refine_composites(bkey, bidx, nbuf, cprefix, cmask, 52, krem, cnt, hist, sh);
+  __syncthreads();  // hist is free (also when refine_composites had nothing to do)
+  uint32_t* skeys = reinterpret_cast<uint32_t*>(hist);  // [np] sort keys: class << 31 | index
+  int np = 1;
+  while (np < k) np <<= 1;
+  for (int i = k + tid; i < np; i += kThreads) skeys[i] = 0xFFFFFFFFu;
+  if (tid == 0) sh.nsel = 0;
+  __syncthreads();
+  // Selected: first digit > bin (above the prefix), or in the bin and >= the final composite prefix;
+  // exactly above + krem = k entries.
+  const uint32_t ubin = static_cast<uint32_t>(bin);
+  for (int e = tid; e < nbuf; e += kThreads) {
+    const uint32_t key = bkey[e], idx = bidx[e];
+    if ((composite(key, idx) & cmask) >= cprefix) {
+      const uint32_t cls = (!take_all && (key >> 20) == ubin) ? 0x80000000u : 0u;
+      const int slot = atomicAdd(&sh.nsel, 1);
+      if (slot < k) skeys[slot] = cls | idx;
+    }
+  }
+  __syncthreads();
+  bitonic_sort(skeys, np);  // ends with a barrier
+  for (int i = tid; i < k; i += kThreads) out[i] = static_cast<int32_t>(skeys[i] & 0x7FFFFFFFu);
+}
+
 __global__ void __launch_bounds__(kThreads, 2)
 topk_radix_kernel(const float* __restrict__ scores, int64_t stride, const int32_t* __restrict__ valid,
                   int32_t* __restrict__ indices, int k) {
@@ -359,6 +521,7 @@ constexpr int kChunk = kMbThreads * kMbPer;  // 4096 elements per block
 constexpr int kMultiMaxRows = 8;
 constexpr int kFinalCap = kCap + kMaxK;  // survivors: < k above the bin, <= kCap in it (or all needed)
 constexpr size_t kFinalSmemBytes = kMaxBins * sizeof(int) + kFinalCap * 2 * sizeof(uint32_t);
+static_assert(kFinalSmemBytes >= kSmemBytes, "the final kernel runs single_block_row in its shared memory");
 
 // Rows that take the multi-block path: valid > kCap (hence > k).
 __device__ __forceinline__ bool multi_row(int n) { return n > kCap; }
