@@ -1,8 +1,9 @@
 // gpu::grouped_gemm_bf16 (the MoE experts' grouped GEMM, row ranges read from device offsets)
 // against a host reference in double precision on the same bf16 values.
 //  - Named corner cases: zero-row experts, a 1-row expert, counts around multiples of the 128-row
-//    tile, n and k not multiples of the tiles (but of 8), padded strides, max_rows above the real
-//    row count, 512 experts, every expert empty.
+//    tile and of its 64-row half (the wgmma kernel's second warpgroup skips tiles of <= 64 rows),
+//    n and k not multiples of the tiles (but of 8), padded strides, max_rows above the real row
+//    count, 512 experts, every expert empty.
 //  - Inputs: random bf16 values; every element the kernel must NOT read (the stride padding of x
 //    and W, x rows past offsets[E]) holds a bf16 NaN, so a stray read poisons a checked output.
 //  - Output poisoned with NaN first: rows outside [0, offsets[E]) and columns >= n must still hold
@@ -14,10 +15,12 @@
 //  - Bad arguments: each requirement violated once; validation happens before any CUDA call.
 //  - Real shapes (glm47flash: 16384 routed rows over 64 experts, random uneven split; gate_up
 //    N 3072 K 2048, down N 2048 K 1536): "[cuda-ops]" lines with the median of 10 CUDA-event-timed
-//    runs, TFLOP/s of the useful work and % of the bf16 peak, for both tile variants, next to the
+//    runs, TFLOP/s of the useful work and % of the measured bf16 peak (cuda_test::bf16_peak_tflops),
+//    for every kernel variant, next to the
 //    same work done as one cuBLASLt call per expert (gpu::Gemm, plans cached, plus the cold first
 //    pass that builds a plan per new row count).
-//  - Every correctness case runs every kernel variant (0 default, 1: 128 x 128, 2: 128 x 256 tiles).
+//  - Every correctness case runs every kernel variant (0 default: wgmma 128 x 256 tiles; 1, 2:
+//    mma.sync 128 x 128 and 128 x 256; 3: wgmma 128 x 128).
 // Without a CUDA device the GPU tests skip. Builds against GoogleTest and scripts/gpu_test/mini_gtest
 // (TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ only).
 #include <cuda_runtime.h>
@@ -46,7 +49,6 @@ namespace {
 using cuda::DeviceBuffer;
 using namespace cuda_test;
 
-constexpr double kBf16PeakTflops = 731.0;  // measured bf16 GEMM ceiling of the H200 (REFERENCE.md)
 constexpr uint16_t kBf16Nan = 0x7FC0;      // the NaN the test writes where nothing may be read
 constexpr uint16_t kBf16Poison = 0xFFFF;   // fill_bytes(0xFF): an element nobody wrote
 
@@ -151,13 +153,14 @@ gpu::GroupedGemmArgs args_for(const GroupedCase& c, const HostProblem& p, const 
   return a;
 }
 
-// Every kernel variant (0 default, 1: 128 x 128 tiles, 2: 128 x 256 tiles) on the same inputs.
+// Every kernel variant (0 default = wgmma 128 x 256 tiles, 1: mma.sync 128 x 128, 2: mma.sync
+// 128 x 256, 3: wgmma 128 x 128) on the same inputs.
 void run_case(const GroupedCase& c, std::mt19937& rng) {
   const HostProblem p = make_problem(c, rng);
   DeviceBuffer dx = DeviceBuffer::from(p.xbits), dw = DeviceBuffer::from(p.wbits);
   DeviceBuffer doff = DeviceBuffer::from(p.off);
   DeviceBuffer dy(size_t(p.rows_alloc) * p.ldy * 2);
-  for (int variant : {0, 1, 2}) {
+  for (int variant : {0, 1, 2, 3}) {
     dy.fill_bytes(kNanByte);
     gpu::grouped_gemm_bf16(args_for(c, p, dx, dw, dy, doff, variant), nullptr);
     cuda::device_synchronize();
@@ -172,6 +175,8 @@ TEST(CudaGroupedGemm, CornerCasesAgainstHost) {
   const std::vector<GroupedCase> cases = {
       {"uneven, empty and 1-row experts, padded strides", {0, 1, 130, 257, 0, 64}, 136, 72, 8, 16, 8, 24, 5},
       {"counts around the 128-row tile", {128, 0, 127, 129, 1, 255, 256}, 264, 40},
+      {"counts around the 64-row half tile", {64, 65, 63, 192, 193, 191, 320}, 256, 136, 0, 0, 0, 0, 64},
+      {"k a multiple of the 64-k stage, 9 stages", {70, 190}, 128, 576},
       {"one expert, one 8 x 8 block", {3}, 8, 8},
       {"every expert empty", {0, 0, 0}, 16, 16, 0, 0, 0, 0, 300},
       {"deep k (32 k tiles, partial last)", {200, 50, 300}, 256, 1000, 0, 8, 0, 0, 17},
@@ -286,7 +291,7 @@ TEST(CudaGroupedGemm, RejectsBadArguments) {
       {"w misaligned", [](gpu::GroupedGemmArgs& p) { p.w = reinterpret_cast<const void*>(uintptr_t{264}); }},
       {"y misaligned", [](gpu::GroupedGemmArgs& p) { p.y = reinterpret_cast<void*>(uintptr_t{260}); }},
       {"grid too large", [](gpu::GroupedGemmArgs& p) { p.max_rows = 2000000000; p.n = 1 << 20; p.ldy = p.n; }},
-      {"variant 3", [](gpu::GroupedGemmArgs& p) { p.variant = 3; }},
+      {"variant 4", [](gpu::GroupedGemmArgs& p) { p.variant = 4; }},
       {"variant -1", [](gpu::GroupedGemmArgs& p) { p.variant = -1; }},
   };
   for (const Bad& b : bad) {
@@ -408,7 +413,7 @@ TEST(CudaGroupedGemm, RealShapeTimings) {
     const double lt_ms = cuda::median_ms([&] { per_expert(gemm); });
     const double lt_tf = flop / (lt_ms * 1e-3) * 1e-12;
 
-    for (int variant : {1, 2}) {
+    for (int variant : {0, 3, 1, 2}) {
       gpu::GroupedGemmArgs a;
       a.x = dx.data();
       a.ldx = sh.k;
@@ -430,11 +435,13 @@ TEST(CudaGroupedGemm, RealShapeTimings) {
                      dy.to_vector<uint16_t>(size_t(rows) * sh.n), sh.n);
       const double ms = cuda::median_ms([&] { gpu::grouped_gemm_bf16(a, nullptr); });
       const double tf = flop / (ms * 1e-3) * 1e-12;
+      static const char* const kKernel[] = {"wgmma 128x128", "mma.sync 128x128", "mma.sync 128x256", "wgmma 128x256"};
+      const double peak = bf16_peak_tflops();
       std::printf("[cuda-ops] grouped_gemm %s variant %d (%s tiles) rows=%d E=%d (per expert %d..%d, %d row tiles, "
                   "%.0f %% useful) N=%d K=%d: %.3f ms, %.1f TFLOP/s (%.0f %% of %.0f); per-expert cuBLASLt %.3f ms, "
                   "%.1f TFLOP/s (cold, new plans: %.1f ms); speedup %.2fx\n",
-                  sh.name, variant, variant == 2 ? "128x256" : "128x128", rows, E, least, most, tiles,
-                  100.0 * rows / (128.0 * tiles), sh.n, sh.k, ms, tf, 100.0 * tf / kBf16PeakTflops, kBf16PeakTflops,
+                  sh.name, variant, kKernel[variant], rows, E, least, most, tiles,
+                  100.0 * rows / (128.0 * tiles), sh.n, sh.k, ms, tf, 100.0 * tf / peak, peak,
                   lt_ms, lt_tf, cold_ms, lt_ms / ms);
       EXPECT_TRUE(ms > 0 && lt_ms > 0);
     }

@@ -29,14 +29,15 @@ struct GroupedGemmArgs {
   int experts = 0;
   int max_rows = 0;                 // upper bound of offsets[experts]; sizes the grid (0: nothing to do)
   int n = 0, k = 0;
-  // Kernel, for A/B measurement (same results): 0 = default (currently 1); 1 = 128 x 128 tiles,
-  // 2 blocks per SM; 2 = 128 x 256 tiles, 1 block per SM (a quarter less L2 traffic per flop).
+  // Kernel, for A/B measurement (same results up to f32 summation order): 0 = default: Hopper
+  // wgmma (sm_90a), 128 x 128 tiles, 2 blocks per SM; 1 = mma.sync, 128 x 128 tiles, 2 blocks per
+  // SM; 2 = mma.sync, 128 x 256 tiles, 1 block per SM; 3 = wgmma, 128 x 256 tiles, 1 block per SM.
   int variant = 0;
 };
 
 // Why `a` cannot run ("" when it can): n, k, ldx, ldw, ldy and w_expert_stride must be multiples of
 // 8 elements with ldx, ldw >= k and ldy >= n; x, w and y 16-byte aligned; pointers non-null;
-// experts >= 1, max_rows >= 0, n, k >= 1, variant 0..2. Rows outside [0, offsets[experts]) of y
+// experts >= 1, max_rows >= 0, n, k >= 1, variant 0..3. Rows outside [0, offsets[experts]) of y
 // are never written, nor are columns >= n; x rows outside it are never read.
 std::string grouped_gemm_unsupported(const GroupedGemmArgs& a);
 inline bool grouped_gemm_supported(const GroupedGemmArgs& a) { return grouped_gemm_unsupported(a).empty(); }
