@@ -284,8 +284,8 @@ grouped_gemm_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* __restr
 // ---------------------------------------------------------------- wgmma kernel (sm_90a, the default)
 //
 // Tiles: kBM = 128 rows x kBN = 128 (variant 0; variant 3: 256) output columns x 64 of k per
-// stage; 256 threads = two warpgroups, warpgroup w owning rows [64 w, 64 w + 64) of the tile as one m64 x kBN f32
-// accumulator (m64nKBNk16 wgmma, 4 per stage). Both operands are K-major in shared memory with the
+// stage; 256 threads = two warpgroups, warpgroup w owning rows [64 w, 64 w + 64) of the tile as
+// one m64 x kBN f32 accumulator (m64nKBNk16 wgmma, 4 per stage). Both operands are K-major in shared memory with the
 // 128-byte swizzle: a stage holds the 128 x-row slab (A, 16 KiB) and the kBN weight-row slab (B),
 // each row 64 bf16 = one 128-byte line whose 16-byte chunk c sits at chunk position c ^ (row & 7),
 // every slab 1024-byte aligned. A k-step of 16 advances both descriptors' start addresses by 32
