@@ -314,13 +314,14 @@ std::vector<float> make_topk_scores(int rows, int64_t stride, Kind kind, std::mt
       std::shuffle(perm.begin(), perm.end(), rng);
       for (int i = 0; i < 2048 && i < stride; ++i) r[perm[i]] = i < 500 ? 4.0f + 0.5f * u01(rng) : 1.0f + 0.1f * u01(rng);
     }
-    if (kind == Kind::kSampleMiss)
-      for (int placed = 0; placed < 12000;) {
-        const int64_t s = any(rng);
-        if (in_sampled_run(s, stride) || r[s] >= 1.0f) continue;
-        r[s] = 1.0f + u01(rng);
-        ++placed;
-      }
+    if (kind == Kind::kSampleMiss) {  // up to 12000 distinct positions outside the sampled runs
+      std::vector<int64_t> free_slots;
+      for (int64_t s = 0; s < stride; ++s)
+        if (!in_sampled_run(s, stride)) free_slots.push_back(s);
+      std::shuffle(free_slots.begin(), free_slots.end(), rng);
+      const size_t m = std::min<size_t>(12000, free_slots.size() / 2);
+      for (size_t i = 0; i < m; ++i) r[free_slots[i]] = 1.0f + u01(rng);
+    }
   }
   return v;
 }
