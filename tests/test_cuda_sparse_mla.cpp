@@ -45,7 +45,6 @@ using cuda::DeviceBuffer;
 using namespace cuda_test;
 
 constexpr int kDk = 576, kDv = 512;
-constexpr double kBf16PeakTflops = 731.0;  // measured bf16 GEMM ceiling of the H200 (REFERENCE.md)
 
 // Fast deterministic generator (the real shapes need ~400M values).
 struct XorShift {
@@ -594,7 +593,7 @@ TEST(CudaSparseMla, RealShapes) {
       const double tflops = tflop / (ms * 1e-3);
       std::printf("[cuda-ops] sparse MLA prefill T=%d H=%d K=%d cache=%d variant=%d: %.3f ms, %.1f TFLOP/s "
                   "(%.0f %% of %.0f), %.0f GB/s of gathered rows\n",
-                  T, H, K, keys, variant, ms, tflops, 100.0 * tflops / kBf16PeakTflops, kBf16PeakTflops,
+                  T, H, K, keys, variant, ms, tflops, 100.0 * tflops / bf16_peak_tflops(), bf16_peak_tflops(),
                   1.0 * T * K * kDk * 2 * 1e-9 / (ms * 1e-3));
     }
   }
