@@ -33,6 +33,7 @@
 
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/device_helpers.cuh"
+#include "backend/cuda/wgmma.cuh"
 #include "indexcache/error.h"
 
 namespace indexcache::gpu {
@@ -44,6 +45,16 @@ using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
 using cuda::ldmatrix_x4;
+using cuda::mma_bf16;
+using cuda::pack_bf16;
+using cuda::fence_proxy_async_smem;
+using cuda::swz128;
+using cuda::wgmma_commit;
+using cuda::wgmma_desc_k128;
+using cuda::wgmma_fence;
+using cuda::wgmma_m64n128k16_bf16;
+using cuda::wgmma_m64n256k16_bf16;
+using cuda::wgmma_wait;
 
 constexpr int kBM = 128;                           // rows of x per block
 constexpr int kBK = 32;                            // k per pipeline stage
@@ -98,20 +109,6 @@ __device__ __forceinline__ uint32_t swz_in(int r, int c) {
 template <int kRowBytes>
 __device__ __forceinline__ uint32_t swz_out(int r, int c) {
   return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
-}
-
-// c += A (16x16, row-major fragments a[4]) * B (16x8, "col": fragments b0, b1), bf16 in, f32 acc.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lower address) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // Slot -> (expert e, first row row0, valid rows of the tile), computed by the whole block (kThreads
@@ -335,78 +332,6 @@ struct WgCfg {
 static_assert(kThreads == 256 && kBM == 128, "two warpgroups of 64 rows");
 static_assert(kWgChunks == 8 && kBM % kWgRowStep == 0, "copy assignment");
 
-// Byte offset of 16-byte chunk c (0..7) of row r in a 128-byte-swizzled K-major slab.
-__device__ __forceinline__ uint32_t wg_swz128(int r, int c) {
-  return static_cast<uint32_t>((r << 7) + ((c ^ (r & 7)) << 4));
-}
-
-// wgmma shared-memory matrix descriptor of a K-major 128B-swizzled slab at shared address `saddr`
-// (plus a k-step byte offset inside the 128-byte row): start address >> 4 (bits 0-13), leading byte
-// offset unused (1, bits 16-29), stride byte offset 1024 >> 4 (8 rows x 128 B, bits 32-45), swizzle
-// mode 1 = 128B (bits 62-63).
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
-  uint64_t d = 0;
-  d |= static_cast<uint64_t>((saddr & 0x3FFFF) >> 4);
-  d |= static_cast<uint64_t>(1) << 16;
-  d |= static_cast<uint64_t>(1024 >> 4) << 32;
-  d |= static_cast<uint64_t>(1) << 62;
-  return d;
-}
-
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Orders this thread's generic-proxy shared-memory accesses (cp.async data after its wait, st.shared)
-// with the async proxy (wgmma operand reads); follow with a barrier.
-__device__ __forceinline__ void wg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// d[128] += A (64 x 16 bf16) * B (256 x 16 bf16)^T, both K-major in shared memory (descriptors).
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-      "%128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-
-// d[64] += A (64 x 16 bf16) * B (128 x 16 bf16)^T, both K-major in shared memory (descriptors).
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "%64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-
 template <int kBN>
 __global__ void __launch_bounds__(kThreads, WgCfg<kBN>::kMinBlocks)
 grouped_gemm_wgmma_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* __restrict__ w, int64_t ldw,
@@ -458,12 +383,12 @@ grouped_gemm_wgmma_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* _
 #pragma unroll
     for (int i = 0; i < kWgACopies; ++i) {
       const bool ok = k_in && ((a_ok >> i) & 1u);
-      cp_async16(sa + wg_swz128(rr + i * kWgRowStep, cc), ok ? a_src[i] + kk : x, ok ? 16 : 0);
+      cp_async16(sa + swz128(rr + i * kWgRowStep, cc), ok ? a_src[i] + kk : x, ok ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < C::kBCopies; ++i) {
       const bool ok = k_in && ((b_ok >> i) & 1u);
-      cp_async16(sb + wg_swz128(rr + i * kWgRowStep, cc), ok ? b_src[i] + kk : w, ok ? 16 : 0);
+      cp_async16(sb + swz128(rr + i * kWgRowStep, cc), ok ? b_src[i] + kk : w, ok ? 16 : 0);
     }
   };
 
@@ -484,7 +409,7 @@ grouped_gemm_wgmma_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* _
 #pragma unroll 1
   for (int kt = 0; kt < k_tiles; ++kt) {
     cp_async_wait<C::kAhead - 1>();  // this thread's copies of tile kt have landed
-    wg_fence_proxy_async();          // ... and are visible to the wgmma (async proxy)
+    fence_proxy_async_smem();          // ... and are visible to the wgmma (async proxy)
     __syncthreads();  // tile kt is whole; the MMAs of tile kt - 1 - kMmaLag are done in both warpgroups
     {
       const int next = kt + C::kAhead;  // into the stage of tile kt - 1 - kMmaLag
@@ -494,21 +419,21 @@ grouped_gemm_wgmma_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* _
     if (wg_active) {
       const uint32_t st = base + (kt % C::kStages) * C::kStageBytes;
       const uint32_t sa = st + wg * (64 * 128), sb = st + kWgATileBytes;
-      wg_fence();
+      wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kWgBK / 16; ++ks) {
         if constexpr (kBN == 256)
-          wgmma_m64n256k16(acc, wg_desc(sa + ks * 32), wg_desc(sb + ks * 32));
+          wgmma_m64n256k16_bf16(acc, wgmma_desc_k128(sa + ks * 32), wgmma_desc_k128(sb + ks * 32), 1);
         else
-          wgmma_m64n128k16(acc, wg_desc(sa + ks * 32), wg_desc(sb + ks * 32));
+          wgmma_m64n128k16_bf16(acc, wgmma_desc_k128(sa + ks * 32), wgmma_desc_k128(sb + ks * 32), 1);
       }
-      wg_commit();
-      wg_wait<C::kMmaLag>();
+      wgmma_commit();
+      wgmma_wait<C::kMmaLag>();
     }
   }
-  if (wg_active) wg_wait<0>();
+  if (wg_active) wgmma_wait<0>();
   cp_async_wait<0>();
-  wg_fence_proxy_async();
+  fence_proxy_async_smem();
   __syncthreads();  // every MMA and copy is done: the stages are free for the epilogue tile
 
   // ---- epilogue: accumulators -> bf16 staging tile -> 16-byte stores of valid rows and columns.

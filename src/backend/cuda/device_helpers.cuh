@@ -1,7 +1,10 @@
-// Device helpers shared by the tensor-core DSA kernels (indexer_bf16.cu, indexer_fp8.cu,
-// sparse_mla.cu): cp.async copies, ldmatrix, and the warp reduce-scatter of the indexer epilogues.
+// Device helpers shared by the tensor-core kernels (indexer_bf16.cu, indexer_fp8.cu, sparse_mla*.cu,
+// src/gpu/grouped_gemm.cu): cp.async copies, ldmatrix, the bf16 m16n8k16 mma.sync, bf16 packing, and
+// the warp reduce-scatter of the indexer epilogues.
 // Include from .cu files only.
 #pragma once
+
+#include <cuda_bf16.h>
 
 #include <cstdint>
 
@@ -24,6 +27,21 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(addr));
+}
+
+// c += A (16x16, row-major fragments a[4]) * B (16x8, "col": fragments b0, b1), bf16 in, f32 acc.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 -> one register of two bf16 (round to nearest even); lo at the lower address.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // In-place butterfly reduce-scatter of v[16] over the 8 lanes that differ in lane bits 2..4.

@@ -50,15 +50,6 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
   return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
 }
 
-// c += A (16x16, row-major fragments a[4]) * B (16x8, "col": fragments b0, b1), bf16 in, f32 acc.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Copies rows [0, kM) of a 256-byte-row slab starting at `src` into the swizzled tile at `dst`;
 // rows >= valid_rows are zero-filled (nothing read).
 __device__ __forceinline__ void load_tile_async(uint32_t dst, const char* src, int valid_rows) {

@@ -161,11 +161,6 @@ __device__ __forceinline__ void pin_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) at the lower address
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
 __device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
@@ -317,8 +312,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const WgP
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t a = p_s + static_cast<uint32_t>(r0 * 128 + (((4 * wg + i) ^ (r0 & 7)) << 4) + 2 * cq);
-      st_shared_b32(a, pack_bf16x2(s[4 * i + 0], s[4 * i + 1]));
-      st_shared_b32(a + 8 * 128, pack_bf16x2(s[4 * i + 2], s[4 * i + 3]));
+      st_shared_b32(a, pack_bf16(s[4 * i + 0], s[4 * i + 1]));
+      st_shared_b32(a + 8 * 128, pack_bf16(s[4 * i + 2], s[4 * i + 3]));
     }
     // Rescale O (skipped while no row max of this warp moved: the common case after a few tiles).
     if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
@@ -372,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const WgP
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
       const uint32_t a = q_s + static_cast<uint32_t>(r * 1024 + (((32 * wg + j) ^ (r & 7)) << 4) + 2 * cq);
-      st_shared_b32(a, pack_bf16x2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv));
+      st_shared_b32(a, pack_bf16(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv));
     }
   }
   __syncthreads();
