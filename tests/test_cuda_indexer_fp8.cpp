@@ -458,8 +458,10 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     dsc.fill_bytes(0xFF);
     cuda::indexer_scores_fp8(p);
     cuda::device_synchronize();
-    const double ms_3wg = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
-    {  // the 2-warpgroup kernel's rows, checked before the default kernel overwrites them
+    const double ms_2wg = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
+    // Sampled rows of the scores now in dsc against the CPU, on this key count and positions
+    // (check_rows reads q / w rows of t and keys [0, keys): views into the full arrays).
+    auto check_sampled = [&](std::initializer_list<int> rows, const char* what) {
       Fp8Inputs view;
       view.tokens = tokens;
       view.heads = heads;
@@ -470,11 +472,12 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
       view.qf = in.qf;
       view.w = in.w;
       view.kf.assign(in.kf.begin(), in.kf.begin() + static_cast<size_t>(keys) * kDim);
-      compute_indexer_bounds(&view, {tokens / 3});
+      compute_indexer_bounds(&view, rows);
       FloatCheck fc("t", "s");
-      check_rows(view, tokens / 3, 1, keys, download_range(dsc, static_cast<size_t>(tokens / 3) * keys, keys), &fc);
-      EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 2-warpgroup real shape S=" << keys << ": " << fc.summary();
-    }
+      for (int t : rows) check_rows(view, t, 1, keys, download_range(dsc, static_cast<size_t>(t) * keys, keys), &fc);
+      EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 " << what << " real shape S=" << keys << ": " << fc.summary();
+    };
+    check_sampled({tokens / 3}, "2-warpgroup");  // before the default kernel overwrites its rows
     p.variant = 0;
     dsc.fill_bytes(0xFF);
     cuda::indexer_scores_fp8(p);
@@ -497,31 +500,16 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     pb.scale = in.scale;
     const double ms_b = cuda::median_ms([&] { cuda::indexer_scores_bf16(pb); });
     std::printf("[cuda-ops] indexer_fp8 wgmma T=%d S=%d H=%d D=%d (last chunk): %.3f ms, %.1f TFLOP/s "
-                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); 2 warpgroups %.3f ms; mma.sync fp8 kernel %.3f ms; bf16 (default) kernel "
-                "same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
+                "(%.1f %% of the fp8 peak %.0f = 2x measured bf16); 2 warpgroups %.3f ms; mma.sync fp8 kernel "
+                "%.3f ms; bf16 (default) kernel same run %.3f ms, %.1f TFLOP/s, fp8 speedup %.2fx\n",
                 tokens, keys, heads, kDim, ms, tflop / (ms * 1e-3), 100.0 * tflop / (ms * 1e-3) / fp8_peak, fp8_peak,
-                ms_3wg, ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);
+                ms_2wg, ms_sync, ms_b, tflop / (ms_b * 1e-3), ms_b / ms);
 
     // Rerun fp8 (the bf16 timing overwrote the scores), then sampled rows against the CPU.
     dsc.fill_bytes(0xFF);
     cuda::indexer_scores_fp8(p);
     cuda::device_synchronize();
-    Fp8Inputs view;
-    view.tokens = tokens;
-    view.heads = heads;
-    view.keys = keys;
-    view.dim = kDim;
-    view.scale = in.scale;
-    view.pos = pos;
-    // check_rows reads q/w rows of t0 and keys [0, keys): views into the full arrays via t0.
-    view.qf = in.qf;
-    view.w = in.w;
-    view.kf.assign(in.kf.begin(), in.kf.begin() + static_cast<size_t>(keys) * kDim);
-    compute_indexer_bounds(&view, {0, tokens / 2 + 7, tokens - 1});
-    FloatCheck fc("t", "s");
-    for (int t : {0, tokens / 2 + 7, tokens - 1})
-      check_rows(view, t, 1, keys, download_range(dsc, static_cast<size_t>(t) * keys, keys), &fc);
-    EXPECT_TRUE(fc.bad == 0) << "indexer_fp8 real shape S=" << keys << ": " << fc.summary();
+    check_sampled({0, tokens / 2 + 7, tokens - 1}, "default");
   }
 
   // Decode: one query at the end of a 204800-key cache.

@@ -650,6 +650,18 @@ struct SyntheticGpuModel::Impl {
       ra.layout = s.indexer_rope_layout();
       rope_bf16(ra, sv());
     }
+    // The fields both score kernels share: weights, positions, the score rows, the shape.
+    auto common = [&](auto& p) {
+      p.w = w.idx_w;
+      p.positions = w.pos;
+      p.scores = w.scores;
+      p.scores_stride = max_ctx;
+      p.tokens = n;
+      p.keys = keys;
+      p.heads = Hi;
+      p.head_dim = Di;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
+    };
     if (fp8_indexer) {
       auto sc = t.scope(kIndexer);  // quantization included: it is part of the fp8 indexer's cost
       // The chunk's new keys: the cache rows at its positions (read on the device: decode graphs).
@@ -657,34 +669,18 @@ struct SyntheticGpuModel::Impl {
                                  n, sv(), fp8_rotate);
       cuda::quantize_rows_fp8(w.idx_q, w.idx_q8, w.idx_qs, int64_t(n) * Hi, sv(), fp8_rotate);
       cuda::IndexerFp8Params p;
+      common(p);
       p.q = w.idx_q8;
       p.q_scale = w.idx_qs;
       p.k = index_cache8[l].data();
       p.k_scale = index_kscale[l].as<float>();
-      p.w = w.idx_w;
-      p.positions = w.pos;
-      p.scores = w.scores;
-      p.scores_stride = max_ctx;
-      p.tokens = n;
-      p.keys = keys;
-      p.heads = Hi;
-      p.head_dim = Di;
-      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
       cuda::indexer_scores_fp8(p, sv());
     } else {
       auto sc = t.scope(kIndexer);
       cuda::IndexerBf16Params p;
+      common(p);
       p.q = w.idx_q;
       p.k = index_cache[l].data();
-      p.w = w.idx_w;
-      p.positions = w.pos;
-      p.scores = w.scores;
-      p.scores_stride = max_ctx;
-      p.tokens = n;
-      p.keys = keys;
-      p.heads = Hi;
-      p.head_dim = Di;
-      p.scale = 1.0f / std::sqrt(static_cast<float>(Di));
       (tc_indexer ? cuda::indexer_scores_bf16 : cuda::indexer_scores_generic)(p, sv());
     }
     {

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/indexer_wgmma.h"
@@ -225,16 +226,6 @@ indexer_bf16_kernel(const char* __restrict__ qg, const char* __restrict__ kg,
     }
 }
 
-int num_sms() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    IC_CUDA_CHECK(cudaGetDevice(&dev));
-    IC_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
-
 template <bool kWarpOneQuery>
 void launch(const IndexerBf16Params& p, int qb, cudaStream_t stream) {
   static const bool attr_set = [] {
@@ -248,7 +239,8 @@ void launch(const IndexerBf16Params& p, int qb, cudaStream_t stream) {
   // Long chunks amortise the q-slab load; shrink them until the grid fills the GPU a few times
   // (decode: one query block, so the keys are what spreads over the SMs).
   int chunk = kMaxChunkTiles;
-  while (chunk > 1 && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4LL * num_sms()) chunk /= 2;
+  const int64_t sms = detail::current_device_sm_count();
+  while (chunk > 1 && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4 * sms) chunk /= 2;
   const int chunks = (tiles + chunk - 1) / chunk;
   if (chunks > 65535)
     throw_runtime("cuda indexer_scores_bf16", "too many keys (" + std::to_string(p.keys) + ")");

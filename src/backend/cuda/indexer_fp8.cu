@@ -50,6 +50,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/indexer_wgmma.h"
@@ -371,16 +372,6 @@ __global__ void __launch_bounds__(256) quantize_rows_fp8_kernel(const uint2* __r
   if (lane == 0) out_scale[row] = __fdiv_rn(amax, 448.0f);
 }
 
-int num_sms() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    IC_CUDA_CHECK(cudaGetDevice(&dev));
-    IC_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
-
 template <bool kWarpOneQuery>
 void launch(const IndexerFp8Params& p, int qb, cudaStream_t stream) {
   static const bool attr_set = [] {
@@ -393,7 +384,8 @@ void launch(const IndexerFp8Params& p, int qb, cudaStream_t stream) {
   const int tiles = (p.keys + kN - 1) / kN;
   // Long chunks amortise the q-slab load; shrink them until the grid fills the GPU a few times.
   int chunk = kMaxChunkTiles;
-  while (chunk > 1 && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4LL * num_sms()) chunk /= 2;
+  const int64_t sms = detail::current_device_sm_count();
+  while (chunk > 1 && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4 * sms) chunk /= 2;
   const int chunks = (tiles + chunk - 1) / chunk;
   if (chunks > 65535) throw_runtime("cuda indexer_scores_fp8", "too many keys (" + std::to_string(p.keys) + ")");
   const dim3 grid(qblocks, chunks);

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/indexer_wgmma.h"
@@ -240,16 +241,6 @@ __global__ void __launch_bounds__(kWG * 128, 1) indexer_wgmma_kernel(const Kerne
     }
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    IC_CUDA_CHECK(cudaGetDevice(&dev));
-    IC_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
-
 template <bool kFp8, int kHeads, int kWG>
 void launch(const KernelArgs& args_in, cudaStream_t stream, const char* what) {
   constexpr size_t kSmem = smem_bytes<kFp8, kWG>();
@@ -266,7 +257,8 @@ void launch(const KernelArgs& args_in, cudaStream_t stream, const char* what) {
   // Long chunks amortise the Q slab; shrink them (not below one tile per warpgroup) until the grid
   // covers the GPU a few times (decode: one query block, so the keys spread over the SMs).
   int chunk = 64;
-  while (chunk > kWG && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4LL * sm_count()) chunk /= 2;
+  const int64_t sms = detail::current_device_sm_count();
+  while (chunk > kWG && static_cast<int64_t>(qblocks) * ((tiles + chunk - 1) / chunk) < 4 * sms) chunk /= 2;
   chunk = chunk < kWG ? kWG : chunk;
   const int chunks = (tiles + chunk - 1) / chunk;
   if (chunks > 65535) throw_runtime(what, "too many keys (" + std::to_string(args.keys) + ")");

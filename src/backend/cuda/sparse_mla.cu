@@ -39,6 +39,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/sparse_mla_wgmma.h"
@@ -450,15 +451,7 @@ Plan make_plan(const SparseMlaParams& p) {
   int splits = p.num_splits;
   if (splits == 0 && p.variant == 2) splits = 1;  // the wgmma kernel runs one split (no device query)
   if (splits == 0) {
-    // The SM count is cached per device (the attribute query is not free on the decode path).
-    static std::atomic<int> sm_cache[64] = {};
-    int dev = 0, sms = 0;
-    IC_CUDA_CHECK(cudaGetDevice(&dev));
-    if (dev >= 0 && dev < 64) sms = sm_cache[dev].load(std::memory_order_relaxed);
-    if (sms <= 0) {
-      IC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-      if (dev >= 0 && dev < 64) sm_cache[dev].store(sms, std::memory_order_relaxed);
-    }
+    const int sms = detail::current_device_sm_count();
     const int64_t base = static_cast<int64_t>(p.tokens) * pl.groups;
     splits = base >= sms ? 1 : static_cast<int>((sms + base - 1) / base);
   }
