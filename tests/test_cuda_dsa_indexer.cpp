@@ -154,7 +154,7 @@ TEST(CudaDsaIndexer, ScoresOtherHeadCounts) {
 
 TEST(CudaDsaIndexer, RejectsBadShapes) {
   // Argument checks happen before any launch, so this runs without a GPU too.
-  auto throws = [](int heads, int head_dim, int variant = 0) {
+  auto throws = [](int heads, int head_dim, int variant = 0, int keys = 1) {
     cuda::IndexerBf16Params p;
     alignas(16) static char dummy[64];
     p.q = dummy;
@@ -163,8 +163,8 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
     p.positions = reinterpret_cast<const int32_t*>(dummy);
     p.scores = reinterpret_cast<float*>(dummy);
     p.tokens = 1;
-    p.keys = 1;
-    p.scores_stride = 1;
+    p.keys = keys;
+    p.scores_stride = keys;
     p.heads = heads;
     p.head_dim = head_dim;
     p.variant = variant;
@@ -182,6 +182,7 @@ TEST(CudaDsaIndexer, RejectsBadShapes) {
   EXPECT_TRUE(throws(64, 128, 3));   // the 2-warpgroup kernel is built for 32 heads only
   EXPECT_TRUE(throws(32, 128, -1));
   EXPECT_TRUE(throws(24, 128, 2));   // wgmma forced on a head count it does not serve
+  EXPECT_TRUE(throws(32, 128, 0, (1 << 30) + 1));  // beyond the int tile arithmetic
   auto topk_throws = [](int k) {
     cuda::TopkRadixParams p;
     alignas(16) static char dummy[64];

@@ -347,7 +347,7 @@ TEST(CudaIndexerFp8, ScoresOtherHeadCounts) {
 
 TEST(CudaIndexerFp8, RejectsBadShapes) {
   // Argument checks happen before any launch, so this runs without a GPU too.
-  auto throws = [](int heads, int head_dim, bool null_scale, int variant = 0) {
+  auto throws = [](int heads, int head_dim, bool null_scale, int variant = 0, int keys = 1) {
     cuda::IndexerFp8Params p;
     alignas(16) static char dummy[64];
     p.q = dummy;
@@ -358,8 +358,8 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
     p.positions = reinterpret_cast<const int32_t*>(dummy);
     p.scores = reinterpret_cast<float*>(dummy);
     p.tokens = 1;
-    p.keys = 1;
-    p.scores_stride = 1;
+    p.keys = keys;
+    p.scores_stride = keys;
     p.heads = heads;
     p.head_dim = head_dim;
     p.variant = variant;
@@ -375,6 +375,7 @@ TEST(CudaIndexerFp8, RejectsBadShapes) {
   EXPECT_TRUE(throws(32, 64, false));
   EXPECT_TRUE(throws(32, 128, true));
   EXPECT_TRUE(throws(32, 128, false, 4));  // no such kernel variant
+  EXPECT_TRUE(throws(32, 128, false, 0, (1 << 30) + 1));  // beyond the int tile arithmetic
   auto quant_throws = [](int64_t rows, bool misaligned) {
     alignas(16) static char dummy[64];
     try {

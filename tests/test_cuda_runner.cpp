@@ -711,6 +711,25 @@ TEST(CudaRunner, ModelRejectsBadRequests) {
     threw = true;
   }
   EXPECT_TRUE(threw) << "plan of the wrong length accepted";
+  // A failed prefill_ids ends the earlier request: decode_id must refuse, not continue it.
+  const IndexPlan full = IndexPlan::full(s.num_layers);
+  model.prefill_ids(std::vector<int32_t>(20, 1), full, gpu::RunOptions{});
+  model.decode_id(2, full);  // the request exists
+  threw = false;
+  try {
+    model.prefill_ids({1, 2, s.vocab_size}, full, gpu::RunOptions{});  // token id outside the vocabulary
+  } catch (const Error&) {
+    threw = true;
+  }
+  EXPECT_TRUE(threw) << "token id outside the vocabulary accepted";
+  std::string decode_msg;
+  try {
+    model.decode_id(2, full);
+  } catch (const Error& e) {
+    decode_msg = e.what();
+  }
+  EXPECT_TRUE(decode_msg.find("no request") != std::string::npos)
+      << "decode_id continued a request a failed prefill_ids had ended: '" << decode_msg << "'";
   // Caches and the score buffer for 4M tokens cannot fit: a one-line error, before any allocation.
   std::string msg;
   try {

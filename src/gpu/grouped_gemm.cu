@@ -431,7 +431,8 @@ grouped_gemm_wgmma_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* _
       wgmma_wait<C::kMmaLag>();
     }
   }
-  if (wg_active) wgmma_wait<0>();
+  wgmma_wait<0>();  // unconditional (a no-op without pending groups): with `if (wg_active)` ptxas
+                    // could not prove the epilogue's accumulator reads safe and serialized kBN 256
   cp_async_wait<0>();
   fence_proxy_async_smem();
   __syncthreads();  // every MMA and copy is done: the stages are free for the epilogue tile

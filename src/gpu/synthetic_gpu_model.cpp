@@ -1032,6 +1032,9 @@ std::vector<float> SyntheticGpuModel::last_logits() const {
 
 PhaseResult SyntheticGpuModel::prefill(int64_t context, const IndexPlan& plan, const RunOptions& opt) {
   Impl& m = *impl_;
+  // Any run overwrites the caches (and may change the indexer precision): the real-token request
+  // of an earlier prefill_ids ends here, even if this call fails, so decode_id cannot continue it.
+  m.cached = 0;
   m.set_indexer_precision(opt);
   m.check_run(context, plan, 0);
   const int64_t chunk = std::max<int64_t>(1, std::min(opt.chunk > 0 ? opt.chunk : context, context));
@@ -1050,6 +1053,9 @@ PhaseResult SyntheticGpuModel::prefill(int64_t context, const IndexPlan& plan, c
 
 PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, const RunOptions& opt) {
   Impl& m = *impl_;
+  // Any run overwrites the caches (and may change the indexer precision): the real-token request
+  // of an earlier prefill_ids ends here, even if this call fails, so decode_id cannot continue it.
+  m.cached = 0;
   const int steps = std::max(1, opt.decode_steps);
   m.set_indexer_precision(opt);
   m.check_run(context, plan, steps);
@@ -1145,6 +1151,9 @@ PhaseResult SyntheticGpuModel::decode(int64_t context, const IndexPlan& plan, co
 PhaseResult SyntheticGpuModel::prefill_ids(const std::vector<int32_t>& ids, const IndexPlan& plan,
                                            const RunOptions& opt, PrefillDebug* debug) {
   Impl& m = *impl_;
+  // Any run overwrites the caches (and may change the indexer precision): the real-token request
+  // of an earlier prefill_ids ends here, even if this call fails, so decode_id cannot continue it.
+  m.cached = 0;
   const int64_t context = static_cast<int64_t>(ids.size());
   m.set_indexer_precision(opt);
   m.check_run(context, plan, 0);

@@ -258,6 +258,8 @@ void indexer_scores_bf16(const IndexerBf16Params& p, void* stream) {
   if (p.tokens < 0 || p.keys < 0)
     throw_runtime(what, "tokens and keys must be >= 0 (got " + std::to_string(p.tokens) + ", " +
                             std::to_string(p.keys) + ")");
+  if (p.keys > (1 << 30))  // tile counts and grids are int arithmetic
+    throw_runtime(what, "keys must be at most 2^30 (got " + std::to_string(p.keys) + ")");
   if (p.tokens == 0 || p.keys == 0) return;
   if (p.head_dim != kD)
     throw_runtime(what, "head_dim must be " + std::to_string(kD) + " (got " + std::to_string(p.head_dim) + ")");
