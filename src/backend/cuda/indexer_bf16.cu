@@ -28,6 +28,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
+#include "backend/cuda/indexer_epilogue.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/indexer_wgmma.h"
 
@@ -80,7 +81,7 @@ indexer_bf16_kernel(const char* __restrict__ qg, const char* __restrict__ kg,
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp & 3, warp_n = warp >> 2;
-  const int g = lane >> 2, t4 = lane & 3;
+  const int g = lane >> 2;
   const int t0 = blockIdx.x * qb;
   const int nq = min(qb, tokens - t0);  // queries of this block (>= 1)
   const int rows_used = nq * heads;
@@ -168,38 +169,7 @@ indexer_bf16_kernel(const char* __restrict__ qg, const char* __restrict__ kg,
           }
         }
 
-        // acc[mi][ni][hf * 2 + e]: row warp_m*32 + mi*16 + hf*8 + g, key column ni*8 + t4*2 + e.
-        const int col = warp_n * 64 + ((lane >> 4) & 1) * 32 + ((lane >> 3) & 1) * 16 + ((lane >> 2) & 1) * 8 + t4 * 2;
-        if constexpr (kWarpOneQuery) {
-          float v[16];
-#pragma unroll
-          for (int ni = 0; ni < 8; ++ni)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float s = 0.0f;
-#pragma unroll
-              for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) s = fmaf(wr[mi][hf], fmaxf(acc[mi][ni][hf * 2 + e], 0.0f), s);
-              v[ni * 2 + e] = s;
-            }
-          reduce_scatter16(v, lane);
-          *reinterpret_cast<float2*>(part + warp_m * kN + col) = make_float2(v[0], v[1]);
-        } else {
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              float v[16];
-#pragma unroll
-              for (int ni = 0; ni < 8; ++ni)
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-                  v[ni * 2 + e] = wr[mi][hf] * fmaxf(acc[mi][ni][hf * 2 + e], 0.0f);
-              reduce_scatter16(v, lane);
-              *reinterpret_cast<float2*>(part + (warp_m * 4 + mi * 2 + hf) * kN + col) = make_float2(v[0], v[1]);
-            }
-        }
+        store_warp_partials<kWarpOneQuery, kN>(acc, wr, warp_m, warp_n, lane, part);
       }
       __syncthreads();  // partials complete; every warp is done reading key buffer (it & 1)
 
@@ -216,14 +186,7 @@ indexer_bf16_kernel(const char* __restrict__ qg, const char* __restrict__ kg,
   }
 
   // Tiles of the chunk in the future of every query of the block: -inf only.
-  const int sm0 = (j0 + nc) * kN;
-  const int sm1 = min(keys, j1 * kN);
-  const int width = sm1 - sm0;
-  if (width > 0)
-    for (int i = tid; i < nq * width; i += kThreads) {
-      const int lq = i / width, s = sm0 + i % width;
-      scores[static_cast<int64_t>(t0 + lq) * scores_stride + s] = neg_inf;
-    }
+  fill_future_keys(scores, scores_stride, t0, nq, (j0 + nc) * kN, min(keys, j1 * kN), tid, kThreads);
 }
 
 template <bool kWarpOneQuery>

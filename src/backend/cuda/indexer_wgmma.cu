@@ -27,6 +27,7 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/sm_count.cuh"
 #include "backend/cuda/device_helpers.cuh"
+#include "backend/cuda/indexer_epilogue.cuh"
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/indexer_wgmma.h"
 #include "backend/cuda/wgmma.cuh"
@@ -231,14 +232,8 @@ __global__ void __launch_bounds__(kWG * 128, 1) indexer_wgmma_kernel(const Kerne
   }
 
   // Tiles of the chunk in the future of every query of the block: -inf only.
-  const int sm0 = (j0 + nc) * kTileKeys;
-  const int sm1 = min(a.keys, j1 * kTileKeys);
-  const int width = sm1 - sm0;
-  if (width > 0)
-    for (int i = tid; i < nq * width; i += kThreads) {
-      const int lq = i / width, s = sm0 + i % width;
-      a.scores[static_cast<int64_t>(t0 + lq) * a.scores_stride + s] = -INFINITY;
-    }
+  fill_future_keys(a.scores, a.scores_stride, t0, nq, (j0 + nc) * kTileKeys, min(a.keys, j1 * kTileKeys), tid,
+                   kThreads);
 }
 
 template <bool kFp8, int kHeads, int kWG>
