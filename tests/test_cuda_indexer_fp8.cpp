@@ -436,23 +436,28 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
   DeviceBuffer dw = DeviceBuffer::from(in.w);
   DeviceBuffer dsc(static_cast<size_t>(tokens) * max_keys * sizeof(float));
 
-  for (int keys : {65536, 131072, 204800}) {
-    std::vector<int32_t> pos(tokens);
-    for (int t = 0; t < tokens; ++t) pos[t] = keys - tokens + t;
-    DeviceBuffer dpos = DeviceBuffer::from(pos);
+  // Parameters over the real-shape inputs: the first `n` queries at `positions`, `keys` keys.
+  auto params = [&](const DeviceBuffer& positions, float* scores, int n, int keys) {
     cuda::IndexerFp8Params p;
     p.q = dq8.data();
     p.q_scale = dqs.as<float>();
     p.k = dk8.data();
     p.k_scale = dks.as<float>();
     p.w = dw.as<float>();
-    p.positions = dpos.as<int32_t>();
-    p.scores = dsc.as<float>();
+    p.positions = positions.as<int32_t>();
+    p.scores = scores;
     p.scores_stride = keys;
-    p.tokens = tokens;
+    p.tokens = n;
     p.keys = keys;
     p.heads = heads;
     p.scale = in.scale;
+    return p;
+  };
+  for (int keys : {65536, 131072, 204800}) {
+    std::vector<int32_t> pos(tokens);
+    for (int t = 0; t < tokens; ++t) pos[t] = keys - tokens + t;
+    DeviceBuffer dpos = DeviceBuffer::from(pos);
+    cuda::IndexerFp8Params p = params(dpos, dsc.as<float>(), tokens, keys);
     p.variant = 1;
     const double ms_sync = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
     p.variant = 3;
@@ -520,19 +525,7 @@ TEST(CudaIndexerFp8, RealShapeTimings) {
     DeviceBuffer dpos = DeviceBuffer::from(pos);
     DeviceBuffer d1(static_cast<size_t>(keys) * sizeof(float));
     d1.fill_bytes(0xFF);
-    cuda::IndexerFp8Params p;
-    p.q = dq8.data();
-    p.q_scale = dqs.as<float>();
-    p.k = dk8.data();
-    p.k_scale = dks.as<float>();
-    p.w = dw.as<float>();
-    p.positions = dpos.as<int32_t>();
-    p.scores = d1.as<float>();
-    p.scores_stride = keys;
-    p.tokens = 1;
-    p.keys = keys;
-    p.heads = heads;
-    p.scale = in.scale;
+    cuda::IndexerFp8Params p = params(dpos, d1.as<float>(), 1, keys);
     const double gb = (static_cast<double>(keys) * (kDim + 4) + static_cast<double>(keys) * 4) * 1e-9;
     p.variant = 2;
     const double ms_wgmma = cuda::median_ms([&] { cuda::indexer_scores_fp8(p); });
