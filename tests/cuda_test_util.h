@@ -2,9 +2,7 @@
 // fixed seeds, bf16 conversion, poison constants, the per-element tolerance checker and the
 // lightning-indexer reference (CPU scores and their Cauchy-Schwarz tolerance bound).
 // Header-only and test-only. It carries no CUDA types; download_range (cudaMemcpy) exists only in
-// files that include <cuda_runtime.h> before this header. It builds against GoogleTest and
-// scripts/gpu_test/mini_gtest alike (REQUIRE_GPU uses only GTEST_SKIP with a streamed message).
-// The tests of scripts/gpu_test are linked into one executable, so everything here is inline.
+// files that include <cuda_runtime.h> before this header. Everything here is inline.
 #pragma once
 
 #include <algorithm>
@@ -30,7 +28,7 @@
   if (::indexcache::cuda::cuda_available()) {                                             \
   } else                                                                                  \
     GTEST_SKIP() << "skipped: " << ::indexcache::cuda::device_description()               \
-                 << "; GPU tests run on the GPU machine via scripts/run_gpu_tests.sh"
+                 << "; GPU tests run on the GPU machine: scripts/device_build.sh"
 
 namespace indexcache::cuda_test {
 

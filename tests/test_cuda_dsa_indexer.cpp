@@ -9,8 +9,7 @@
 //    lower index wins on both); indices are 0x7F7F7F7F-poisoned first.
 //  - real shapes: timings (median of 10, CUDA events) printed as "[cuda-ops]" lines, with sampled
 //    rows checked against the CPU.
-// Without a CUDA device every GPU test is skipped. Builds against GoogleTest and mini_gtest (uses
-// only TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ).
+// Without a CUDA device every GPU test is skipped.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>

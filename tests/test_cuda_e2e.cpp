@@ -23,9 +23,7 @@
 //  (f) prefill of T-1 tokens then one decode step (GEMV path) vs the full prefill's last row:
 //      within 2e-2 relative L2 on dsa-mini, reported on the golden models.
 // An exact deep comparison on the random golden models needs an f32 GPU path (not built yet).
-// Skips without a CUDA device. Builds against GoogleTest and scripts/gpu_test/mini_gtest (only TEST,
-// GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ). Summary lines start with "[cuda-e2e]", timings
-// with "[cuda-ops]".
+// Skips without a CUDA device. Summary lines start with "[cuda-e2e]", timings with "[cuda-ops]".
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -21,8 +21,7 @@
 //    pass that builds a plan per new row count).
 //  - Every correctness case runs every kernel variant (0 default: wgmma 128 x 256 tiles; 1, 2:
 //    mma.sync 128 x 128 and 128 x 256; 3: wgmma 128 x 128).
-// Without a CUDA device the GPU tests skip. Builds against GoogleTest and scripts/gpu_test/mini_gtest
-// (TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ only).
+// Without a CUDA device the GPU tests skip.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 

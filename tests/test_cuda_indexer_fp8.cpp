@@ -11,8 +11,7 @@
 //    NaN-poisoned first and the stride padding must keep the poison.
 //  - real shapes: timings (median of 10, CUDA events) as "[cuda-ops]" lines, beside the bf16 kernel
 //    on the same data in the same run, with sampled rows checked against the CPU.
-// Without a CUDA device every GPU test is skipped. Builds against GoogleTest and mini_gtest (uses
-// only TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ).
+// Without a CUDA device every GPU test is skipped.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>

@@ -8,8 +8,6 @@
 //    only for one whose CPU score lies within the scores' rounding tolerance of the k-th score.
 // Without a CUDA device every test is skipped (GTEST_SKIP) so CI passes on GPU-less machines.
 // Real-shape tests print max errors and timings (median of 10, CUDA events) prefixed "[cuda-ops]".
-// This file also builds against scripts/gpu_test/mini_gtest (no GoogleTest on the GPU machine), so
-// it uses only TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE and EXPECT_EQ.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -3,8 +3,7 @@
 // outputs poisoned first (NaN floats, 0x7F7F7F7F ints); then model-level consistency of the synthetic
 // model on a small spec with the real 576/512 latent: chunked vs one-chunk prefill, prefill + one
 // decode step (graph and eager) vs a longer prefill, all-F vs a plan with S layers, no NaN anywhere.
-// Without a CUDA device every test is skipped. Builds against GoogleTest and
-// scripts/gpu_test/mini_gtest (TEST, GTEST_SKIP, ASSERT_TRUE, EXPECT_TRUE, EXPECT_EQ only).
+// Without a CUDA device every test is skipped.
 #include <gtest/gtest.h>
 
 #include <algorithm>

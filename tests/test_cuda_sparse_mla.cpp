@@ -17,7 +17,7 @@
 //    guard must come back untouched after every run (the padding rows of earlier tokens land on the
 //    next token's heads, which the comparison with the reference catches).
 // Without a CUDA device the GPU tests skip. Real-shape timings print "[cuda-ops]" lines (median of
-// 10 CUDA-event-timed runs). Builds against GoogleTest and scripts/gpu_test/mini_gtest alike.
+// 10 CUDA-event-timed runs).
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -102,9 +102,6 @@ std::string bench_usage() {
 
 BenchOptions parse_bench_args(const std::vector<std::string>& args) {
   BenchOptions o;
-#ifdef INDEXCACHE_BENCH_NO_CPU
-  o.device = Device::kCuda;  // the GPU-only bench binary
-#endif
   for (size_t i = 0; i < args.size(); ++i) {
     if (i) o.command_line += ' ';
     o.command_line += args[i];

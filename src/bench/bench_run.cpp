@@ -7,13 +7,6 @@
 
 namespace indexcache::bench {
 
-#ifdef INDEXCACHE_BENCH_NO_CPU
-// The self-contained GPU bench binary has no CPU model (no BLAS, no safetensors loader).
-BenchReport run_cpu_bench(const BenchSetup&, const Progress&) {
-  throw_bad_input("--device cpu", "this GPU-only bench binary has no CPU path; use `indexcache bench --device cpu`");
-}
-#endif
-
 int bench_main(const std::vector<std::string>& args) {
   const BenchOptions opts = parse_bench_args(args);
   if (opts.help) {

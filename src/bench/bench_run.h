@@ -1,6 +1,5 @@
 // `indexcache bench` end to end: arguments -> setup -> the matrix ctx x plan x mode on the chosen
-// device -> markdown / JSON. The CLI's `bench` command and the self-contained GPU bench binary
-// (scripts/gpu_bench) both call bench_main().
+// device -> markdown / JSON. The CLI's `bench` command calls bench_main().
 #pragma once
 
 #include <algorithm>

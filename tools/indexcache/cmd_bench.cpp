@@ -1,6 +1,6 @@
 // `indexcache bench`: prefill / decode speed of a synthetic model with real shapes, per context x
-// IndexCache plan, on the CPU or (CUDA builds) the GPU. The flags are parsed by src/bench (the
-// self-contained GPU bench binary shares that parser), so this only hands the arguments over.
+// IndexCache plan, on the CPU or (CUDA builds) the GPU. The flags are parsed by src/bench, so this
+// only hands the arguments over.
 #include "bench/bench_run.h"
 #include "commands.h"
 
