@@ -32,6 +32,11 @@ class Model {
   // Reads `dir`/config.json and the safetensors weights. Throws Error(kBadInput) naming the file,
   // tensor or key for any problem (missing tensor, wrong shape or dtype, bad config).
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& options = {});
+  // A model of `spec`'s shapes with random weights in host memory (no file): every tensor of the
+  // checkpoint schema, every layer's indexer included, drawn uniform with std 1/sqrt(fan_in)
+  // (residual outputs shrunk by 1/sqrt(2 * layers), norms 1) and rounded to bf16, as the bench
+  // presets use. Deterministic in `seed`. dir() is empty.
+  static std::unique_ptr<Model> synthetic(const ModelSpec& spec, uint64_t seed);
   ~Model();
 
   const ModelSpec& spec() const { return spec_; }
@@ -42,7 +47,8 @@ class Model {
   // Throws Error(kBadInput) if `plan` does not fit the model or needs an indexer it lacks.
   void check_plan(const IndexPlan& plan) const;
   const ModelWeights& weights() const { return *weights_; }
-  // Total parameters and the indexers' share (counted from the config, all layers).
+  // Total parameters and the indexers' share: the checkpoint schema's tensors for the config,
+  // every layer's indexer counted (what a checkpoint that ships every indexer holds).
   int64_t parameter_count() const;
   int64_t indexer_parameter_count() const;
 

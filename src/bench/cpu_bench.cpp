@@ -1,16 +1,12 @@
-// The CPU path of `indexcache bench`: the preset's model with random bf16 weights is written as a
-// temporary Hugging Face checkpoint (config.json + one safetensors shard per layer), loaded with
-// Model::load like any checkpoint, and timed through a Session: chunked prefill, then decode
-// steps. A timing wrapper around the CPU backend sorts each op into the report's classes.
-#include <stdlib.h>
+// The CPU path of `indexcache bench`: the preset's model with random bf16-valued weights drawn in
+// memory from the checkpoint schema (Model::synthetic), timed through a Session: chunked prefill,
+// then decode steps. A timing wrapper around the CPU backend sorts each op into the report's
+// classes.
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <filesystem>
 #include <fstream>
-#include <list>
 #include <random>
 #include <span>
 #include <unordered_set>
@@ -23,7 +19,6 @@
 #include "bench/bench_run.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
-#include "indexcache/safetensors.h"
 #include "indexcache/session.h"
 #include "model/weights.h"
 
@@ -31,7 +26,6 @@ namespace indexcache::bench {
 
 namespace {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr double kCpuRamLimit = 8.0 * 1024 * 1024 * 1024;
@@ -40,13 +34,13 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Bytes the CPU run needs at its peak: bf16 file pages + the f32 copies the loader makes, the
-// per-head transposed kv_b, the f32 KV cache for the longest request, and chunk activations.
+// Bytes the CPU run needs at its peak: the f32 weights, the per-head transposed kv_b, the f32 KV
+// cache for the longest request, and chunk activations.
 double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
   const double params = static_cast<double>(parameter_count(s));
   const double L = s.num_layers, H = s.hidden_size, nh = s.num_heads;
   const double lat = s.kv_lora_rank + s.qk_rope_head_dim;
-  double b = params * (2 + 4);
+  double b = params * 4;
   b += L * nh * s.kv_lora_rank * s.qk_nope_head_dim * 4.0;
   b += static_cast<double>(max_ctx) * L * (lat + s.index_head_dim) * 4.0;
   const double t = static_cast<double>(std::min(chunk, max_ctx));
@@ -57,132 +51,6 @@ double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
   b += 256.0 * static_cast<double>(max_ctx) * 4.0;  // indexer score block
   b += static_cast<double>(s.vocab_size) * 4.0 * 2;
   return b;
-}
-
-// A temporary directory removed with everything in it when the run ends (or throws).
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "indexcache-bench-XXXXXX").string();
-    std::vector<char> buf(pattern.begin(), pattern.end());
-    buf.push_back('\0');
-    if (!mkdtemp(buf.data())) throw_runtime(pattern, "cannot create a temporary directory");
-    path_ = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Random bf16 tensors of one shard, kept alive until the shard is written.
-class ShardWriter {
- public:
-  explicit ShardWriter(uint64_t seed) : rng_(seed) {}
-
-  // Uniform values with standard deviation `std` (0: all `fill`).
-  void add(const std::string& name, std::vector<int64_t> shape, double std, float fill = 0.0f) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    auto& buf = buffers_.emplace_back(static_cast<size_t>(n));
-    if (std > 0) {
-      const float a = static_cast<float>(std * std::sqrt(3.0));
-      std::uniform_real_distribution<float> u(-a, a);
-      for (auto& v : buf) v = f32_to_bf16(u(rng_));
-    } else {
-      const uint16_t f = f32_to_bf16(fill);
-      std::fill(buf.begin(), buf.end(), f);
-    }
-    tensors_.push_back({name, DType::kBF16, std::move(shape),
-                        std::as_bytes(std::span<const uint16_t>(buf.data(), buf.size()))});
-  }
-
-  void write(const std::string& path) {
-    write_safetensors(path, tensors_, {{"format", "pt"}});
-    tensors_.clear();
-    buffers_.clear();
-  }
-
- private:
-  std::mt19937_64 rng_;
-  std::list<std::vector<uint16_t>> buffers_;  // stable addresses
-  std::vector<TensorToWrite> tensors_;
-};
-
-// Writes config.json and one shard per layer (plus one for the embedding, final norm, lm head).
-// Projections are scaled to keep activations O(1): std 1/sqrt(fan_in), residual outputs shrunk
-// by 1/sqrt(2 * layers).
-void write_checkpoint(const Preset& preset, const std::string& dir, uint64_t seed) {
-  {
-    std::ofstream f(dir + "/config.json", std::ios::binary);
-    f << preset.config_json;
-    if (!f) throw_runtime(dir + "/config.json", "cannot write");
-  }
-  const ModelSpec& s = preset.spec;
-  const int64_t H = s.hidden_size, V = s.vocab_size, nh = s.num_heads, qlr = s.q_lora_rank;
-  const int64_t kvlr = s.kv_lora_rank, rope = s.qk_rope_head_dim, hi = s.index_n_heads, di = s.index_head_dim;
-  const double res = 1.0 / std::sqrt(2.0 * s.num_layers);
-  auto inv_sqrt = [](int64_t n) { return 1.0 / std::sqrt(static_cast<double>(n)); };
-  {
-    ShardWriter w(seed * 1000003 + 17);
-    w.add("model.embed_tokens.weight", {V, H}, 1.0);
-    w.add("model.norm.weight", {H}, 0, 1.0f);
-    if (!s.tie_word_embeddings) w.add("lm_head.weight", {V, H}, inv_sqrt(H));
-    w.write(dir + "/model-embed.safetensors");
-  }
-  for (int l = 0; l < s.num_layers; ++l) {
-    ShardWriter w(seed * 1000003 + 1000 + l);
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    const std::string a = p + "self_attn.";
-    w.add(p + "input_layernorm.weight", {H}, 0, 1.0f);
-    w.add(p + "post_attention_layernorm.weight", {H}, 0, 1.0f);
-    w.add(a + "q_a_proj.weight", {qlr, H}, inv_sqrt(H));
-    w.add(a + "q_a_layernorm.weight", {qlr}, 0, 1.0f);
-    w.add(a + "q_b_proj.weight", {nh * s.qk_head_dim(), qlr}, inv_sqrt(qlr));
-    w.add(a + "kv_a_proj_with_mqa.weight", {kvlr + rope, H}, inv_sqrt(H));
-    w.add(a + "kv_a_layernorm.weight", {kvlr}, 0, 1.0f);
-    w.add(a + "kv_b_proj.weight", {nh * (s.qk_nope_head_dim + s.v_head_dim), kvlr}, inv_sqrt(kvlr));
-    w.add(a + "o_proj.weight", {H, nh * s.v_head_dim}, res * inv_sqrt(nh * s.v_head_dim));
-    if (s.attention_bias) {
-      w.add(a + "q_a_proj.bias", {qlr}, 0);
-      w.add(a + "kv_a_proj_with_mqa.bias", {kvlr + rope}, 0);
-      w.add(a + "o_proj.bias", {H}, 0);
-    }
-    const std::string ix = a + "indexer.";
-    w.add(ix + "wq_b.weight", {hi * di, qlr}, inv_sqrt(qlr));
-    w.add(ix + "wk.weight", {di, H}, inv_sqrt(H));
-    w.add(ix + "k_norm.weight", {di}, 0, 1.0f);
-    w.add(ix + "k_norm.bias", {di}, 0, 0.0f);
-    w.add(ix + "weights_proj.weight", {hi, H}, inv_sqrt(H));
-    const std::string m = p + "mlp.";
-    if (!s.layer_is_moe[l]) {
-      const int64_t I = s.intermediate_size;
-      w.add(m + "gate_proj.weight", {I, H}, inv_sqrt(H));
-      w.add(m + "up_proj.weight", {I, H}, inv_sqrt(H));
-      w.add(m + "down_proj.weight", {H, I}, res * inv_sqrt(I));
-    } else {
-      const int64_t E = s.n_routed_experts, I = s.moe_intermediate_size;
-      w.add(m + "gate.weight", {E, H}, inv_sqrt(H));
-      w.add(m + "gate.e_score_correction_bias", {E}, 0.01);
-      w.add(m + "experts.gate_up_proj", {E, 2 * I, H}, inv_sqrt(H));
-      w.add(m + "experts.down_proj", {E, H, I}, res * inv_sqrt(I));
-      if (s.n_shared_experts > 0) {
-        const int64_t SI = I * s.n_shared_experts;
-        w.add(m + "shared_experts.gate_proj.weight", {SI, H}, inv_sqrt(H));
-        w.add(m + "shared_experts.up_proj.weight", {SI, H}, inv_sqrt(H));
-        w.add(m + "shared_experts.down_proj.weight", {H, SI}, res * inv_sqrt(SI));
-      }
-    }
-    char name[64];
-    std::snprintf(name, sizeof name, "/model-layer%05d.safetensors", l);
-    w.write(dir + name);
-  }
 }
 
 // Forwards every op to the CPU backend and adds its wall time to a class. Projections whose
@@ -266,22 +134,10 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
 #endif
   r.machine.memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / (1024.0 * 1024 * 1024);
 
-  TempDir dir;
-  {
-    std::error_code ec;
-    const auto space = fs::space(dir.path(), ec);
-    const double file_bytes = static_cast<double>(r.weight_bytes) * 1.05 + (1 << 20);
-    if (!ec && static_cast<double>(space.available) < file_bytes)
-      throw_runtime(dir.path(), "not enough disk space for the temporary checkpoint (" + format_bytes(file_bytes) +
-                                    " needed, " + format_bytes(static_cast<double>(space.available)) +
-                                    " free); set TMPDIR elsewhere");
-  }
-  progress("writing " + setup.preset.name + " with random bf16 weights (" +
-           format_bytes(static_cast<double>(r.weight_bytes)) + ") to " + dir.path());
-  write_checkpoint(setup.preset, dir.path(), o.seed);
-  LoadOptions lo;
-  lo.require_indexer.assign(spec.num_layers, true);  // every plan of the matrix runs on one load
-  auto model = Model::load(dir.path(), lo);
+  progress("generating " + setup.preset.name + " with random bf16-valued weights (" +
+           format_bytes(static_cast<double>(parameter_count(spec)) * 4) + " as f32 in host memory)");
+  // Every layer's indexer is there: every plan of the matrix runs on one model.
+  auto model = Model::synthetic(spec, o.seed);
   auto cpu = make_cpu_backend();
   TimingBackend timing(*cpu, model->weights());
 

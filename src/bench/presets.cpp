@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "indexcache/error.h"
+#include "io/checkpoint_schema.h"
 
 namespace indexcache::bench {
 
@@ -234,33 +235,9 @@ Preset make_preset(const std::string& name, int layers, int experts) {
   return p;
 }
 
-int64_t indexer_parameter_count(const ModelSpec& s) {
-  const int64_t H = s.hidden_size, hi = s.index_n_heads, di = s.index_head_dim;
-  const int64_t per_layer = hi * di * s.q_lora_rank + di * H + 2 * di + hi * H;
-  return per_layer * s.num_layers;
-}
+int64_t indexer_parameter_count(const ModelSpec& s) { return schema_indexer_parameter_count(s); }
 
-int64_t parameter_count(const ModelSpec& s) {
-  const int64_t H = s.hidden_size, V = s.vocab_size, nh = s.num_heads;
-  const int64_t qlr = s.q_lora_rank, kvlr = s.kv_lora_rank, rope = s.qk_rope_head_dim;
-  int64_t n = V * H + H + (s.tie_word_embeddings ? 0 : V * H);
-  for (int l = 0; l < s.num_layers; ++l) {
-    n += 2 * H;                                              // norms
-    n += qlr * H + qlr + nh * s.qk_head_dim() * qlr;         // q path
-    n += (kvlr + rope) * H + kvlr;                           // kv_a + its norm
-    n += nh * (s.qk_nope_head_dim + s.v_head_dim) * kvlr;    // kv_b
-    n += H * nh * s.v_head_dim;                              // o
-    if (s.attention_bias) n += qlr + kvlr + rope + H;
-    const bool moe = l < static_cast<int>(s.layer_is_moe.size()) && s.layer_is_moe[l];
-    if (!moe) {
-      n += 3 * H * s.intermediate_size;
-    } else {
-      const int64_t E = s.n_routed_experts, mI = s.moe_intermediate_size;
-      n += E * H + E + E * 3 * H * mI + 3 * H * mI * s.n_shared_experts;
-    }
-  }
-  return n + indexer_parameter_count(s);
-}
+int64_t parameter_count(const ModelSpec& s) { return schema_parameter_count(s); }
 
 std::string format_bytes(double bytes) {
   char buf[64];

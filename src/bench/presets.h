@@ -1,7 +1,8 @@
 // Synthetic model presets for `indexcache bench`: a name -> the config.json of a DSA model with
 // real shapes (the paper's 30B-class GLM-4.7-Flash-DSA, GLM-5, DeepSeek-V3.2) or small shapes for
 // the CPU (tiny, dsa-mini), optionally trimmed to fewer layers / routed experts so it fits one
-// device. No weights here: the CPU path writes random ones, the GPU path generates them on device.
+// device. No weights here: the CPU path draws random ones (Model::synthetic), the GPU path
+// generates them on device.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,8 @@ std::vector<std::string> preset_names();
 // name or an impossible trim.
 Preset make_preset(const std::string& name, int layers = 0, int experts = 0);
 
-// Parameter count of a model with `spec`'s shapes (every layer with its indexer).
+// Parameter count of a model with `spec`'s shapes (every layer with its indexer), from the
+// checkpoint schema (the same number as Model::parameter_count).
 int64_t parameter_count(const ModelSpec& spec);
 // Parameters of the indexers alone (all layers).
 int64_t indexer_parameter_count(const ModelSpec& spec);

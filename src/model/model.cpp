@@ -2,6 +2,7 @@
 
 #include "indexcache/error.h"
 #include "indexcache/model.h"
+#include "io/checkpoint_schema.h"
 #include "model/weights.h"
 
 namespace indexcache {
@@ -32,6 +33,16 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   return m;
 }
 
+std::unique_ptr<Model> Model::synthetic(const ModelSpec& spec, uint64_t seed) {
+  if (static_cast<int>(spec.layer_is_moe.size()) != spec.num_layers)
+    throw_bad_input("synthetic model", "layer_is_moe does not match the layer count");
+  auto m = std::unique_ptr<Model>(new Model());
+  m->spec_ = spec;
+  m->config_plan_ = IndexPlan::from_config(spec, "synthetic model config");
+  m->weights_ = synthetic_weights(spec, seed);
+  return m;
+}
+
 bool Model::has_indexer(int layer) const { return weights_->layers.at(layer).has_indexer; }
 
 void Model::check_plan(const IndexPlan& plan) const {
@@ -46,31 +57,8 @@ void Model::check_plan(const IndexPlan& plan) const {
   }
 }
 
-int64_t Model::indexer_parameter_count() const {
-  const auto& s = spec_;
-  const int64_t per_layer = int64_t{s.index_n_heads} * s.index_head_dim * s.q_lora_rank +
-                            int64_t{s.index_head_dim} * s.hidden_size + 2 * s.index_head_dim +
-                            int64_t{s.index_n_heads} * s.hidden_size;
-  return per_layer * s.num_layers;
-}
+int64_t Model::indexer_parameter_count() const { return schema_indexer_parameter_count(spec_); }
 
-int64_t Model::parameter_count() const {
-  const auto& s = spec_;
-  const int64_t H = s.hidden_size, nh = s.num_heads;
-  int64_t attn = int64_t{s.q_lora_rank} * H + s.q_lora_rank + nh * s.qk_head_dim() * s.q_lora_rank +
-                 (int64_t{s.kv_lora_rank} + s.qk_rope_head_dim) * H + s.kv_lora_rank +
-                 nh * (s.qk_nope_head_dim + s.v_head_dim) * s.kv_lora_rank + H * nh * s.v_head_dim + 2 * H;
-  int64_t total = int64_t{s.vocab_size} * H * (s.tie_word_embeddings ? 1 : 2) + H;
-  for (int i = 0; i < s.num_layers; ++i) {
-    total += attn;
-    if (s.layer_is_moe[i]) {
-      total += int64_t{s.n_routed_experts} * (H + 1) +
-               (int64_t{s.n_routed_experts} + s.n_shared_experts) * 3 * H * s.moe_intermediate_size;
-    } else {
-      total += 3 * H * s.intermediate_size;
-    }
-  }
-  return total + indexer_parameter_count();
-}
+int64_t Model::parameter_count() const { return schema_parameter_count(spec_); }
 
 }  // namespace indexcache

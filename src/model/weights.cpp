@@ -1,13 +1,28 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
 
+#include "indexcache/dtype.h"
 #include "indexcache/error.h"
 
 namespace indexcache {
 
 namespace {
+
+// From kv_b [heads*(nope+v), kvlr]: each head's nope key rows transposed, [heads, kvlr, nope].
+const float* transposed_key_rows(ModelWeights& w, const float* kv_b, int64_t heads, int64_t nope, int64_t v,
+                                 int64_t kvlr) {
+  auto& buf = w.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < nope; ++i)
+      for (int64_t c = 0; c < kvlr; ++c)
+        buf[(h * kvlr + c) * nope + i] = kv_b[(h * (nope + v) + i) * kvlr + c];
+  return buf.data();
+}
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -38,16 +53,8 @@ class Loader {
   }
 
   bool has(const std::string& name) const { return w_.store.has(name); }
-
-  // From kv_b [heads*(nope+v), kvlr]: each head's nope key rows transposed, [heads, kvlr, nope].
-  const float* transposed_key_rows(const float* kv_b, int64_t heads, int64_t nope, int64_t v, int64_t kvlr) {
-    auto& buf = w_.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope));
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t i = 0; i < nope; ++i)
-        for (int64_t c = 0; c < kvlr; ++c)
-          buf[(h * kvlr + c) * nope + i] = kv_b[(h * (nope + v) + i) * kvlr + c];
-    return buf.data();
-  }
+  const float* get(const TensorSpec& t) { return get(t.name, t.shape); }
+  const float* find(const TensorSpec& t) { return find(t.name, t.shape); }
 
  private:
   const float* as_f32(const TensorInfo& t, const SafetensorsFile& f, const std::string& what) {
@@ -76,76 +83,83 @@ class Loader {
   std::string dir_;
 };
 
-ExpertWeights load_mlp(Loader& L, const std::string& prefix, int64_t hidden, int64_t inter) {
-  ExpertWeights e;
-  e.gate = L.get(prefix + "gate_proj.weight", {inter, hidden});
-  e.up = L.get(prefix + "up_proj.weight", {inter, hidden});
-  e.down = L.get(prefix + "down_proj.weight", {hidden, inter});
-  return e;
+// The ExpertWeights a gate / up / down tensor belongs to: the dense MLP, the shared expert or
+// one routed expert.
+ExpertWeights& mlp_of(LayerWeights& lw, const TensorSpec& t) {
+  if (t.role == TensorRole::kDenseMlp) return lw.dense;
+  if (t.role == TensorRole::kSharedExpert) return lw.shared;
+  const auto e = static_cast<size_t>(t.expert);
+  if (lw.experts.size() <= e) lw.experts.resize(e + 1);
+  return lw.experts[e];
 }
 
-void load_experts(Loader& L, const ModelSpec& s, const std::string& p, LayerWeights& lw) {
-  const int64_t E = s.n_routed_experts, H = s.hidden_size, I = s.moe_intermediate_size;
-  lw.experts.resize(E);
-  if (L.has(p + "experts.gate_up_proj")) {  // packed: [E, 2I, H] (gate rows first) and [E, H, I]
-    const float* gu = L.get(p + "experts.gate_up_proj", {E, 2 * I, H});
-    const float* dn = L.get(p + "experts.down_proj", {E, H, I});
-    for (int64_t e = 0; e < E; ++e) {
-      lw.experts[e].gate = gu + e * 2 * I * H;
-      lw.experts[e].up = gu + e * 2 * I * H + I * H;
-      lw.experts[e].down = dn + e * H * I;
+// Puts the f32 data `p` of schema tensor `t` where the forward pass reads it.
+void bind(ModelWeights& w, const TensorSpec& t, const float* p) {
+  if (t.layer < 0) {
+    switch (t.slot) {
+      case TensorSlot::kEmbed: w.embed = p; break;
+      case TensorSlot::kFinalNorm: w.final_norm = p; break;
+      case TensorSlot::kLmHead: w.lm_head = p; break;
+      default: break;
     }
     return;
   }
-  for (int64_t e = 0; e < E; ++e)
-    lw.experts[e] = load_mlp(L, p + "experts." + std::to_string(e) + ".", H, I);
+  LayerWeights& lw = w.layers.at(static_cast<size_t>(t.layer));
+  IndexerWeights& ix = lw.indexer;
+  switch (t.slot) {
+    case TensorSlot::kInputNorm: lw.input_norm = p; break;
+    case TensorSlot::kPostAttnNorm: lw.post_attn_norm = p; break;
+    case TensorSlot::kQa: lw.q_a = p; break;
+    case TensorSlot::kQaBias: lw.q_a_bias = p; break;
+    case TensorSlot::kQaNorm: lw.q_a_norm = p; break;
+    case TensorSlot::kQb: lw.q_b = p; break;
+    case TensorSlot::kKvA: lw.kv_a = p; break;
+    case TensorSlot::kKvABias: lw.kv_a_bias = p; break;
+    case TensorSlot::kKvANorm: lw.kv_a_norm = p; break;
+    case TensorSlot::kKvB: lw.kv_b = p; break;
+    case TensorSlot::kO: lw.o = p; break;
+    case TensorSlot::kOBias: lw.o_bias = p; break;
+    case TensorSlot::kIndexerWqB: ix.wq_b = p; break;
+    case TensorSlot::kIndexerWk: ix.wk = p; break;
+    case TensorSlot::kIndexerKNorm: ix.k_norm_w = p; break;
+    case TensorSlot::kIndexerKNormBias: ix.k_norm_b = p; break;
+    case TensorSlot::kIndexerWeightsProj: ix.weights_proj = p; break;
+    case TensorSlot::kRouter: lw.router = p; break;
+    case TensorSlot::kRouterBias: lw.router_bias = p; break;
+    case TensorSlot::kGate: mlp_of(lw, t).gate = p; break;
+    case TensorSlot::kUp: mlp_of(lw, t).up = p; break;
+    case TensorSlot::kDown: mlp_of(lw, t).down = p; break;
+    case TensorSlot::kExpertsGateUp: {  // [E, 2I, H]: per expert, gate rows then up rows
+      const int64_t E = t.shape[0], I = t.shape[1] / 2, H = t.shape[2];
+      lw.experts.resize(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) {
+        lw.experts[e].gate = p + e * 2 * I * H;
+        lw.experts[e].up = p + e * 2 * I * H + I * H;
+      }
+      break;
+    }
+    case TensorSlot::kExpertsDown: {  // [E, H, I]
+      const int64_t E = t.shape[0], per = t.shape[1] * t.shape[2];
+      lw.experts.resize(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) lw.experts[e].down = p + e * per;
+      break;
+    }
+    default: break;
+  }
 }
 
-void load_layer(Loader& L, const ModelSpec& s, int i, bool load_indexer, bool require_indexer,
-                LayerWeights& lw) {
-  const std::string p = "model.layers." + std::to_string(i) + ".";
-  const std::string a = p + "self_attn.";
-  const int64_t H = s.hidden_size, nh = s.num_heads, qlr = s.q_lora_rank, kvlr = s.kv_lora_rank;
-  const int64_t rope = s.qk_rope_head_dim;
-  lw.input_norm = L.get(p + "input_layernorm.weight", {H});
-  lw.post_attn_norm = L.get(p + "post_attention_layernorm.weight", {H});
-  lw.q_a = L.get(a + "q_a_proj.weight", {qlr, H});
-  lw.q_a_norm = L.get(a + "q_a_layernorm.weight", {qlr});
-  lw.q_b = L.get(a + "q_b_proj.weight", {nh * s.qk_head_dim(), qlr});
-  lw.kv_a = L.get(a + "kv_a_proj_with_mqa.weight", {kvlr + rope, H});
-  lw.kv_a_norm = L.get(a + "kv_a_layernorm.weight", {kvlr});
-  lw.kv_b = L.get(a + "kv_b_proj.weight", {nh * (s.qk_nope_head_dim + s.v_head_dim), kvlr});
-  lw.o = L.get(a + "o_proj.weight", {H, nh * s.v_head_dim});
-  lw.uk_t = L.transposed_key_rows(lw.kv_b, nh, s.qk_nope_head_dim, s.v_head_dim, kvlr);
-  if (s.attention_bias) {
-    lw.q_a_bias = L.get(a + "q_a_proj.bias", {qlr});
-    lw.kv_a_bias = L.get(a + "kv_a_proj_with_mqa.bias", {kvlr + rope});
-    lw.o_bias = L.get(a + "o_proj.bias", {H});
-  }
-  const std::string ix = a + "indexer.";
-  const int64_t hi = s.index_n_heads, di = s.index_head_dim;
-  if (require_indexer || (load_indexer && L.has(ix + "wq_b.weight"))) {
-    lw.indexer.wq_b = L.get(ix + "wq_b.weight", {hi * di, qlr});
-    lw.indexer.wk = L.get(ix + "wk.weight", {di, H});
-    lw.indexer.k_norm_w = L.get(ix + "k_norm.weight", {di});
-    lw.indexer.k_norm_b = L.get(ix + "k_norm.bias", {di});
-    lw.indexer.weights_proj = L.get(ix + "weights_proj.weight", {hi, H});
-    lw.has_indexer = true;
-  }
-  const std::string m = p + "mlp.";
-  lw.moe = s.layer_is_moe[i];
-  if (!lw.moe) {
-    lw.dense = load_mlp(L, m, H, s.intermediate_size);
-    return;
-  }
-  lw.router = L.get(m + "gate.weight", {s.n_routed_experts, H});
-  lw.router_bias = L.get(m + "gate.e_score_correction_bias", {s.n_routed_experts});
-  load_experts(L, s, m, lw);
-  if (s.n_shared_experts > 0) {
-    lw.shared = load_mlp(L, m + "shared_experts.", H,
-                         static_cast<int64_t>(s.moe_intermediate_size) * s.n_shared_experts);
-    lw.has_shared = true;
-  }
+// What follows from a layer's bound tensors: its kind, which optional parts it has, and the
+// per-head transposed key rows of kv_b.
+void finish_layer(ModelWeights& w, const ModelSpec& s, int l) {
+  LayerWeights& lw = w.layers[l];
+  lw.moe = l < static_cast<int>(s.layer_is_moe.size()) && s.layer_is_moe[l];
+  lw.has_indexer = lw.indexer.wq_b != nullptr;
+  lw.has_shared = lw.shared.gate != nullptr;
+  lw.uk_t = transposed_key_rows(w, lw.kv_b, s.num_heads, s.qk_nope_head_dim, s.v_head_dim, s.kv_lora_rank);
+}
+
+void finish_model(ModelWeights& w, const ModelSpec& s) {
+  if (s.tie_word_embeddings) w.lm_head = w.embed;
 }
 
 }  // namespace
@@ -156,16 +170,102 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSp
   auto w = std::make_unique<ModelWeights>();
   w->store = WeightStore::open_dir(dir);
   Loader L(*w, dir);
-  const int64_t V = s.vocab_size, H = s.hidden_size;
-  w->embed = L.get("model.embed_tokens.weight", {V, H});
-  w->final_norm = L.get("model.norm.weight", {H});
-  w->lm_head = s.tie_word_embeddings ? w->embed : L.get("lm_head.weight", {V, H});
+  for_each_global_tensor(s, [&](const TensorSpec& t) { bind(*w, t, L.get(t)); });
+  finish_model(*w, s);
   w->layers.resize(s.num_layers);
-  for (int i = 0; i < s.num_layers; ++i) {
-    const bool req = require_indexer[i];
-    load_layer(L, s, i, req || !only_required_indexers, req, w->layers[i]);
+  for (int l = 0; l < s.num_layers; ++l) {
+    LayerSchemaOptions o;
+    o.experts = L.has(packed_experts_name(l)) ? ExpertLayout::kPacked : ExpertLayout::kPerExpert;
+    o.indexer = require_indexer[l]        ? IndexerTensors::kRequired
+                : only_required_indexers ? IndexerTensors::kOmitted
+                                         : IndexerTensors::kOptional;
+    // The optional tensors (an indexer) come as a group: absent when the first is, else required.
+    bool first_optional = true, have_optional = false;
+    for_each_layer_tensor(s, l, o, [&](const TensorSpec& t) {
+      if (t.optional) {
+        if (first_optional) have_optional = L.has(t.name);
+        first_optional = false;
+        if (!have_optional) return;
+      }
+      bind(*w, t, L.get(t));
+    });
+    finish_layer(*w, s, l);
   }
   return w;
+}
+
+std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& s, uint64_t seed) {
+  auto w = std::make_unique<ModelWeights>();
+  std::mt19937_64 rng;
+  auto fill = [&](const TensorSpec& t) {
+    auto& buf = w->owned.emplace_back(static_cast<size_t>(t.numel()));
+    if (t.init.std > 0) {
+      const float a = static_cast<float>(t.init.std * std::sqrt(3.0));
+      std::uniform_real_distribution<float> u(-a, a);
+      for (float& v : buf) v = bf16_to_f32(f32_to_bf16(u(rng)));
+    } else {
+      std::fill(buf.begin(), buf.end(), bf16_to_f32(f32_to_bf16(t.init.fill)));
+    }
+    bind(*w, t, buf.data());
+  };
+  rng.seed(seed * 1000003 + 17);
+  for_each_global_tensor(s, fill);
+  finish_model(*w, s);
+  w->layers.resize(s.num_layers);
+  for (int l = 0; l < s.num_layers; ++l) {
+    rng.seed(seed * 1000003 + 1000 + l);
+    for_each_layer_tensor(s, l, {}, fill);
+    finish_layer(*w, s, l);
+  }
+  return w;
+}
+
+const float* bound_tensor(const ModelWeights& w, const TensorSpec& t) {
+  if (t.layer < 0) {
+    switch (t.slot) {
+      case TensorSlot::kEmbed: return w.embed;
+      case TensorSlot::kFinalNorm: return w.final_norm;
+      case TensorSlot::kLmHead: return w.lm_head;
+      default: return nullptr;
+    }
+  }
+  if (t.layer >= static_cast<int>(w.layers.size())) return nullptr;
+  const LayerWeights& lw = w.layers[t.layer];
+  const IndexerWeights& ix = lw.indexer;
+  auto mlp = [&]() -> const ExpertWeights* {
+    if (t.role == TensorRole::kDenseMlp) return &lw.dense;
+    if (t.role == TensorRole::kSharedExpert) return &lw.shared;
+    const auto e = static_cast<size_t>(t.expert);
+    return e < lw.experts.size() ? &lw.experts[e] : nullptr;
+  };
+  const ExpertWeights* first = lw.experts.empty() ? nullptr : &lw.experts[0];
+  switch (t.slot) {
+    case TensorSlot::kInputNorm: return lw.input_norm;
+    case TensorSlot::kPostAttnNorm: return lw.post_attn_norm;
+    case TensorSlot::kQa: return lw.q_a;
+    case TensorSlot::kQaBias: return lw.q_a_bias;
+    case TensorSlot::kQaNorm: return lw.q_a_norm;
+    case TensorSlot::kQb: return lw.q_b;
+    case TensorSlot::kKvA: return lw.kv_a;
+    case TensorSlot::kKvABias: return lw.kv_a_bias;
+    case TensorSlot::kKvANorm: return lw.kv_a_norm;
+    case TensorSlot::kKvB: return lw.kv_b;
+    case TensorSlot::kO: return lw.o;
+    case TensorSlot::kOBias: return lw.o_bias;
+    case TensorSlot::kIndexerWqB: return ix.wq_b;
+    case TensorSlot::kIndexerWk: return ix.wk;
+    case TensorSlot::kIndexerKNorm: return ix.k_norm_w;
+    case TensorSlot::kIndexerKNormBias: return ix.k_norm_b;
+    case TensorSlot::kIndexerWeightsProj: return ix.weights_proj;
+    case TensorSlot::kRouter: return lw.router;
+    case TensorSlot::kRouterBias: return lw.router_bias;
+    case TensorSlot::kGate: return mlp() ? mlp()->gate : nullptr;
+    case TensorSlot::kUp: return mlp() ? mlp()->up : nullptr;
+    case TensorSlot::kDown: return mlp() ? mlp()->down : nullptr;
+    case TensorSlot::kExpertsGateUp: return first ? first->gate : nullptr;
+    case TensorSlot::kExpertsDown: return first ? first->down : nullptr;
+    default: return nullptr;
+  }
 }
 
 }  // namespace indexcache

@@ -8,6 +8,7 @@
 
 #include "indexcache/model_spec.h"
 #include "indexcache/weight_store.h"
+#include "io/checkpoint_schema.h"
 
 namespace indexcache {
 
@@ -52,18 +53,30 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  WeightStore store;
-  std::vector<std::vector<float>> owned;  // converted tensors
+  WeightStore store;                      // empty for random weights
+  std::vector<std::vector<float>> owned;  // converted (or random) tensors and uk_t
   const float* embed = nullptr;           // [vocab, hidden]
   const float* final_norm = nullptr;      // [hidden]
   const float* lm_head = nullptr;         // [vocab, hidden] (the embedding when tied)
   std::vector<LayerWeights> layers;
 };
 
-// Loads every weight `spec` needs from `dir`. `load_indexer[l]` says whether layer l's indexer is
-// loaded; `require_indexer[l]` whether its absence is an error.
+// Loads every tensor of the checkpoint schema (io/checkpoint_schema.h) from `dir`, each layer's
+// routed experts in the layout the checkpoint has. `require_indexer[l]` says whether layer l's
+// indexer must be present; the indexers of other layers are loaded when present unless
+// `only_required_indexers`.
 std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSpec& spec,
                                            const std::vector<bool>& require_indexer,
                                            bool only_required_indexers);
+
+// Random weights for every tensor of the schema (every layer's indexer, packed experts) in owned
+// f32 buffers, no file involved: each tensor drawn as its TensorInit says and rounded to bf16,
+// from one mt19937_64 for the globals (seed * 1000003 + 17) and one per layer l
+// (seed * 1000003 + 1000 + l), in schema order. Deterministic in `seed`.
+std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& spec, uint64_t seed);
+
+// The host pointer schema tensor `t` was bound to (packed experts: that of expert 0), nullptr if
+// the model lacks it.
+const float* bound_tensor(const ModelWeights& w, const TensorSpec& t);
 
 }  // namespace indexcache
