@@ -2,6 +2,7 @@
 // full forward) at a fraction of the layer-forwards; resume gives the same result; stop rules.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -60,12 +61,22 @@ TEST(Calibrate, MatchesNaiveSearchWithFewerLayerForwards) {
         EXPECT_NEAR(a.steps[i].candidates[c].loss, b.steps[i].candidates[c].loss, 1e-9 * b.full_loss);
     }
     EXPECT_EQ(a.naive_layer_forwards, b.layer_forwards) << name;
+    // The saving, counted by hand: one base run (N layers per batch), then each candidate flip of
+    // layer l resumes at l (N - l layers per batch); the winner's run is the next step's base.
+    const int N = f.model->spec().num_layers;
+    const int64_t B = static_cast<int64_t>(f.batches.size());
+    int64_t expected = B * N;
+    for (const auto& step : a.steps)
+      for (const auto& cand : step.candidates) expected += B * (N - cand.layer);
+    EXPECT_EQ(a.layer_forwards, expected) << name;
     EXPECT_LT(a.layer_forwards, b.layer_forwards);
     // The committed loss is the plan's loss from scratch.
     EXPECT_NEAR(a.steps.back().loss, plan_loss(*f.model, IndexPlan::from_pattern(a.plan(), f.model->spec().num_layers), f.batches, *f.be),
                 1e-9 * a.full_loss);
     // layer 0 stays F; the plan keeps ceil(0.34 * N) F layers.
     EXPECT_EQ(a.plan()[0], 'F');
+    const std::string plan = a.plan();
+    EXPECT_EQ(std::count(plan.begin(), plan.end(), 'F'), static_cast<long>(std::ceil(0.34 * N))) << plan;
   }
 }
 
@@ -90,12 +101,30 @@ TEST(Calibrate, ResumeEndsWithTheSamePlan) {
 }
 
 TEST(Calibrate, MaxLossIncreaseStops) {
-  Fixture f = load("glm_a");
+  Fixture f = load("glm_b");
+  // The unlimited search down to one F layer gives the loss increase of every step.
+  CalibrateOptions all;
+  all.stop.keep_layers = 1;
+  const CalibrationState full = calibrate(*f.model, f.batches, *f.be, all);
+  ASSERT_GE(full.steps.size(), 2u);
+  auto increase = [&](size_t i) { return 100.0 * (full.steps[i].loss - full.full_loss) / full.full_loss; };
+  // A limit below the largest increase stops the search at the first step that exceeds it.
+  double worst = increase(0);
+  for (size_t i = 0; i < full.steps.size(); ++i) worst = std::max(worst, increase(i));
+  ASSERT_GT(worst, 0.0) << "no flip raised the loss: the test cannot tell a stop from the end";
+  const double limit = worst / 2;
+  size_t stop_at = 0;
+  while (increase(stop_at) <= limit) ++stop_at;
   CalibrateOptions o;
-  o.stop.max_loss_increase = 0.0;  // any increase stops; a flip that lowers the loss may pass
+  o.stop.keep_layers = 1;
+  o.stop.max_loss_increase = limit;
   const CalibrationState s = calibrate(*f.model, f.batches, *f.be, o);
-  for (const auto& step : s.steps) EXPECT_LE(step.loss, s.full_loss);
-  EXPECT_FALSE(s.stop_reason.empty());
+  ASSERT_EQ(s.steps.size(), stop_at) << s.stop_reason;
+  for (size_t i = 0; i < stop_at; ++i) EXPECT_EQ(s.steps[i].flipped, full.steps[i].flipped);
+  EXPECT_EQ(s.stop_reason.rfind("the next flip (layer " + std::to_string(full.steps[stop_at].flipped) + ")", 0), 0u)
+      << s.stop_reason;
+  // Without the limit the same search ends by the layer count, with another reason.
+  EXPECT_EQ(full.stop_reason, "reached 1 F layers");
 }
 
 TEST(Calibrate, BadOptions) {

@@ -218,5 +218,23 @@ TEST(CliErrors, SharedLayersNeedNoIndexerWeights) {
   expect_bad_input(dir, {"model.layers.1.self_attn.indexer", "missing"}, "--plan FFSS");
 }
 
+// Device flags: a CUDA device that does not exist (no CUDA in the build, none on the machine, or
+// an ordinal past the last one) is one clear line and exit 1 on every host; bad values exit 2.
+TEST(CliErrors, DeviceFlags) {
+  const std::string common = "generate -p hello -n 2";
+  auto r = run_cli(common + " --device cuda --gpu 99");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.output.rfind("error: ", 0), 0u) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  std::string lower = r.output;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  EXPECT_NE(lower.find("cuda"), std::string::npos) << r.output;
+  for (const char* bad : {"--device tpu", "--threads -2", "--gpu 1", "--device cuda --precision fp4"}) {
+    auto b = run_cli(common + " " + bad);
+    EXPECT_EQ(b.exit_code, 2) << bad << ": " << b.output;
+    EXPECT_EQ(std::count(b.output.begin(), b.output.end(), '\n'), 1) << bad << ": " << b.output;
+  }
+}
+
 }  // namespace
 }  // namespace indexcache

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
 
 namespace indexcache {
 namespace {
@@ -39,9 +39,20 @@ std::vector<float> uniform(size_t n, std::mt19937& rng, float lo = -1.0f, float 
   return v;
 }
 
-Backend& cpu() {
-  static std::unique_ptr<Backend> be = make_cpu_backend();
-  return *be;
+// The CPU reference kernels under test, called directly (the Backend ops wrap them with views;
+// tests/test_backend_ops.cpp covers that layer).
+struct CpuKernels {
+  void linear(const LinearParams& p) { cpu::linear(p); }
+  void norm(const NormParams& p) { cpu::norm(p); }
+  void rope(const RopeParams& p) { cpu::rope(p); }
+  void indexer_scores(const IndexerScoreParams& p) { cpu::indexer_scores(p); }
+  void topk(const TopkParams& p) { cpu::topk(p); }
+  void sparse_attention(const SparseAttentionParams& p) { cpu::sparse_attention(p); }
+  void silu_mul(const float* gate, const float* up, float* y, int64_t n) { cpu::silu_mul(gate, up, y, n); }
+};
+CpuKernels& cpu() {
+  static CpuKernels k;
+  return k;
 }
 
 // Collects element mismatches and reports the first few with their coordinates.

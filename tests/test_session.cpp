@@ -131,18 +131,32 @@ TEST_P(SessionTest, ForwardFromLayerEqualsFreshRun) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, SessionTest, ::testing::ValuesIn(test::golden_cases()),
                          [](const auto& info) { return info.param.name(); });
 
+// What the Session allocates: latent rows on every layer, indexer keys on F layers only, and
+// the footprint formula agrees with it.
 TEST(KvCache, SharedLayersStoreNoIndexerKeys) {
-  ModelSpec s;
-  s.num_layers = 8;
-  s.kv_lora_rank = 512;
-  s.qk_rope_head_dim = 64;
-  s.index_head_dim = 128;
-  const auto full = kv_cache_footprint(s, IndexPlan::full(8));
-  const auto quarter = kv_cache_footprint(s, IndexPlan::parse("1/4", s));
-  EXPECT_EQ(full.latent_bytes_per_token_per_layer, 576 * 4);
-  EXPECT_EQ(full.bytes_per_token(), 8 * (576 + 128) * 4);
-  EXPECT_EQ(quarter.indexer_layers, 2);
-  EXPECT_EQ(quarter.bytes_per_token(), (8 * 576 + 2 * 128) * 4);
+  const auto cases = test::golden_cases();
+  ASSERT_FALSE(cases.empty());
+  auto model = Model::load(cases[0].model_dir);
+  const ModelSpec& s = model->spec();
+  ASSERT_GE(s.num_layers, 4);
+  auto be = make_cpu_backend();
+  const IndexPlan full = IndexPlan::full(s.num_layers), half = IndexPlan::parse("1/2", s);
+  std::vector<int32_t> ids(20, 1);
+  Session a(*model, full, *be), b(*model, half, *be);
+  a.forward(ids);
+  b.forward(ids);
+  // Both caches hold the same number of rows (capacity grows the same way); only F layers differ.
+  const int64_t rows_a = a.cache_bytes() / kv_cache_footprint(s, full).bytes_per_token();
+  ASSERT_GE(rows_a, 20);
+  EXPECT_EQ(a.cache_bytes(), rows_a * kv_cache_footprint(s, full).bytes_per_token());
+  EXPECT_EQ(b.cache_bytes(), rows_a * kv_cache_footprint(s, half).bytes_per_token());
+  EXPECT_EQ(a.cache_bytes() - b.cache_bytes(),
+            rows_a * (s.num_layers - half.num_full()) * int64_t{s.index_head_dim} * 4);
+  // Switching the plan frees the S layers' keys and gives F layers theirs once tokens arrive.
+  a.set_plan(half);
+  a.forward(ids);
+  EXPECT_EQ(a.cache_bytes(), b.cache_bytes());
+  EXPECT_EQ(kv_cache_footprint(s, full).latent_bytes_per_token_per_layer, int64_t{s.kv_lora_rank + s.qk_rope_head_dim} * 4);
 }
 
 TEST(Session, OverlongInputIsAnError) {

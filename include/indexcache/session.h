@@ -16,15 +16,16 @@ class Model;
 class Backend;
 struct SessionState;
 
-// Bytes the cache stores per token (f32, as this engine keeps it).
+// Bytes the cache stores per token, at `element_bytes` per element (4: f32 on the CPU and the
+// CUDA f32 path; 2: bf16 on CUDA).
 struct KvCacheFootprint {
-  int64_t latent_bytes_per_token_per_layer = 0;   // (kv_lora_rank + qk_rope_head_dim) * 4
-  int64_t indexer_bytes_per_token_per_layer = 0;  // index_head_dim * 4, F layers only
+  int64_t latent_bytes_per_token_per_layer = 0;   // (kv_lora_rank + qk_rope_head_dim) * element_bytes
+  int64_t indexer_bytes_per_token_per_layer = 0;  // index_head_dim * element_bytes, F layers only
   int indexer_layers = 0;                         // F layers of the plan
   int64_t bytes_per_token() const;                // all layers together
   int layers = 0;
 };
-KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan);
+KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan, int element_bytes = 4);
 
 enum class LogitsWanted { kAll, kLast, kNone };
 
@@ -74,6 +75,9 @@ class Session {
   // Switches to another plan without reloading weights; forgets every token.
   void set_plan(const IndexPlan& plan);
   void reset();  // forget every token (keeps the allocation)
+  // Bytes the KV cache holds in backend memory now (latent rows of every layer, indexer keys of F
+  // layers only), at its current capacity.
+  int64_t cache_bytes() const;
 
  private:
   std::unique_ptr<SessionState> s_;

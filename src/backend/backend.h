@@ -1,113 +1,251 @@
-// The op interface the model calls. Each backend (cpu/ now, cuda/ later) implements it; the model
-// never knows which one runs it, and a backend never knows which model calls it.
+// The op interface the model calls, over memory the backend owns. The model never knows which
+// backend runs it (CPU: f32 reference kernels; CUDA: bf16 tensor-core kernels, or f32 for the
+// exact path); a backend never knows which model calls it.
 //
-// All tensors are f32, row-major, addressed by raw pointers with explicit strides (in elements).
-// Shapes are given in comments as [rows, cols].
+// Memory: alloc() returns a Buffer (RAII) in the backend's memory; tensors are TensorViews on it.
+// upload()/download() copy between host memory and a view; place() puts a weight (host f32) into
+// the backend's weight dtype once and returns its view (the same view on every later call for the
+// same host pointer). On the CPU, buffers are host memory and placement is a view of the host
+// tensor itself (no copy).
+//
+// Ops take one parameter struct each, of views. Every op checks its views (rank, dtype, shapes)
+// and throws Error(kRuntime) naming the op for a combination it does not support. Ops are
+// stream-ordered on backends that have streams: results are visible to later ops at once and to
+// the host after download() (which synchronises) or sync().
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
+#include <string>
 
+#include "backend/kernel_params.h"
+#include "core/tensor_view.h"
 #include "indexcache/model_spec.h"
 
 namespace indexcache {
 
+class Backend;
 
+// One allocation in a backend's memory; frees itself.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* owner, void* data, size_t bytes) : owner_(owner), data_(data), bytes_(bytes) {}
+  ~Buffer() { release(); }
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  void release();
 
-// y[T, out] = x[T, in] * W[out, in]^T (+ bias[out]).
-struct LinearParams {
-  const float* x = nullptr;
-  int64_t x_stride = 0;  // >= in
-  const float* w = nullptr;
-  const float* bias = nullptr;  // optional
-  float* y = nullptr;
-  int64_t y_stride = 0;  // >= out
-  int tokens = 0, in = 0, out = 0;
+ private:
+  Backend* owner_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
 };
 
-// y[T, d] = x * rsqrt(mean(x^2) + eps) * w (RMSNorm) or (x - mean) * rsqrt(var + eps) * w + b
-// (LayerNorm, when `bias` is set and `layer_norm` is true). y may alias x.
-struct NormParams {
-  const float* x = nullptr;
-  int64_t x_stride = 0;
-  const float* w = nullptr;
-  const float* bias = nullptr;
-  float* y = nullptr;
-  int64_t y_stride = 0;
-  int tokens = 0, dim = 0;
+// A Buffer with the view of its whole extent.
+struct Tensor {
+  Buffer buffer;
+  TensorView view{};
+};
+
+// ---- op parameters (shapes in comments; T tokens, H heads, S cached keys)
+
+// y[T, out] = x[T, in] . w[out, in]^T (+ bias[out]). Rows of x and y may be strided.
+struct LinearOp {
+  TensorView x{}, w{}, bias{}, y{};  // bias optional (empty)
+};
+
+// Per head h: y[:, h, :] = x[:, h, :] . w[h]^T. x [T, Hd, in]; w [Hd, out, in]; y [T, Hd, out].
+struct LinearHeadsOp {
+  TensorView x{}, w{}, y{};
+};
+
+// Each row of x [T, d] normalised into y [T, d] (y may be x): RMSNorm (x * rsqrt(mean(x^2) + eps)
+// * w) or, with layer_norm, LayerNorm ((x - mean) * rsqrt(var + eps) * w + bias).
+struct NormOp {
+  TensorView x{}, w{}, bias{}, y{};
   float eps = 1e-6f;
   bool layer_norm = false;
 };
 
-// Rotates `rope_dim` dims starting at `offset` in each head of x[T, heads, *] in place.
-// cos/sin tables are [positions, rope_dim/2]; token t uses row positions[t].
-struct RopeParams {
-  float* x = nullptr;
-  int64_t token_stride = 0, head_stride = 0;
-  int tokens = 0, heads = 0, offset = 0, rope_dim = 0;
-  const float* cos = nullptr;
-  const float* sin = nullptr;
-  const int32_t* positions = nullptr;
-  RopeLayout layout;
+// In place: rotates dims offset..offset+rope_dim of each head of x ([T, d] = one head, or
+// [T, heads, d]) at position positions[t]; cos/sin f32 [positions, rope_dim / 2].
+struct RopeOp {
+  TensorView x{};
+  int offset = 0, rope_dim = 0;
+  TensorView cos{}, sin{}, positions{};  // positions int32 [T]
+  RopeLayout layout = RopeLayout::kInterleaved;
 };
 
-// Lightning indexer scores for queries at positions[t] against keys 0..S-1 (key s at position s):
-//   I[t, s] = sum_h w[t, h] * ReLU(q[t, h, :] . k[s, :]) * scale   for s <= positions[t].
-// Entries with s > positions[t] are -inf. q: [T, H, D]; w: [T, H]; k: [S, D]; scores: [T, S].
-struct IndexerScoreParams {
-  const float* q = nullptr;
-  const float* w = nullptr;
-  const float* k = nullptr;
-  const int32_t* positions = nullptr;
-  float* scores = nullptr;
-  int64_t scores_stride = 0;
-  int tokens = 0, keys = 0, heads = 0, head_dim = 0;
+// Lightning-indexer scores: scores[t, s] = scale * sum_h w[t, h] * relu(q[t, h] . k[s]) for
+// s <= positions[t], -inf for later keys. q [T, H, D]; w f32 [T, H]; k [S, D]; scores f32 [T, S].
+struct IndexerScoresOp {
+  TensorView q{}, w{}, k{}, positions{}, scores{};
   float scale = 1.0f;
 };
 
-// Row-wise top-k: for each row t, the indices of the k largest of scores[t, 0..valid[t]), in
-// descending score order; rows with valid[t] < k are filled with 0..valid[t]-1 then -1.
-struct TopkParams {
-  const float* scores = nullptr;
-  int64_t scores_stride = 0;
-  const int32_t* valid = nullptr;  // candidates per row
-  int32_t* indices = nullptr;      // [T, k]
-  int tokens = 0, k = 0;
+// Row-wise top-k of scores[t, 0..valid[t]) into indices int32 [T, k] (k = indices' width), the
+// CPU backend's order and tie rule (see kernel_params.h); rows with valid[t] < k end in -1.
+struct TopkOp {
+  TensorView scores{}, valid{}, indices{};
 };
 
-// Sparse attention: for each query t and head h, softmax(scale * q[t,h] . K[j]) over the selected
-// j = indices[t, :] (entries < 0 skipped), weighted sum of V[j]. K/V have `kv_heads` heads: 1 for
-// the absorbed (MQA) form, `heads` for the expanded form. q: [T, H, Dk]; k: [S, Hkv, Dk];
-// v: [S, Hkv, Dv]; out: [T, H, Dv].
-struct SparseAttentionParams {
-  const float* q = nullptr;
-  int64_t q_token_stride = 0, q_head_stride = 0;
-  const float* k = nullptr;
-  int64_t k_token_stride = 0, k_head_stride = 0;
-  const float* v = nullptr;
-  int64_t v_token_stride = 0, v_head_stride = 0;
-  const int32_t* indices = nullptr;
-  int num_selected = 0;
-  float* out = nullptr;
-  int64_t out_token_stride = 0, out_head_stride = 0;
-  int tokens = 0, heads = 0, kv_heads = 1, head_dim_k = 0, head_dim_v = 0;
+// Sparse MLA in absorbed (MQA) form: out[t, h] = sum_j softmax_j(scale * q[t, h] . kv[j, :Dk])
+// * kv[j, :Dv] over j = indices[t, :] (entries < 0 skipped). q [T, H, Dk]; kv [S, >= Dk] (the
+// latent cache); indices int32 [T, K]; out [T, H, Dv].
+struct SparseAttentionOp {
+  TensorView q{}, kv{}, indices{}, out{};
   float scale = 1.0f;
+};
+
+// SwiGLU MLP weights: gate, up [I, hidden]; down [hidden, I].
+struct MlpWeightsView {
+  TensorView gate{}, up{}, down{};
+};
+
+// y[T, hidden] = down(silu(gate(x)) * up(x)).
+struct MlpOp {
+  TensorView x{}, y{};
+  MlpWeightsView w{};
+};
+
+// Mixture of experts: group-limited sigmoid routing with a score-correction bias (transformers'
+// glm_moe_dsa / deepseek_v3 router), the routed experts weighted, plus the shared expert.
+// x [T, hidden]; router [E, hidden]; router_bias f32 [E]; y [T, hidden] (written).
+struct MoeOp {
+  TensorView x{}, y{}, router{}, router_bias{};
+  std::span<const MlpWeightsView> experts{};  // E of them
+  const MlpWeightsView* shared = nullptr;   // optional
+  int groups = 1, topk_group = 1, experts_per_token = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling = 1.0f;
+};
+
+// out[t] = table[ids[t]]. table [V, hidden]; ids int32 [T]; out [T, hidden].
+struct EmbedOp {
+  TensorView table{}, ids{}, out{};
+};
+
+// x += y (same shape).
+struct AddOp {
+  TensorView x{}, y{};
+};
+
+// x *= factor.
+struct ScaleOp {
+  TensorView x{};
+  float factor = 1.0f;
+};
+
+// dst = src (same shape; dtypes may differ where the backend converts).
+struct CopyOp {
+  TensorView src{}, dst{};
+};
+
+// ---- profiler: wall seconds and calls per op kind (ops synchronise when one is attached)
+enum class OpKind : int {
+  kLinear, kLinearHeads, kNorm, kRope, kIndexerScores, kTopk, kSparseAttention, kMlp, kMoe,
+  kEmbed, kElementwise, kCount
+};
+const char* op_kind_name(OpKind k);
+struct OpProfile {
+  std::array<double, static_cast<int>(OpKind::kCount)> seconds{};
+  std::array<int64_t, static_cast<int>(OpKind::kCount)> calls{};
+  double of(OpKind k) const { return seconds[static_cast<int>(k)]; }
 };
 
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual const char* name() const = 0;
-  virtual void linear(const LinearParams& p) = 0;
-  virtual void norm(const NormParams& p) = 0;
-  virtual void rope(const RopeParams& p) = 0;
-  virtual void indexer_scores(const IndexerScoreParams& p) = 0;
-  virtual void topk(const TopkParams& p) = 0;
-  virtual void sparse_attention(const SparseAttentionParams& p) = 0;
-  // y[i] = silu(gate[i]) * up[i] for i < n (y may alias gate).
-  virtual void silu_mul(const float* gate, const float* up, float* y, int64_t n) = 0;
+  virtual std::string name() const = 0;
+  // The dtype of activations, caches and placed weights on this backend (f32 on the CPU).
+  virtual DType activation_dtype() const = 0;
+
+  // ---- memory
+  Buffer alloc(size_t bytes);
+  Tensor tensor(DType t, int64_t rows, int64_t cols);
+  // Host <-> backend copies; `host` is contiguous ([rows][cols] of the view, same dtype).
+  virtual void upload(const TensorView& dst, const void* host) = 0;
+  virtual void download(const TensorView& src, void* host) = 0;
+  // The weight at host f32 `w`, shape [d0] / [d0, d1] / [d0, d1, d2] (contiguous), in the
+  // backend's weight dtype (activation_dtype(), or f32 with keep_f32: the router bias); placed
+  // once per host pointer, shape and dtype, then the same view.
+  virtual TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) = 0;
+  virtual void sync() = 0;
+  // Bytes of backend memory in use now (buffers and placed weights).
+  virtual size_t bytes_in_use() const = 0;
+  // The profile every later op adds to (nullptr: none).
+  void set_profile(OpProfile* p) { profile_ = p; }
+
+  // ---- ops (each timed into the profile when one is set)
+  void linear(const LinearOp& p) { run(OpKind::kLinear, [&] { do_linear(p); }); }
+  void linear_heads(const LinearHeadsOp& p) { run(OpKind::kLinearHeads, [&] { do_linear_heads(p); }); }
+  void norm(const NormOp& p) { run(OpKind::kNorm, [&] { do_norm(p); }); }
+  void rope(const RopeOp& p) { run(OpKind::kRope, [&] { do_rope(p); }); }
+  void indexer_scores(const IndexerScoresOp& p) { run(OpKind::kIndexerScores, [&] { do_indexer_scores(p); }); }
+  void topk(const TopkOp& p) { run(OpKind::kTopk, [&] { do_topk(p); }); }
+  void sparse_attention(const SparseAttentionOp& p) {
+    run(OpKind::kSparseAttention, [&] { do_sparse_attention(p); });
+  }
+  void mlp(const MlpOp& p) { run(OpKind::kMlp, [&] { do_mlp(p); }); }
+  void moe(const MoeOp& p) { run(OpKind::kMoe, [&] { do_moe(p); }); }
+  void embed(const EmbedOp& p) { run(OpKind::kEmbed, [&] { do_embed(p); }); }
+  void add(const AddOp& p) { run(OpKind::kElementwise, [&] { do_add(p); }); }
+  void scale(const ScaleOp& p) { run(OpKind::kElementwise, [&] { do_scale(p); }); }
+  void copy(const CopyOp& p) { run(OpKind::kElementwise, [&] { do_copy(p); }); }
+
+ protected:
+  friend class Buffer;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p, size_t bytes) = 0;
+
+  virtual void do_linear(const LinearOp& p) = 0;
+  virtual void do_linear_heads(const LinearHeadsOp& p) = 0;
+  virtual void do_norm(const NormOp& p) = 0;
+  virtual void do_rope(const RopeOp& p) = 0;
+  virtual void do_indexer_scores(const IndexerScoresOp& p) = 0;
+  virtual void do_topk(const TopkOp& p) = 0;
+  virtual void do_sparse_attention(const SparseAttentionOp& p) = 0;
+  virtual void do_mlp(const MlpOp& p) = 0;
+  virtual void do_moe(const MoeOp& p) = 0;
+  virtual void do_embed(const EmbedOp& p) = 0;
+  virtual void do_add(const AddOp& p) = 0;
+  virtual void do_scale(const ScaleOp& p) = 0;
+  virtual void do_copy(const CopyOp& p) = 0;
+
+ private:
+  template <class F>
+  void run(OpKind k, F&& f);
+  OpProfile* profile_ = nullptr;
 };
 
+// Throws Error(kRuntime) "<op>: <what>" (for the ops' view checks).
+[[noreturn]] void throw_op_error(const char* op, const std::string& what);
+
+double backend_clock_seconds();
+
+template <class F>
+void Backend::run(OpKind k, F&& f) {
+  if (!profile_) {
+    f();
+    return;
+  }
+  sync();
+  const double t0 = backend_clock_seconds();
+  f();
+  sync();
+  profile_->seconds[static_cast<int>(k)] += backend_clock_seconds() - t0;
+  ++profile_->calls[static_cast<int>(k)];
+}
+
 std::unique_ptr<Backend> make_cpu_backend();
+std::unique_ptr<Backend> make_cpu_backend(int threads);  // threads <= 0: OpenMP's default
 
 }  // namespace indexcache

@@ -1,7 +1,6 @@
 // The CPU path of `indexcache bench`: the preset's model with random bf16-valued weights drawn in
 // memory from the checkpoint schema (Model::synthetic), timed through a Session: chunked prefill,
-// then decode steps. A timing wrapper around the CPU backend sorts each op into the report's
-// classes.
+// then decode steps. The backend's op profile sorts each op into the report's classes.
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,7 +8,6 @@
 #include <fstream>
 #include <random>
 #include <span>
-#include <unordered_set>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -20,7 +18,6 @@
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/session.h"
-#include "model/weights.h"
 
 namespace indexcache::bench {
 
@@ -53,50 +50,19 @@ double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
   return b;
 }
 
-// Forwards every op to the CPU backend and adds its wall time to a class. Projections whose
-// weight belongs to a MoE block (router, routed and shared experts) count as `moe`.
-class TimingBackend final : public Backend {
- public:
-  TimingBackend(Backend& inner, const ModelWeights& w) : inner_(inner) {
-    for (const auto& lw : w.layers) {
-      if (!lw.moe) continue;
-      moe_weights_.insert(lw.router);
-      for (const auto& e : lw.experts) moe_weights_.insert({e.gate, e.up, e.down});
-      if (lw.has_shared) moe_weights_.insert({lw.shared.gate, lw.shared.up, lw.shared.down});
-    }
-  }
-  const char* name() const override { return "cpu-timed"; }
-  void linear(const LinearParams& p) override {
-    timed(moe_weights_.count(p.w) ? t_.moe : t_.gemm, [&] { inner_.linear(p); });
-  }
-  void norm(const NormParams& p) override { inner_.norm(p); }
-  void rope(const RopeParams& p) override { inner_.rope(p); }
-  void indexer_scores(const IndexerScoreParams& p) override { timed(t_.indexer, [&] { inner_.indexer_scores(p); }); }
-  void topk(const TopkParams& p) override { timed(t_.topk, [&] { inner_.topk(p); }); }
-  void sparse_attention(const SparseAttentionParams& p) override {
-    timed(t_.attention, [&] { inner_.sparse_attention(p); });
-  }
-  void silu_mul(const float* gate, const float* up, float* y, int64_t n) override { inner_.silu_mul(gate, up, y, n); }
-
-  void reset() { t_ = {}; }
-  // The classes of a phase that took `wall` seconds: `other` is what no timed op accounts for.
-  ClassSeconds classes(double wall) const {
-    ClassSeconds c = t_;
-    c.other = std::max(0.0, wall - (c.gemm + c.moe + c.attention + c.indexer + c.topk));
-    return c;
-  }
-
- private:
-  template <class F>
-  void timed(double& acc, F&& f) {
-    const auto t0 = Clock::now();
-    f();
-    acc += seconds_since(t0);
-  }
-  Backend& inner_;
-  std::unordered_set<const float*> moe_weights_;
-  ClassSeconds t_;
-};
+// The report's classes from the backend's op profile of a phase that took `wall` seconds:
+// projections (dense MLPs and per-head ones included) are `gemm`, the MoE op (routing, routed and
+// shared experts) is `moe`; `other` is what no timed class accounts for.
+ClassSeconds classes_of(const OpProfile& p, double wall) {
+  ClassSeconds c;
+  c.gemm = p.of(OpKind::kLinear) + p.of(OpKind::kLinearHeads) + p.of(OpKind::kMlp);
+  c.moe = p.of(OpKind::kMoe);
+  c.attention = p.of(OpKind::kSparseAttention);
+  c.indexer = p.of(OpKind::kIndexerScores);
+  c.topk = p.of(OpKind::kTopk);
+  c.other = std::max(0.0, wall - (c.gemm + c.moe + c.attention + c.indexer + c.topk));
+  return c;
+}
 
 std::string cpu_model_name() {
   std::ifstream f("/proc/cpuinfo");
@@ -139,7 +105,8 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
   // Every layer's indexer is there: every plan of the matrix runs on one model.
   auto model = Model::synthetic(spec, o.seed);
   auto cpu = make_cpu_backend();
-  TimingBackend timing(*cpu, model->weights());
+  OpProfile profile;
+  cpu->set_profile(&profile);
 
   std::mt19937_64 rng(o.seed ^ 0x9E3779B97F4A7C15ull);
   std::uniform_int_distribution<int32_t> tok(0, spec.vocab_size - 1);
@@ -149,7 +116,7 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
     const int64_t warm = std::min<int64_t>(*std::min_element(o.ctx.begin(), o.ctx.end()), 256);
     std::vector<int32_t> ids(static_cast<size_t>(warm + 2));
     for (auto& v : ids) v = tok(rng);
-    Session session(*model, setup.plans.front().plan, timing);
+    Session session(*model, setup.plans.front().plan, *cpu);
     ForwardOptions fo;
     fo.logits = LogitsWanted::kLast;
     session.forward(std::span<const int32_t>(ids.data(), static_cast<size_t>(warm)), fo);
@@ -163,11 +130,11 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
     for (auto& v : steps) v = tok(rng);
     for (const auto& np : setup.plans) {
       model->check_plan(np.plan);
-      Session session(*model, np.plan, timing);
+      Session session(*model, np.plan, *cpu);
       std::vector<PhaseStats> pre_runs, dec_runs;
       for (int rep = 0; rep < o.repeat; ++rep) {
         session.reset();
-        timing.reset();
+        profile = {};
         auto t0 = Clock::now();
         for (int64_t start = 0; start < ctx; start += setup.chunk) {
           const int64_t n = std::min<int64_t>(setup.chunk, ctx - start);
@@ -180,12 +147,12 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
           PhaseStats p;
           p.seconds = pre_s;
           p.tokens = ctx;
-          p.classes = timing.classes(pre_s);
+          p.classes = classes_of(profile, pre_s);
           p.flops = count_prefill_flops(spec, np.plan, ctx);
           pre_runs.push_back(p);
         }
         if (o.decode) {
-          timing.reset();
+          profile = {};
           t0 = Clock::now();
           ForwardOptions fo;
           fo.logits = LogitsWanted::kLast;
@@ -194,7 +161,7 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
           PhaseStats d;
           d.seconds = dec_s;
           d.tokens = setup.decode_steps;
-          d.classes = timing.classes(dec_s);
+          d.classes = classes_of(profile, dec_s);
           d.flops = count_decode_flops(spec, np.plan, ctx, setup.decode_steps);
           dec_runs.push_back(d);
         }

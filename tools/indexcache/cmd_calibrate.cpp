@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <optional>
 
-#include "backend/backend.h"
 #include "calib/report.h"
 #include "commands.h"
 #include "indexcache/calibrate.h"
@@ -20,6 +19,7 @@ namespace indexcache::cli {
 namespace {
 
 struct CalibrateFlags {
+  DeviceFlags device;
   std::string model, out = "indexcache-calibrate";
   std::vector<std::string> data;
   int ctx = 0, max_windows = 4;
@@ -68,7 +68,7 @@ int run_calibrate(const CalibrateFlags& f) {
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, true);
   auto model = Model::load(dir, lo);
-  auto backend = make_cpu_backend();
+  auto backend = open_backend(f.device);
   const double load_seconds = since(t_start);
 
   report::Progress progress;
@@ -144,6 +144,7 @@ int run_calibrate(const CalibrateFlags& f) {
 Runner register_calibrate(CLI::App& app) {
   auto f = std::make_shared<CalibrateFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
   app.add_option("--data", f->data, "calibration files: .txt, .jsonl ({\"text\"} lines) or .ids (default: data/calibration.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
   app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");

@@ -5,7 +5,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "backend/backend.h"
 #include "commands.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
@@ -16,6 +15,7 @@ namespace indexcache::cli {
 namespace {
 
 struct DumpFlags {
+  DeviceFlags device;
   std::string model, ids, out, plan;
 };
 
@@ -25,7 +25,7 @@ int run_dump(const DumpFlags& f) {
   const ModelSpec spec = load_model_spec(dir);
   const IndexPlan plan = resolve_plan(f.plan, spec, dir);
   auto model = Model::load(dir, LoadOptions::for_plan(plan));
-  auto backend = make_cpu_backend();
+  auto backend = open_backend(f.device);
   const PrefillResult r = prefill(*model, plan, ids, *backend);
 
   std::vector<TensorToWrite> out;
@@ -45,6 +45,7 @@ int run_dump(const DumpFlags& f) {
 Runner register_dump(CLI::App& app) {
   auto f = std::make_shared<DumpFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
   app.add_option("--ids", f->ids, "file of whitespace-separated token ids")->required();
   app.add_option("--out", f->out, "output .safetensors file")->required();
   app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");

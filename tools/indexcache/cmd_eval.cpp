@@ -4,7 +4,6 @@
 
 #include <chrono>
 
-#include "backend/backend.h"
 #include "calib/report.h"
 #include "commands.h"
 #include "indexcache/dataset.h"
@@ -16,6 +15,7 @@ namespace indexcache::cli {
 namespace {
 
 struct EvalFlags {
+  DeviceFlags device;
   std::string model;
   std::vector<std::string> data, plans;
   int ctx = 0, max_windows = 16, max_items = 0;
@@ -42,7 +42,7 @@ int run_eval(const EvalFlags& f) {
     for (int l = 0; l < spec.num_layers; ++l) lo.require_indexer[l] = lo.require_indexer[l] || p.plan.is_full(l);
   lo.only_required_indexers = true;
   auto model = Model::load(dir, lo);
-  auto backend = make_cpu_backend();
+  auto backend = open_backend(f.device);
 
   report::Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
@@ -74,6 +74,7 @@ int run_eval(const EvalFlags& f) {
 Runner register_eval(CLI::App& app) {
   auto f = std::make_shared<EvalFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
   app.add_option("--data", f->data,
                  ".txt, .jsonl ({\"text\"} or {\"prompt\",\"answer\"} lines) or .ids files "
                  "(default: data/heldout*.txt and data/retrieval*.jsonl)");

@@ -6,7 +6,6 @@
 #include <fstream>
 #include <optional>
 
-#include "backend/backend.h"
 #include "commands.h"
 #include "indexcache/error.h"
 #include "indexcache/generate.h"
@@ -19,6 +18,7 @@ namespace indexcache::cli {
 namespace {
 
 struct GenerateFlags {
+  DeviceFlags device;
   std::string model, prompt, ids, plan;
   int n = 64;
   int chunk = 0;
@@ -84,7 +84,7 @@ int run_generate(const GenerateFlags& f) {
   const IndexPlan plan = resolve_plan(f.plan, spec, dir);
 
   auto model = Model::load(dir, LoadOptions::for_plan(plan));
-  auto backend = make_cpu_backend();
+  auto backend = open_backend(f.device);
   Session session(*model, plan, *backend);
 
   GenerateOptions go;
@@ -119,6 +119,7 @@ int run_generate(const GenerateFlags& f) {
 Runner register_generate(CLI::App& app) {
   auto f = std::make_shared<GenerateFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
   app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)");
   app.add_option("--ids", f->ids, "prompt as a file of token ids (prints generated ids)");
   app.add_option("-n", f->n, "tokens to generate (default 64)");

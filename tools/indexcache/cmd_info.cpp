@@ -16,6 +16,7 @@ namespace {
 struct InfoFlags {
   std::string model;
   std::string plan;
+  DeviceFlags device;
 };
 
 void print_kv(const char* label, const KvCacheFootprint& f) {
@@ -25,6 +26,9 @@ void print_kv(const char* label, const KvCacheFootprint& f) {
 }
 
 int run_info(const InfoFlags& f) {
+  const Device device = resolve_device(f.device);
+  // The cache's element size on that device: bf16 on CUDA's default path, f32 otherwise.
+  const int elem = device.kind == DeviceKind::kCuda && device.precision == Precision::kBf16 ? 2 : 4;
   const std::string dir = resolve_model_dir(f.model);
   const ModelSpec s = load_model_spec(dir);
   const IndexPlan plan = resolve_plan(f.plan, s, dir);
@@ -69,15 +73,16 @@ int run_info(const InfoFlags& f) {
   fmt::print("indexers     present in {} layers of the checkpoint\n", indexer_layers.size());
   fmt::print("parameters   {} ({:.2f} M), indexer {:.2f} M ({:.2f} %)\n", params, params / 1e6,
              indexer_params / 1e6, params ? 100.0 * indexer_params / params : 0.0);
-  const auto full_kv = kv_cache_footprint(s, IndexPlan::full(s.num_layers));
-  const auto plan_kv = kv_cache_footprint(s, plan);
+  const auto full_kv = kv_cache_footprint(s, IndexPlan::full(s.num_layers), elem);
+  const auto plan_kv = kv_cache_footprint(s, plan, elem);
   print_kv("all F", full_kv);
   print_kv("plan ", plan_kv);
-  fmt::print("KV saved     {} B/token ({:.1f} %) by the plan; at {} tokens: {:.1f} MiB vs {:.1f} MiB (f32)\n",
+  fmt::print("KV saved     {} B/token ({:.1f} %) by the plan; at {} tokens: {:.1f} MiB vs {:.1f} MiB ({} on {})\n",
              full_kv.bytes_per_token() - plan_kv.bytes_per_token(),
              100.0 * (full_kv.bytes_per_token() - plan_kv.bytes_per_token()) / full_kv.bytes_per_token(),
              s.max_position_embeddings, plan_kv.bytes_per_token() * double(s.max_position_embeddings) / 1048576.0,
-             full_kv.bytes_per_token() * double(s.max_position_embeddings) / 1048576.0);
+             full_kv.bytes_per_token() * double(s.max_position_embeddings) / 1048576.0, elem == 2 ? "bf16" : "f32",
+             device_name(device));
   fmt::print("weights      {} tensors in {} file(s), {:.2f} MiB (indexer {:.2f} MiB)\n", store.names().size(),
              store.files().size(), bytes / 1048576.0, indexer_bytes / 1048576.0);
   return 0;
@@ -89,6 +94,7 @@ Runner register_info(CLI::App& app) {
   auto f = std::make_shared<InfoFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   app.add_option("--plan", f->plan, "plan to report (default: the config's)");
+  add_device_flags(app, f->device);
   return [f] { return run_info(*f); };
 }
 

@@ -4,7 +4,6 @@
 
 #include <chrono>
 
-#include "backend/backend.h"
 #include "calib/report.h"
 #include "commands.h"
 #include "indexcache/dataset.h"
@@ -16,6 +15,7 @@ namespace indexcache::cli {
 namespace {
 
 struct OverlapFlags {
+  DeviceFlags device;
   std::string model, out = "indexcache-overlap";
   std::vector<std::string> data;
   int ctx = 0, max_windows = 4;
@@ -35,7 +35,7 @@ int run_overlap(const OverlapFlags& f) {
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, true);
   auto model = Model::load(dir, lo);
-  auto backend = make_cpu_backend();
+  auto backend = open_backend(f.device);
   report::Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
   const auto r = report::overlap_on(*model, windows, *backend, [&](int done, int total) {
@@ -80,6 +80,7 @@ int run_overlap(const OverlapFlags& f) {
 Runner register_overlap(CLI::App& app) {
   auto f = std::make_shared<OverlapFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
   app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"} lines) or .ids (default: data/calibration.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
   app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");

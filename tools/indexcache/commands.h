@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "indexcache/device.h"
 #include "indexcache/index_plan.h"
 
 namespace indexcache::cli {
@@ -19,6 +20,18 @@ std::string resolve_model_dir(const std::string& flag_value);
 IndexPlan resolve_plan(const std::string& flag_value, const ModelSpec& spec, const std::string& model_dir);
 // Whitespace-separated non-negative token ids from `path`; errors name the file and the token.
 std::vector<int32_t> read_token_ids(const std::string& path);
+
+// --device cpu|cuda, --gpu N, --threads N, --precision bf16|f32 (every command that runs a model).
+struct DeviceFlags {
+  std::string device = "cpu";
+  int gpu = 0;
+  int threads = 0;
+  std::string precision = "bf16";
+};
+void add_device_flags(CLI::App& app, DeviceFlags& f);
+Device resolve_device(const DeviceFlags& f);
+// The backend of the flags; one-line errors for a device that cannot be used.
+std::shared_ptr<Backend> open_backend(const DeviceFlags& f);
 
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);

@@ -47,6 +47,32 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
   return ids;
 }
 
+void add_device_flags(CLI::App& app, DeviceFlags& f) {
+  app.add_option("--device", f.device, "where the model runs: cpu (f32, exact) or cuda (default cpu)");
+  app.add_option("--gpu", f.gpu, "CUDA device ordinal with --device cuda (default 0)");
+  app.add_option("--threads", f.threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)");
+  app.add_option("--precision", f.precision,
+                 "with --device cuda: bf16 (weights and activations bf16, f32 accumulation; default) or f32 "
+                 "(the exact path, for parity checks)");
+}
+
+Device resolve_device(const DeviceFlags& f) {
+  Device d;
+  d.kind = parse_device_kind(f.device);
+  d.gpu = f.gpu;
+  d.threads = f.threads;
+  if (f.precision == "bf16")
+    d.precision = Precision::kBf16;
+  else if (f.precision == "f32")
+    d.precision = Precision::kF32;
+  else
+    throw_bad_input("--precision " + f.precision, "unknown precision (bf16 or f32)");
+  if (d.kind == DeviceKind::kCpu && f.gpu != 0) throw_bad_input("--gpu", "needs --device cuda");
+  return d;
+}
+
+std::shared_ptr<Backend> open_backend(const DeviceFlags& f) { return make_backend(resolve_device(f)); }
+
 }  // namespace indexcache::cli
 
 int main(int argc, char** argv) {

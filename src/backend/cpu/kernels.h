@@ -1,7 +1,7 @@
 // CPU implementations of the backend ops (multithreaded with OpenMP; projections via OpenBLAS).
 #pragma once
 
-#include "backend/backend.h"
+#include "backend/kernel_params.h"
 
 namespace indexcache::cpu {
 

@@ -10,7 +10,7 @@
 //  - sparse_attention: same values up to f32 rounding.
 #pragma once
 
-#include "backend/backend.h"
+#include "backend/kernel_params.h"
 
 namespace indexcache::cuda {
 

@@ -1,14 +1,16 @@
-#include "model/moe.h"
+#include "backend/cpu/moe.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
 
-namespace indexcache {
+#include "backend/cpu/kernels.h"
 
-RoutingResult route_tokens(const ModelSpec& s, const float* logits, const float* bias, int tokens) {
-  const int E = s.n_routed_experts, G = s.n_group, per_group = E / G, K = s.num_experts_per_tok;
+namespace indexcache::cpu {
+
+RoutingResult route_tokens(const Routing& s, const float* logits, const float* bias, int tokens) {
+  const int E = s.experts, G = s.groups, per_group = E / G, K = s.experts_per_token;
   RoutingResult r;
   r.experts.resize(static_cast<size_t>(tokens) * K);
   r.weights.resize(r.experts.size());
@@ -49,39 +51,37 @@ RoutingResult route_tokens(const ModelSpec& s, const float* logits, const float*
       float w = score[order[i]];
       if (s.norm_topk_prob) w /= (sum + 1e-20f);
       r.experts[static_cast<size_t>(t) * K + i] = order[i];
-      r.weights[static_cast<size_t>(t) * K + i] = w * static_cast<float>(s.routed_scaling_factor);
+      r.weights[static_cast<size_t>(t) * K + i] = w * s.routed_scaling;
     }
   }
   return r;
 }
 
-void mlp_forward(Backend& be, const ExpertWeights& w, const float* x, int tokens, int hidden,
-                 int inter, float* y) {
+void mlp(const Mlp& w, const float* x, int tokens, int hidden, int inter, float* y) {
   std::vector<float> gate(static_cast<size_t>(tokens) * inter), up(gate.size());
-  be.linear({.x = x, .x_stride = hidden, .w = w.gate, .y = gate.data(), .y_stride = inter,
-             .tokens = tokens, .in = hidden, .out = inter});
-  be.linear({.x = x, .x_stride = hidden, .w = w.up, .y = up.data(), .y_stride = inter,
-             .tokens = tokens, .in = hidden, .out = inter});
-  be.silu_mul(gate.data(), up.data(), gate.data(), static_cast<int64_t>(gate.size()));
-  be.linear({.x = gate.data(), .x_stride = inter, .w = w.down, .y = y, .y_stride = hidden,
-             .tokens = tokens, .in = inter, .out = hidden});
+  linear({.x = x, .x_stride = hidden, .w = w.gate, .y = gate.data(), .y_stride = inter, .tokens = tokens,
+          .in = hidden, .out = inter});
+  linear({.x = x, .x_stride = hidden, .w = w.up, .y = up.data(), .y_stride = inter, .tokens = tokens, .in = hidden,
+          .out = inter});
+  silu_mul(gate.data(), up.data(), gate.data(), static_cast<int64_t>(gate.size()));
+  linear({.x = gate.data(), .x_stride = inter, .w = w.down, .y = y, .y_stride = hidden, .tokens = tokens,
+          .in = inter, .out = hidden});
 }
 
-void moe_forward(Backend& be, const ModelSpec& s, const LayerWeights& lw, const float* x,
-                 int tokens, float* y) {
-  const int H = s.hidden_size, E = s.n_routed_experts, K = s.num_experts_per_tok;
-  const int I = s.moe_intermediate_size;
+void moe(const MoeArgs& a) {
+  const int H = a.hidden, E = a.routing.experts, K = a.routing.experts_per_token, I = a.inter;
+  const int tokens = a.tokens;
+  float* y = a.y;
   std::vector<float> logits(static_cast<size_t>(tokens) * E);
-  be.linear({.x = x, .x_stride = H, .w = lw.router, .y = logits.data(), .y_stride = E,
-             .tokens = tokens, .in = H, .out = E});
-  const RoutingResult r = route_tokens(s, logits.data(), lw.router_bias, tokens);
+  linear({.x = a.x, .x_stride = H, .w = a.router, .y = logits.data(), .y_stride = E, .tokens = tokens, .in = H,
+          .out = E});
+  const RoutingResult r = route_tokens(a.routing, logits.data(), a.router_bias, tokens);
 
   // Tokens per expert, then one batched MLP per expert over its gathered tokens.
   std::vector<std::vector<std::pair<int, float>>> assigned(E);
   for (int t = 0; t < tokens; ++t)
     for (int i = 0; i < K; ++i)
-      assigned[r.experts[static_cast<size_t>(t) * K + i]].emplace_back(
-          t, r.weights[static_cast<size_t>(t) * K + i]);
+      assigned[r.experts[static_cast<size_t>(t) * K + i]].emplace_back(t, r.weights[static_cast<size_t>(t) * K + i]);
 
   std::fill(y, y + static_cast<size_t>(tokens) * H, 0.0f);
   std::vector<float> xe, ye;
@@ -92,8 +92,8 @@ void moe_forward(Backend& be, const ModelSpec& s, const LayerWeights& lw, const 
     xe.resize(static_cast<size_t>(n) * H);
     ye.resize(xe.size());
     for (int j = 0; j < n; ++j)
-      std::copy_n(x + static_cast<size_t>(list[j].first) * H, H, xe.data() + static_cast<size_t>(j) * H);
-    mlp_forward(be, lw.experts[e], xe.data(), n, H, I, ye.data());
+      std::copy_n(a.x + static_cast<size_t>(list[j].first) * H, H, xe.data() + static_cast<size_t>(j) * H);
+    mlp(a.experts[e], xe.data(), n, H, I, ye.data());
     for (int j = 0; j < n; ++j) {
       float* dst = y + static_cast<size_t>(list[j].first) * H;
       const float* src = ye.data() + static_cast<size_t>(j) * H;
@@ -101,11 +101,11 @@ void moe_forward(Backend& be, const ModelSpec& s, const LayerWeights& lw, const 
       for (int d = 0; d < H; ++d) dst[d] += wgt * src[d];
     }
   }
-  if (lw.has_shared) {
+  if (a.has_shared) {
     std::vector<float> sh(static_cast<size_t>(tokens) * H);
-    mlp_forward(be, lw.shared, x, tokens, H, I * s.n_shared_experts, sh.data());
+    mlp(a.shared, a.x, tokens, H, a.shared_inter, sh.data());
     for (size_t i = 0; i < sh.size(); ++i) y[i] += sh[i];
   }
 }
 
-}  // namespace indexcache
+}  // namespace indexcache::cpu
