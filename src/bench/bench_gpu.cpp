@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <memory>
 
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
 #include "gpu/synthetic_gpu_model.h"
 #endif
 
@@ -65,6 +67,10 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   r.machine.runtime_version = info.runtime_version;
   progress(info.name + ": measuring the bf16 matrix peak");
   r.machine.bf16_peak_tflops = gpu::measure_bf16_peak_tflops();
+  if (o.engine_session) {
+    auto be = make_cuda_backend(0, Precision::kBf16);
+    return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/false);
+  }
 
   progress("allocating " + setup.preset.name + " (" + format_bytes(static_cast<double>(r.weight_bytes)) +
            " of bf16 weights) for " + std::to_string(setup.max_context()) + " tokens");

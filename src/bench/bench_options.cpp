@@ -91,6 +91,8 @@ std::string bench_usage() {
          "  --chunk N             prefill chunk in tokens (default cpu 2048, cuda 8192)\n"
          "  --repeat N            timed runs per cell, median reported (default 1)\n"
          "  --no-graphs           cuda: decode without CUDA graphs\n"
+         "  --engine E            cuda: runner (the GPU runner, default) or session (the one Session on\n"
+         "                        the CUDA backend, random weights placed from host memory)\n"
          "  --indexer KIND        cuda: the lightning indexer in bf16 (default), fp8 (e4m3 with per-row\n"
          "                        scales, DeepSeek-V3.2 style; selections may differ near ties) or\n"
          "                        fp8-hadamard (e4m3 after a Walsh-Hadamard rotation of q and k)\n"
@@ -129,7 +131,7 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
     }
     static const char* kValued[] = {"--device", "--synthetic", "--layers", "--experts", "--ctx", "--plan",
                                     "--mode", "--decode-steps", "--chunk", "--repeat", "--seed", "--json-out",
-                                    "--indexer"};
+                                    "--indexer", "--engine"};
     if (std::find_if(std::begin(kValued), std::end(kValued), [&](const char* k) { return flag == k; }) ==
         std::end(kValued)) {
       if (flag.rfind("-", 0) == 0)
@@ -176,6 +178,12 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       o.chunk = parse_token_count(value, flag);
     } else if (flag == "--repeat") {
       o.repeat = parse_int_flag(value, flag, 1, 1000);
+    } else if (flag == "--engine") {
+      const std::string v = trim(value);
+      if (v == "session")
+        o.engine_session = true;
+      else if (v != "runner")
+        throw_bad_input("--engine " + quote_for_message(value), "expected runner or session");
     } else if (flag == "--seed") {
       uint64_t v = 0;
       if (!parse_u64(trim(value), v)) throw_bad_input("--seed " + quote_for_message(value), "expected a non-negative integer");

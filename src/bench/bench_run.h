@@ -10,6 +10,10 @@
 #include "bench/bench_options.h"
 #include "bench/bench_report.h"
 
+namespace indexcache {
+class Backend;
+}
+
 namespace indexcache::bench {
 
 using Progress = std::function<void(const std::string&)>;
@@ -24,6 +28,11 @@ BenchReport report_skeleton(const BenchSetup& setup);
 // The two device paths. The CPU one lives in the library (cpu_bench.cpp); the CUDA one is built
 // only where INDEXCACHE_HAVE_CUDA is defined (bench_gpu.cpp).
 BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress);
+// The one Session on `be` over random weights of the preset (Model::synthetic), timed over
+// ctx x plan x mode, filling `r` (its machine facts already set); op classes when profile_ops
+// (each op synchronises, so leave it off where that costs time: CUDA).
+BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress, Backend& be, BenchReport r,
+                              bool profile_ops);
 BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress);
 
 // The run whose wall time is the median of `runs` (the lower middle for an even count), so that

@@ -99,14 +99,22 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
   r.machine.threads = 1;
 #endif
   r.machine.memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / (1024.0 * 1024 * 1024);
+  (void)o;
+  auto cpu = make_cpu_backend();
+  return run_session_bench(setup, progress, *cpu, std::move(r), /*profile_ops=*/true);
+}
 
+BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress, Backend& be, BenchReport r,
+                              bool profile_ops) {
+  const BenchOptions& o = setup.options;
+  const ModelSpec& spec = setup.preset.spec;
   progress("generating " + setup.preset.name + " with random bf16-valued weights (" +
            format_bytes(static_cast<double>(parameter_count(spec)) * 4) + " as f32 in host memory)");
   // Every layer's indexer is there: every plan of the matrix runs on one model.
   auto model = Model::synthetic(spec, o.seed);
-  auto cpu = make_cpu_backend();
+  Backend* cpu = &be;  // the backend the Session runs on (the CPU's, or CUDA with --engine session)
   OpProfile profile;
-  cpu->set_profile(&profile);
+  if (profile_ops) cpu->set_profile(&profile);
 
   std::mt19937_64 rng(o.seed ^ 0x9E3779B97F4A7C15ull);
   std::uniform_int_distribution<int32_t> tok(0, spec.vocab_size - 1);
@@ -147,7 +155,7 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
           PhaseStats p;
           p.seconds = pre_s;
           p.tokens = ctx;
-          p.classes = classes_of(profile, pre_s);
+          if (profile_ops) p.classes = classes_of(profile, pre_s);
           p.flops = count_prefill_flops(spec, np.plan, ctx);
           pre_runs.push_back(p);
         }
@@ -161,7 +169,7 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
           PhaseStats d;
           d.seconds = dec_s;
           d.tokens = setup.decode_steps;
-          d.classes = classes_of(profile, dec_s);
+          if (profile_ops) d.classes = classes_of(profile, dec_s);
           d.flops = count_decode_flops(spec, np.plan, ctx, setup.decode_steps);
           dec_runs.push_back(d);
         }
@@ -188,6 +196,7 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
       r.rows.push_back(std::move(row));
     }
   }
+  cpu->set_profile(nullptr);
   return r;
 }
 
