@@ -63,8 +63,9 @@ class Model {
 struct PrefillOptions {
   // Keep each F layer's full [T, T] index-score matrix (debugging and tests; O(T^2) memory).
   bool capture_index_scores = false;
-  // Queries scored per indexer block (bounds the score buffer to query_block x T floats).
-  int query_block = 256;
+  // Queries scored per indexer block (bounds the score buffer to query_block x T floats); 0: the
+  // backend's default (256 on the CPU).
+  int query_block = 0;
   // Tokens per prefill chunk (0: the whole sequence in one chunk).
   int chunk = 0;
 };

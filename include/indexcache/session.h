@@ -33,7 +33,7 @@ struct ForwardOptions {
   LogitsWanted logits = LogitsWanted::kAll;
   bool capture_topk = false;           // keep every layer's selection of the chunk's queries
   bool capture_index_scores = false;   // keep F layers' scores [chunk, length] (tests)
-  int query_block = 256;               // indexer queries scored per block (bounds memory)
+  int query_block = 0;  // indexer queries scored per block (bounds memory); 0: the backend's default
   // When set, receives the hidden state entering each layer run, [tokens, hidden] per layer.
   std::vector<std::vector<float>>* layer_inputs = nullptr;
 };

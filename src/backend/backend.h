@@ -179,6 +179,9 @@ class Backend {
   // once per host pointer, shape and dtype, then the same view.
   virtual TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) = 0;
   virtual void sync() = 0;
+  // Indexer queries scored per block when the caller does not say (the score buffer holds
+  // block x keys f32): small on the CPU (cache-sized), large on a GPU (fewer, fuller launches).
+  virtual int indexer_query_block() const { return 256; }
   // Bytes of backend memory in use now (buffers and placed weights).
   virtual size_t bytes_in_use() const = 0;
   // The profile every later op adds to (nullptr: none).

@@ -69,7 +69,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   r.machine.bf16_peak_tflops = gpu::measure_bf16_peak_tflops();
   if (o.engine_session) {
     auto be = make_cuda_backend(0, Precision::kBf16);
-    return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/false);
+    return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/o.engine_profile);
   }
 
   progress("allocating " + setup.preset.name + " (" + format_bytes(static_cast<double>(r.weight_bytes)) +

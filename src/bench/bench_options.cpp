@@ -92,7 +92,8 @@ std::string bench_usage() {
          "  --repeat N            timed runs per cell, median reported (default 1)\n"
          "  --no-graphs           cuda: decode without CUDA graphs\n"
          "  --engine E            cuda: runner (the GPU runner, default) or session (the one Session on\n"
-         "                        the CUDA backend, random weights placed from host memory)\n"
+         "                        the CUDA backend, random weights placed from host memory) or\n"
+         "                        session-profile (the Session with op classes; every op synchronised)\n"
          "  --indexer KIND        cuda: the lightning indexer in bf16 (default), fp8 (e4m3 with per-row\n"
          "                        scales, DeepSeek-V3.2 style; selections may differ near ties) or\n"
          "                        fp8-hadamard (e4m3 after a Walsh-Hadamard rotation of q and k)\n"
@@ -180,10 +181,12 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       o.repeat = parse_int_flag(value, flag, 1, 1000);
     } else if (flag == "--engine") {
       const std::string v = trim(value);
-      if (v == "session")
+      if (v == "session" || v == "session-profile") {
         o.engine_session = true;
-      else if (v != "runner")
-        throw_bad_input("--engine " + quote_for_message(value), "expected runner or session");
+        o.engine_profile = v == "session-profile";
+      } else if (v != "runner") {
+        throw_bad_input("--engine " + quote_for_message(value), "expected runner, session or session-profile");
+      }
     } else if (flag == "--seed") {
       uint64_t v = 0;
       if (!parse_u64(trim(value), v)) throw_bad_input("--seed " + quote_for_message(value), "expected a non-negative integer");

@@ -28,6 +28,7 @@ struct BenchOptions {
   int repeat = 1;        // timed runs per cell; the median is reported
   bool cuda_graphs = true;
   bool engine_session = false;  // --engine session (cuda): the one Session on the CUDA backend, not the GPU runner
+  bool engine_profile = false;  // --engine session-profile: the same with op classes (every op synchronised)
   bool indexer_fp8 = false;   // --indexer fp8 (cuda only): the e4m3 lightning indexer
   bool indexer_hadamard = false;  // --indexer fp8-hadamard: e4m3 after the Walsh-Hadamard rotation
   bool json = false;          // JSON instead of markdown on stdout

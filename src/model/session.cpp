@@ -150,7 +150,7 @@ void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorVi
 
   const int S = c.total;
   if (captured) captured->assign(static_cast<size_t>(n) * S, 0.0f);
-  const int block = std::max(1, std::min(o.query_block, n));
+  const int block = std::max(1, std::min(o.query_block > 0 ? o.query_block : be.indexer_query_block(), n));
   const TensorView scores = arena.take(DType::kF32, block, S);
   const TensorView all_keys = index_keys[layer].t.view.rows(0, S);
   for (int t0 = 0; t0 < n; t0 += block) {

@@ -68,6 +68,7 @@ class CudaBackend final : public Backend {
   TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) override;
   void sync() override;
   size_t bytes_in_use() const override;
+  int indexer_query_block() const override { return 4096; }
 
  protected:
   void* allocate(size_t bytes) override;
