@@ -17,6 +17,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <ostream>
 #include <string>
 
 #include "golden_fixture.h"
@@ -35,6 +36,9 @@ struct Case {
   std::string name;
   bool trained = false;  // dsa-mini; the golden models have random weights
 };
+
+// gtest prints a parameter with this (test names and listings show the model, not bytes).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 constexpr double kScoreTol = 5e-2;   // bf16 index scores and near-tie swaps, relative to the row's max |score|
 constexpr double kRowTol = 2e-2;     // bf16 logits: relative L2 per row

@@ -174,10 +174,18 @@ class Backend {
   // Host <-> backend copies; `host` is contiguous ([rows][cols] of the view, same dtype).
   virtual void upload(const TensorView& dst, const void* host) = 0;
   virtual void download(const TensorView& src, void* host) = 0;
-  // The weight at host f32 `w`, shape [d0] / [d0, d1] / [d0, d1, d2] (contiguous), in the
-  // backend's weight dtype (activation_dtype(), or f32 with keep_f32: the router bias); placed
-  // once per host pointer, shape and dtype, then the same view.
-  virtual TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) = 0;
+  // The weight at host memory `w` of dtype `t` (f32, bf16 or f16, as the checkpoint stores it),
+  // shape [d0] / [d0, d1] / [d0, d1, d2] (contiguous), in the backend's weight dtype
+  // (activation_dtype(), or f32 with keep_f32: the router bias); placed once per host pointer,
+  // shape and dtype, then the same view (the host tensor must stay unchanged while the backend
+  // lives). bf16 goes to a bf16 backend as it is; anything else is converted (to f32 exactly as
+  // convert_to_f32 does, then rounded to nearest even for bf16).
+  TensorView place(const void* w, DType t, std::span<const int64_t> shape, bool keep_f32 = false) {
+    return do_place(w, t, shape, keep_f32);
+  }
+  TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) {
+    return do_place(w, DType::kF32, shape, keep_f32);
+  }
   virtual void sync() = 0;
   // Indexer queries scored per block when the caller does not say (the score buffer holds
   // block x keys f32): small on the CPU (cache-sized), large on a GPU (fewer, fuller launches).
@@ -208,6 +216,7 @@ class Backend {
   friend class Buffer;
   virtual void* allocate(size_t bytes) = 0;
   virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual TensorView do_place(const void* w, DType t, std::span<const int64_t> shape, bool keep_f32) = 0;
 
   virtual void do_linear(const LinearOp& p) = 0;
   virtual void do_linear_heads(const LinearHeadsOp& p) = 0;

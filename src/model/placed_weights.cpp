@@ -8,9 +8,9 @@ namespace {
 
 struct Placer {
   Backend& be;
-  TensorView operator()(const float* w, std::initializer_list<int64_t> shape, bool keep_f32 = false) const {
+  TensorView operator()(WeightRef w, std::initializer_list<int64_t> shape, bool keep_f32 = false) const {
     if (!w) return {};
-    return be.place(w, std::span<const int64_t>(shape.begin(), shape.size()), keep_f32);
+    return be.place(w.data, w.dtype, std::span<const int64_t>(shape.begin(), shape.size()), keep_f32);
   }
   MlpWeightsView mlp(const ExpertWeights& e, int64_t hidden, int64_t inter) const {
     return {(*this)(e.gate, {inter, hidden}), (*this)(e.up, {inter, hidden}), (*this)(e.down, {hidden, inter})};

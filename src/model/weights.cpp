@@ -13,9 +13,17 @@ namespace indexcache {
 
 namespace {
 
-// From kv_b [heads*(nope+v), kvlr]: each head's nope key rows transposed, [heads, kvlr, nope].
-const float* transposed_key_rows(ModelWeights& w, const float* kv_b, int64_t heads, int64_t nope, int64_t v,
+// From kv_b [heads*(nope+v), kvlr] (any weight dtype): each head's nope key rows transposed, f32
+// [heads, kvlr, nope].
+const float* transposed_key_rows(ModelWeights& w, WeightRef kv_b_ref, int64_t heads, int64_t nope, int64_t v,
                                  int64_t kvlr) {
+  std::vector<float> converted;
+  const float* kv_b = static_cast<const float*>(kv_b_ref.data);
+  if (kv_b_ref.dtype != DType::kF32) {
+    converted.resize(static_cast<size_t>(heads * (nope + v) * kvlr));
+    convert_to_f32(kv_b_ref.dtype, kv_b_ref.data, converted.size(), converted.data());
+    kv_b = converted.data();
+  }
   auto& buf = w.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope));
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t i = 0; i < nope; ++i)
@@ -34,42 +42,41 @@ class Loader {
  public:
   Loader(ModelWeights& w, const std::string& dir) : w_(w), dir_(dir) {}
 
-  // Returns the tensor as f32 with the expected shape, or throws naming the file and tensor.
-  const float* get(const std::string& name, const std::vector<int64_t>& shape) {
-    const float* p = find(name, shape);
+  // Returns the tensor with the expected shape, or throws naming the file and tensor.
+  WeightRef get(const std::string& name, const std::vector<int64_t>& shape) {
+    const WeightRef p = find(name, shape);
     if (!p) throw_bad_input(dir_ + ": tensor '" + name + "'", "missing from the checkpoint");
     return p;
   }
 
-  // As get(), but nullptr when the tensor is absent.
-  const float* find(const std::string& name, const std::vector<int64_t>& shape) {
+  // As get(), but empty when the tensor is absent.
+  WeightRef find(const std::string& name, const std::vector<int64_t>& shape) {
     auto e = w_.store.find(name);
-    if (!e.info) return nullptr;
+    if (!e.info) return {};
     const std::string what = e.file->path() + ": tensor '" + name + "'";
     if (e.info->shape != shape)
       throw_bad_input(what, "shape " + shape_str(e.info->shape) + " disagrees with config.json (expected " +
                                 shape_str(shape) + ")");
-    return as_f32(*e.info, *e.file, what);
+    return in_place(*e.info, *e.file, what);
   }
 
   bool has(const std::string& name) const { return w_.store.has(name); }
-  const float* get(const TensorSpec& t) { return get(t.name, t.shape); }
-  const float* find(const TensorSpec& t) { return find(t.name, t.shape); }
+  WeightRef get(const TensorSpec& t) { return get(t.name, t.shape); }
+  WeightRef find(const TensorSpec& t) { return find(t.name, t.shape); }
 
  private:
-  const float* as_f32(const TensorInfo& t, const SafetensorsFile& f, const std::string& what) {
+  // The tensor where the file maps it, in its dtype; an unaligned one is copied (f32) first.
+  WeightRef in_place(const TensorInfo& t, const SafetensorsFile& f, const std::string& what) {
     const std::byte* src = f.data(t);
     const size_t n = static_cast<size_t>(t.numel());
     switch (t.dtype) {
       case DType::kF32:
-        if (reinterpret_cast<uintptr_t>(src) % alignof(float) == 0)
-          return reinterpret_cast<const float*>(src);
-        [[fallthrough]];
       case DType::kBF16:
       case DType::kF16: {
+        if (reinterpret_cast<uintptr_t>(src) % dtype_size(t.dtype) == 0) return {src, t.dtype};
         auto& buf = w_.owned.emplace_back(n);
         convert_to_f32(t.dtype, src, n, buf.data());
-        return buf.data();
+        return {buf.data(), DType::kF32};
       }
       case DType::kF8E4M3:
         throw_bad_input(what, "FP8 (F8_E4M3) weights are not supported yet; use a bf16 checkpoint");
@@ -94,7 +101,7 @@ ExpertWeights& mlp_of(LayerWeights& lw, const TensorSpec& t) {
 }
 
 // Puts the f32 data `p` of schema tensor `t` where the forward pass reads it.
-void bind(ModelWeights& w, const TensorSpec& t, const float* p) {
+void bind(ModelWeights& w, const TensorSpec& t, WeightRef p) {
   if (t.layer < 0) {
     switch (t.slot) {
       case TensorSlot::kEmbed: w.embed = p; break;
@@ -133,15 +140,15 @@ void bind(ModelWeights& w, const TensorSpec& t, const float* p) {
       const int64_t E = t.shape[0], I = t.shape[1] / 2, H = t.shape[2];
       lw.experts.resize(static_cast<size_t>(E));
       for (int64_t e = 0; e < E; ++e) {
-        lw.experts[e].gate = p + e * 2 * I * H;
-        lw.experts[e].up = p + e * 2 * I * H + I * H;
+        lw.experts[e].gate = p.offset(e * 2 * I * H);
+        lw.experts[e].up = p.offset(e * 2 * I * H + I * H);
       }
       break;
     }
     case TensorSlot::kExpertsDown: {  // [E, H, I]
       const int64_t E = t.shape[0], per = t.shape[1] * t.shape[2];
       lw.experts.resize(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e) lw.experts[e].down = p + e * per;
+      for (int64_t e = 0; e < E; ++e) lw.experts[e].down = p.offset(e * per);
       break;
     }
     default: break;
@@ -153,8 +160,8 @@ void bind(ModelWeights& w, const TensorSpec& t, const float* p) {
 void finish_layer(ModelWeights& w, const ModelSpec& s, int l) {
   LayerWeights& lw = w.layers[l];
   lw.moe = l < static_cast<int>(s.layer_is_moe.size()) && s.layer_is_moe[l];
-  lw.has_indexer = lw.indexer.wq_b != nullptr;
-  lw.has_shared = lw.shared.gate != nullptr;
+  lw.has_indexer = static_cast<bool>(lw.indexer.wq_b);
+  lw.has_shared = static_cast<bool>(lw.shared.gate);
   lw.uk_t = transposed_key_rows(w, lw.kv_b, s.num_heads, s.qk_nope_head_dim, s.v_head_dim, s.kv_lora_rank);
 }
 
@@ -220,16 +227,16 @@ std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& s, uint64_t see
   return w;
 }
 
-const float* bound_tensor(const ModelWeights& w, const TensorSpec& t) {
+WeightRef bound_tensor(const ModelWeights& w, const TensorSpec& t) {
   if (t.layer < 0) {
     switch (t.slot) {
       case TensorSlot::kEmbed: return w.embed;
       case TensorSlot::kFinalNorm: return w.final_norm;
       case TensorSlot::kLmHead: return w.lm_head;
-      default: return nullptr;
+      default: return {};
     }
   }
-  if (t.layer >= static_cast<int>(w.layers.size())) return nullptr;
+  if (t.layer >= static_cast<int>(w.layers.size())) return {};
   const LayerWeights& lw = w.layers[t.layer];
   const IndexerWeights& ix = lw.indexer;
   auto mlp = [&]() -> const ExpertWeights* {
@@ -259,12 +266,12 @@ const float* bound_tensor(const ModelWeights& w, const TensorSpec& t) {
     case TensorSlot::kIndexerWeightsProj: return ix.weights_proj;
     case TensorSlot::kRouter: return lw.router;
     case TensorSlot::kRouterBias: return lw.router_bias;
-    case TensorSlot::kGate: return mlp() ? mlp()->gate : nullptr;
-    case TensorSlot::kUp: return mlp() ? mlp()->up : nullptr;
-    case TensorSlot::kDown: return mlp() ? mlp()->down : nullptr;
-    case TensorSlot::kExpertsGateUp: return first ? first->gate : nullptr;
-    case TensorSlot::kExpertsDown: return first ? first->down : nullptr;
-    default: return nullptr;
+    case TensorSlot::kGate: return mlp() ? mlp()->gate : WeightRef{};
+    case TensorSlot::kUp: return mlp() ? mlp()->up : WeightRef{};
+    case TensorSlot::kDown: return mlp() ? mlp()->down : WeightRef{};
+    case TensorSlot::kExpertsGateUp: return first ? first->gate : WeightRef{};
+    case TensorSlot::kExpertsDown: return first ? first->down : WeightRef{};
+    default: return {};
   }
 }
 

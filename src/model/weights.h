@@ -1,52 +1,79 @@
-// Pointers to every weight of a DSA model as f32 (memory-mapped in place when the checkpoint is
-// f32 and aligned, converted into owned buffers otherwise).
+// Every weight of a DSA model as it lies in host memory: memory-mapped in place in the
+// checkpoint's own dtype (f32, bf16 or f16; an unaligned f32 tensor is copied), or owned (random
+// weights, the derived uk_t). Backends convert when they place them (Backend::place), so a bf16
+// checkpoint reaches a bf16 GPU without an f32 copy on the host.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "indexcache/dtype.h"
 #include "indexcache/model_spec.h"
 #include "indexcache/weight_store.h"
 #include "io/checkpoint_schema.h"
 
 namespace indexcache {
 
+// A host tensor's data and dtype (its shape is the schema's).
+struct WeightRef {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  WeightRef() = default;
+  WeightRef(std::nullptr_t) {}
+  WeightRef(const float* p) : data(p) {}
+  WeightRef(const void* p, DType t) : data(p), dtype(t) {}
+  explicit operator bool() const { return data != nullptr; }
+  bool operator==(const WeightRef& o) const { return data == o.data && dtype == o.dtype; }
+  bool operator==(std::nullptr_t) const { return data == nullptr; }
+  // The tensor `elements` elements further on (e.g. one expert of a packed tensor).
+  WeightRef offset(int64_t elements) const {
+    return {static_cast<const char*>(data) + elements * static_cast<int64_t>(dtype_size(dtype)), dtype};
+  }
+  // Element i as f32 (tests and host-side derivations).
+  float at(int64_t i) const {
+    float v;
+    convert_to_f32(dtype, offset(i).data, 1, &v);
+    return v;
+  }
+};
+
 struct IndexerWeights {
-  const float* wq_b = nullptr;          // [Hi*Di, q_lora_rank]
-  const float* wk = nullptr;            // [Di, hidden]
-  const float* k_norm_w = nullptr;      // [Di]
-  const float* k_norm_b = nullptr;      // [Di]
-  const float* weights_proj = nullptr;  // [Hi, hidden]
+  WeightRef wq_b;          // [Hi*Di, q_lora_rank]
+  WeightRef wk;            // [Di, hidden]
+  WeightRef k_norm_w;      // [Di]
+  WeightRef k_norm_b;      // [Di]
+  WeightRef weights_proj;  // [Hi, hidden]
 };
 
 struct ExpertWeights {
-  const float* gate = nullptr;  // [I, hidden]
-  const float* up = nullptr;    // [I, hidden]
-  const float* down = nullptr;  // [hidden, I]
+  WeightRef gate;  // [I, hidden]
+  WeightRef up;    // [I, hidden]
+  WeightRef down;  // [hidden, I]
 };
 
 struct LayerWeights {
-  const float* input_norm = nullptr;      // [hidden]
-  const float* post_attn_norm = nullptr;  // [hidden]
-  const float* q_a = nullptr;             // [q_lora_rank, hidden]
-  const float* q_a_bias = nullptr;
-  const float* q_a_norm = nullptr;  // [q_lora_rank]
-  const float* q_b = nullptr;       // [heads*qk_head_dim, q_lora_rank]
-  const float* kv_a = nullptr;      // [kv_lora_rank+rope, hidden]
-  const float* kv_a_bias = nullptr;
-  const float* kv_a_norm = nullptr;  // [kv_lora_rank]
-  const float* kv_b = nullptr;       // [heads*(nope+v), kv_lora_rank]
-  // kv_b's key rows transposed per head, for the absorbed form: [heads, kv_lora_rank, nope].
-  const float* uk_t = nullptr;
-  const float* o = nullptr;          // [hidden, heads*v]
-  const float* o_bias = nullptr;
+  WeightRef input_norm;      // [hidden]
+  WeightRef post_attn_norm;  // [hidden]
+  WeightRef q_a;             // [q_lora_rank, hidden]
+  WeightRef q_a_bias;
+  WeightRef q_a_norm;  // [q_lora_rank]
+  WeightRef q_b;       // [heads*qk_head_dim, q_lora_rank]
+  WeightRef kv_a;      // [kv_lora_rank+rope, hidden]
+  WeightRef kv_a_bias;
+  WeightRef kv_a_norm;  // [kv_lora_rank]
+  WeightRef kv_b;       // [heads*(nope+v), kv_lora_rank]
+  // kv_b's key rows transposed per head, for the absorbed form: [heads, kv_lora_rank, nope] (f32).
+  WeightRef uk_t;
+  WeightRef o;          // [hidden, heads*v]
+  WeightRef o_bias;
   bool has_indexer = false;
   IndexerWeights indexer;
   bool moe = false;
   ExpertWeights dense;                 // dense MLP (intermediate_size)
-  const float* router = nullptr;       // [E, hidden]
-  const float* router_bias = nullptr;  // [E] e_score_correction_bias
+  WeightRef router;       // [E, hidden]
+  WeightRef router_bias;  // [E] e_score_correction_bias
   std::vector<ExpertWeights> experts;  // moe_intermediate_size each
   bool has_shared = false;
   ExpertWeights shared;  // moe_intermediate_size * n_shared_experts
@@ -55,9 +82,9 @@ struct LayerWeights {
 struct ModelWeights {
   WeightStore store;                      // empty for random weights
   std::vector<std::vector<float>> owned;  // converted (or random) tensors and uk_t
-  const float* embed = nullptr;           // [vocab, hidden]
-  const float* final_norm = nullptr;      // [hidden]
-  const float* lm_head = nullptr;         // [vocab, hidden] (the embedding when tied)
+  WeightRef embed;           // [vocab, hidden]
+  WeightRef final_norm;      // [hidden]
+  WeightRef lm_head;         // [vocab, hidden] (the embedding when tied)
   std::vector<LayerWeights> layers;
 };
 
@@ -75,8 +102,8 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSp
 // (seed * 1000003 + 1000 + l), in schema order. Deterministic in `seed`.
 std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& spec, uint64_t seed);
 
-// The host pointer schema tensor `t` was bound to (packed experts: that of expert 0), nullptr if
-// the model lacks it.
-const float* bound_tensor(const ModelWeights& w, const TensorSpec& t);
+// The host tensor schema tensor `t` was bound to (packed experts: that of expert 0), empty if the
+// model lacks it.
+WeightRef bound_tensor(const ModelWeights& w, const TensorSpec& t);
 
 }  // namespace indexcache

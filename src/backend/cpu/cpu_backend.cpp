@@ -6,23 +6,20 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/moe.h"
+#include "backend/op_checks.h"
 
 namespace indexcache {
 
 namespace {
 
-void need(bool ok, const char* op, const char* what) {
-  if (!ok) throw_op_error(op, what);
-}
-void need_dtype(const TensorView& v, DType t, const char* op, const char* name) {
-  if (v.dtype != t)
-    throw_op_error(op, std::string(name) + " is " + std::string(dtype_name(v.dtype)) + " (the CPU backend takes " +
-                           std::string(dtype_name(t)) + ")");
-}
+using op_checks::need;
+using op_checks::need_dtype;
 const float* f32(const TensorView& v) { return v.empty() ? nullptr : v.as<const float>(); }
 float* f32m(const TensorView& v) { return v.as<float>(); }
 
@@ -36,9 +33,28 @@ class CpuBackend final : public Backend {
 
   void upload(const TensorView& dst, const void* host) override { copy_host(host, dst, true); }
   void download(const TensorView& src, void* host) override { copy_host(host, src, false); }
-  TensorView place(const float* w, std::span<const int64_t> shape, bool) override {
+  void sync() override {}
+  size_t bytes_in_use() const override { return in_use_ + converted_bytes_; }
+
+ protected:
+  // f32 in place (a view of the host tensor); bf16 / f16 converted once into an owned f32 copy.
+  TensorView do_place(const void* w, DType t, std::span<const int64_t> shape, bool) override {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    const float* data = static_cast<const float*>(w);
+    if (t != DType::kF32) {
+      if (t != DType::kBF16 && t != DType::kF16)
+        throw_op_error("place", std::string("weights of dtype ") + std::string(dtype_name(t)) + " (F32, BF16 or F16)");
+      auto [it, fresh] = converted_.try_emplace(w);
+      if (fresh) {
+        it->second.resize(static_cast<size_t>(n));
+        convert_to_f32(t, w, static_cast<size_t>(n), it->second.data());
+        converted_bytes_ += static_cast<size_t>(n) * sizeof(float);
+      }
+      data = it->second.data();
+    }
     TensorView v;
-    v.data = const_cast<float*>(w);
+    v.data = const_cast<float*>(data);
     v.dtype = DType::kF32;
     v.rank = static_cast<int>(shape.size());
     int64_t s = 1;
@@ -49,10 +65,7 @@ class CpuBackend final : public Backend {
     }
     return v;
   }
-  void sync() override {}
-  size_t bytes_in_use() const override { return in_use_; }
 
- protected:
   void* allocate(size_t bytes) override {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!p) throw std::bad_alloc();
@@ -226,6 +239,8 @@ class CpuBackend final : public Backend {
       }
   }
   size_t in_use_ = 0;
+  std::unordered_map<const void*, std::vector<float>> converted_;  // bf16 / f16 weights as f32
+  size_t converted_bytes_ = 0;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "backend/cuda/backend_kernels.h"
 #include "backend/cuda/cuda_backend_impl.h"
@@ -17,6 +18,7 @@
 #include "backend/cuda/dsa_bf16.h"
 #include "backend/cuda/dsa_generic.h"
 #include "gpu/layer_kernels.h"
+#include "backend/op_checks.h"
 #include "indexcache/error.h"
 
 namespace indexcache {
@@ -30,20 +32,10 @@ constexpr int64_t kMultiBlockTopkKeys = 32768;        // longer rows: the multi-
 
 cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
 
-void need(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw_op_error(op, what);
-}
-std::string dt(DType t) { return std::string(dtype_name(t)); }
-void need_dtype(const TensorView& v, DType t, const char* op, const char* name) {
-  if (v.dtype != t) throw_op_error(op, std::string(name) + " is " + dt(v.dtype) + ", needs " + dt(t));
-}
-// A non-empty view of rank `rank` whose innermost dimension is contiguous.
-void need_view(const TensorView& v, int rank, const char* op, const char* name) {
-  need(!v.empty(), op, std::string(name) + " is empty");
-  need(v.rank == rank, op, std::string(name) + " must be " + std::to_string(rank) + "-D (is " +
-                               std::to_string(v.rank) + "-D)");
-  need(v.stride[rank - 1] == 1, op, std::string(name) + "'s innermost dimension must be contiguous");
-}
+using op_checks::dt;
+using op_checks::need;
+using op_checks::need_dtype;
+using op_checks::need_view;
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 // Rows of a 2-D view are contiguous and packed ([rows, cols] with stride cols).
 bool packed2(const TensorView& v) { return v.rank == 2 && (v.stride[0] == v.shape[1] || v.shape[0] <= 1); }
@@ -230,7 +222,7 @@ void CudaBackend::download(const TensorView& src, void* host) {
   IC_CUDA_CHECK(cudaStreamSynchronize(cs(stream_)));
 }
 
-TensorView CudaBackend::place(const float* w, std::span<const int64_t> shape, bool keep_f32) {
+TensorView CudaBackend::do_place(const void* w, DType src, std::span<const int64_t> shape, bool keep_f32) {
   activate();
   const char* op = "place";
   need(w != nullptr, op, "null host pointer");
@@ -242,6 +234,8 @@ TensorView CudaBackend::place(const float* w, std::span<const int64_t> shape, bo
     dims[i] = shape[i];
     n *= static_cast<size_t>(shape[i]);
   }
+  need(src == DType::kF32 || src == DType::kBF16 || src == DType::kF16, op,
+       "weights of dtype " + dt(src) + " (F32, BF16 or F16)");
   const DType t = (exact() || keep_f32) ? DType::kF32 : DType::kBF16;
   const PlaceKey key{w, dims, static_cast<int>(shape.size()), t};
   if (auto it = placed_.find(key); it != placed_.end()) return it->second;
@@ -253,9 +247,32 @@ TensorView CudaBackend::place(const float* w, std::span<const int64_t> shape, bo
     placed_allocs_.push_back(d);
     placed_bytes_ += bytes;
   }
-  if (t == DType::kF32) {
+  if (src == t) {  // f32 -> f32, bf16 -> bf16: as it is
     IC_CUDA_CHECK(cudaMemcpyAsync(d, w, bytes, cudaMemcpyHostToDevice, cs(stream_)));
+  } else if (src != DType::kF32) {
+    // bf16 / f16 -> f32, or f16 -> bf16: converted to f32 on the host chunk by chunk (a pageable
+    // copy returns once the host buffer is read, so the buffer is reused at once), then as f32.
+    std::vector<float> host(std::min(kStagingFloats, n));
+    const char* in = static_cast<const char*>(w);
+    const size_t es = dtype_size(src);
+    if (t == DType::kBF16 && !staging_) {
+      staging_ = device_malloc(kStagingFloats * sizeof(float));
+      staging_bytes_ = kStagingFloats * sizeof(float);
+    }
+    for (size_t off = 0; off < n; off += kStagingFloats) {
+      const size_t cnt = std::min(kStagingFloats, n - off);
+      convert_to_f32(src, in + off * es, cnt, host.data());
+      if (t == DType::kF32) {
+        IC_CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(d) + off, host.data(), cnt * sizeof(float),
+                                      cudaMemcpyHostToDevice, cs(stream_)));
+      } else {
+        IC_CUDA_CHECK(cudaMemcpyAsync(staging_, host.data(), cnt * sizeof(float), cudaMemcpyHostToDevice, cs(stream_)));
+        bk::f32_to_bf16(static_cast<const float*>(staging_), static_cast<uint16_t*>(d) + off, cnt, stream_);
+      }
+    }
+    IC_CUDA_CHECK(cudaStreamSynchronize(cs(stream_)));
   } else {
+    const float* wf = static_cast<const float*>(w);
     if (!staging_) {
       staging_ = device_malloc(kStagingFloats * sizeof(float));
       staging_bytes_ = kStagingFloats * sizeof(float);
@@ -264,7 +281,7 @@ TensorView CudaBackend::place(const float* w, std::span<const int64_t> shape, bo
     // Stream order keeps a chunk's upload after the previous chunk's conversion.
     for (size_t off = 0; off < n; off += kStagingFloats) {
       const size_t cnt = std::min(kStagingFloats, n - off);
-      IC_CUDA_CHECK(cudaMemcpyAsync(staging_, w + off, cnt * sizeof(float), cudaMemcpyHostToDevice, cs(stream_)));
+      IC_CUDA_CHECK(cudaMemcpyAsync(staging_, wf + off, cnt * sizeof(float), cudaMemcpyHostToDevice, cs(stream_)));
       bk::f32_to_bf16(static_cast<const float*>(staging_), static_cast<uint16_t*>(d) + off, cnt, stream_);
     }
   }

@@ -19,6 +19,7 @@
 #include "backend/cuda/dsa_generic.h"
 #include "gpu/grouped_gemm.h"
 #include "gpu/layer_kernels.h"
+#include "backend/op_checks.h"
 #include "indexcache/error.h"
 
 namespace indexcache::cuda {
@@ -27,19 +28,10 @@ namespace {
 
 cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
 
-void need(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw_op_error(op, what);
-}
-std::string dt(DType t) { return std::string(dtype_name(t)); }
-void need_dtype(const TensorView& v, DType t, const char* op, const char* name) {
-  if (v.dtype != t) throw_op_error(op, std::string(name) + " is " + dt(v.dtype) + ", needs " + dt(t));
-}
-void need_view(const TensorView& v, int rank, const char* op, const char* name) {
-  need(!v.empty(), op, std::string(name) + " is empty");
-  need(v.rank == rank, op, std::string(name) + " must be " + std::to_string(rank) + "-D (is " +
-                               std::to_string(v.rank) + "-D)");
-  need(v.stride[rank - 1] == 1, op, std::string(name) + "'s innermost dimension must be contiguous");
-}
+using op_checks::dt;
+using op_checks::need;
+using op_checks::need_dtype;
+using op_checks::need_view;
 bool packed2(const TensorView& v) { return v.rank == 2 && (v.stride[0] == v.shape[1] || v.shape[0] <= 1); }
 const char* bytes_at(const void* p) { return static_cast<const char*>(p); }
 

@@ -65,7 +65,7 @@ class CudaBackend final : public Backend {
 
   void upload(const TensorView& dst, const void* host) override;
   void download(const TensorView& src, void* host) override;
-  TensorView place(const float* w, std::span<const int64_t> shape, bool keep_f32 = false) override;
+  TensorView do_place(const void* w, DType src, std::span<const int64_t> shape, bool keep_f32) override;
   void sync() override;
   size_t bytes_in_use() const override;
   int indexer_query_block() const override { return 4096; }
@@ -129,7 +129,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<WeightArena> arena_;
 
   // Placement: (host pointer, shape, dtype) -> the device view.
-  using PlaceKey = std::tuple<const float*, std::array<int64_t, 3>, int, DType>;
+  using PlaceKey = std::tuple<const void*, std::array<int64_t, 3>, int, DType>;
   std::map<PlaceKey, TensorView> placed_;
   std::vector<void*> placed_allocs_;  // weights outside the arena (their own cudaMalloc)
   size_t placed_bytes_ = 0;            // bytes of placed weights outside the arena
