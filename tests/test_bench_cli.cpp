@@ -1,6 +1,7 @@
 // `indexcache bench` through the CLI: every bad argument is one line `error: ...` with exit 2
-// (a CUDA request without CUDA: a one-line error, exit 1 or 2), and a real CPU run of the tiny
-// preset prints the rows of its matrix in markdown and valid JSON with positive times.
+// (a CUDA request without CUDA: a one-line error, exit 1 or 2), a real CPU run of the tiny preset
+// prints the rows of its matrix in markdown and valid JSON with positive times, and --mode
+// calibrate runs the greedy search on it and reports its counts.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,7 +35,7 @@ TEST(BenchCli, BadContext) {
   expect_bad_input("--synthetic tiny --ctx 0", {"--ctx"});
   expect_bad_input("--synthetic tiny --ctx 256,,512", {"--ctx", "empty"});
   expect_bad_input("--synthetic tiny --ctx -5", {"--ctx"});
-  expect_bad_input("--synthetic tiny --ctx", {"--ctx", "needs a value"});
+  expect_bad_input("--synthetic tiny --ctx", {"--ctx", "required"});  // CLI11: "--ctx: 1 required LIST missing"
 }
 
 TEST(BenchCli, ContextOverMaxPositions) {
@@ -59,6 +60,23 @@ TEST(BenchCli, BadModeAndOptions) {
   expect_bad_input("--synthetic tiny --ctx 256 --indexer fp16", {"--indexer", "fp16", "bf16, fp8 or fp8-hadamard"});
   expect_bad_input("--synthetic tiny --ctx 256 --indexer fp8", {"--indexer fp8", "--device cuda"});
   expect_bad_input("--synthetic tiny --ctx 256 --indexer fp8-hadamard", {"--indexer fp8", "--device cuda"});
+  expect_bad_input("--synthetic tiny --ctx 256 --engine turbo", {"--engine", "turbo", "runner, session"});
+  expect_bad_input("--synthetic tiny --ctx 256 --seed -5", {"--seed"});
+  expect_bad_input("--synthetic tiny --ctx 256 --repeat 0", {"--repeat"});
+  expect_bad_input("--synthetic tiny --ctx 256 stray", {"stray", "unexpected argument"});
+  expect_bad_input("--synthetic tiny --ctx 256 --threads -1", {"--threads"});
+  expect_bad_input("--synthetic tiny --ctx 256 --gpu 1", {"--gpu", "--device cuda"});
+}
+
+TEST(BenchCli, BadCalibrate) {
+  expect_bad_input("--synthetic tiny --mode calibrate,prefill", {"--mode calibrate", "alone"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 256,512", {"--ctx", "one context"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 1", {"--ctx", "2 tokens"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 256 --keep-layers 5", {"--keep-layers", "[1, 4]"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 256 --keep-layers 0", {"--keep-layers"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 256 --windows 0", {"--windows"});
+  expect_bad_input("--synthetic tiny --mode calibrate --ctx 256 --plan 1/2", {"--plan", "calibrate"});
+  expect_bad_input("--synthetic tiny --mode calibrat --ctx 256", {"--mode", "calibrat"});
 }
 
 TEST(BenchCli, BadTrim) {
@@ -72,12 +90,18 @@ TEST(BenchCli, PresetTooBigForCpu) {
   expect_bad_input("--device cpu --synthetic glm5 --ctx 1K", {"glm5", "RAM", "--layers", "--experts"});
 }
 
-// Without CUDA in the build, or without a GPU, --device cuda is a one-line error (exit 2 or 1);
-// on a GPU machine the tiny preset's shapes are refused by the GPU kernels, also in one line.
+// CLI11's help for the subcommand: every flag, the presets and the calibrate mode.
 TEST(BenchCli, Help) {
   auto r = run_cli("bench --help");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("usage: indexcache bench"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Usage:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" bench [OPTIONS]"), std::string::npos) << r.output;
+  for (const char* flag : {"--device", "--gpu", "--threads", "--synthetic", "--layers", "--experts", "--ctx", "--plan",
+                           "--mode", "--windows", "--keep-layers", "--decode-steps", "--chunk", "--repeat",
+                           "--no-graphs", "--engine", "--indexer", "--seed", "--json", "--json-out", "--quiet"})
+    EXPECT_NE(r.output.find(std::string("  ") + flag + " "), std::string::npos) << "no " << flag << " in\n" << r.output;
+  for (const char* word : {"tiny", "glm47flash-dsa", "calibrate", "session-profile", "fp8-hadamard", "K = 1024"})
+    EXPECT_NE(r.output.find(word), std::string::npos) << "no " << word << " in\n" << r.output;
 }
 
 void expect_positive(const json& v, const std::string& what) {
@@ -151,6 +175,83 @@ TEST(BenchCli, JsonOnStdout) {
   expect_positive(j["rows"][0]["prefill_s"], "prefill_s");
   EXPECT_TRUE(j["rows"][0]["decode"].is_null());
   EXPECT_TRUE(j["rows"][0]["speedup_vs_full"].is_null());  // no full plan in the matrix
+}
+
+// The steps of a calibrate run of the tiny preset (4 layers) with `keep` F layers left and
+// `windows` windows: one step per flipped layer, each with one F layer fewer, the naive count the
+// search's formula gives, fewer layer-forwards than it.
+void expect_calibrate_counts(const json& j, int keep, int windows, int64_t ctx) {
+  ASSERT_EQ(j["mode"], "calibrate") << j.dump();
+  const int layers = j["preset"]["layers"].get<int>();
+  ASSERT_EQ(layers, 4);
+  const json& c = j["calibrate"];
+  EXPECT_EQ(c["ctx"], ctx);
+  EXPECT_EQ(c["windows"], windows);
+  EXPECT_EQ(c["keep_layers"], keep);
+  ASSERT_TRUE(c["steps"].is_array());
+  ASSERT_EQ(c["steps"].size(), static_cast<size_t>(layers - keep)) << c.dump();
+  EXPECT_EQ(c["steps_taken"], layers - keep);
+  // Naive: the all-F run, then a full forward of every candidate (the F layers after layer 0) of every step.
+  int64_t naive_runs = 1;
+  for (int f = layers; f > keep; --f) naive_runs += f - 1;
+  EXPECT_EQ(c["naive_layer_forwards"].get<int64_t>(), naive_runs * layers * windows);
+  EXPECT_LT(c["layer_forwards"].get<int64_t>(), c["naive_layer_forwards"].get<int64_t>());
+  std::string last = std::string(layers, 'F');
+  for (size_t i = 0; i < c["steps"].size(); ++i) {
+    const std::string plan = c["steps"][i]["plan"].get<std::string>();
+    ASSERT_EQ(plan.size(), static_cast<size_t>(layers)) << plan;
+    EXPECT_EQ(std::count(plan.begin(), plan.end(), 'F'), layers - 1 - static_cast<int>(i)) << plan;
+    EXPECT_EQ(plan[0], 'F') << plan;
+    const int flipped = c["steps"][i]["flipped"].get<int>();
+    ASSERT_TRUE(flipped >= 1 && flipped < layers) << flipped;
+    EXPECT_EQ(last[flipped], 'F') << "step " << i + 1 << " flips layer " << flipped << " again";
+    last[flipped] = 'S';
+    EXPECT_EQ(plan, last) << "step " << i + 1;
+  }
+  const std::string plan = c["plan"].get<std::string>();
+  EXPECT_EQ(plan, last);
+  EXPECT_EQ(std::count(plan.begin(), plan.end(), 'F'), keep) << plan;
+  EXPECT_EQ(c["full_layers"], keep);
+  EXPECT_GT(c["device_bytes_in_use_peak"].get<int64_t>(), 0);
+}
+
+TEST(BenchCli, CalibrateOnCpuOfTinyPreset) {
+  const std::string dir = test::make_temp_dir("bench-calibrate");
+  const std::string out = dir + "/calibrate.json";
+  // Default stop: a quarter of the 4 layers, so 3 steps.
+  auto r = run_cli("bench --device cpu --synthetic tiny --mode calibrate --ctx 256 --windows 2 --quiet --json-out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* text : {"--mode calibrate: tiny", "| step | layer -> S |", "layer-forwards: ", "vs naive", "plan found: `"})
+    EXPECT_NE(r.output.find(text), std::string::npos) << "no '" << text << "' in\n" << r.output;
+  json j = json::parse(test::read_file(out), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << test::read_file(out);
+  EXPECT_EQ(j["machine"]["device"], "cpu");
+  EXPECT_EQ(j["calibrate"]["backend"], "cpu");
+  expect_calibrate_counts(j, /*keep=*/1, /*windows=*/2, /*ctx=*/256);
+
+  // --keep-layers, one window, JSON on stdout.
+  auto k = run_cli("bench --synthetic tiny --mode calibrate --ctx 200 --windows 1 --keep-layers 2 --json --quiet");
+  ASSERT_EQ(k.exit_code, 0) << k.output;
+  json jk = json::parse(k.output, nullptr, false);
+  ASSERT_FALSE(jk.is_discarded()) << k.output;
+  expect_calibrate_counts(jk, /*keep=*/2, /*windows=*/1, /*ctx=*/200);
+}
+
+// --device cuda --mode calibrate runs the Session on the CUDA backend (never the GPU runner): with a
+// GPU, the same counts as on the CPU; without one, one clear line.
+TEST(BenchCli, CalibrateOnCudaRunsOrIsAClearError) {
+  auto r = run_cli("bench --device cuda --synthetic tiny --mode calibrate --ctx 128 --windows 1 --json --quiet");
+  if (r.exit_code == 0) {
+    json j = json::parse(r.output, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.output;
+    EXPECT_EQ(j["machine"]["device"], "cuda");
+    EXPECT_EQ(j["calibrate"]["backend"].get<std::string>().rfind("cuda:", 0), 0u) << j["calibrate"].dump();
+    expect_calibrate_counts(j, /*keep=*/1, /*windows=*/1, /*ctx=*/128);
+    return;
+  }
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(one_error_line(r.output)) << r.output;
+  EXPECT_NE(r.output.find("cuda"), std::string::npos) << r.output;
 }
 
 }  // namespace

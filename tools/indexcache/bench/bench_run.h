@@ -1,9 +1,11 @@
-// `indexcache bench` end to end: arguments -> setup -> the matrix ctx x plan x mode on the chosen
-// device -> markdown / JSON. The CLI's `bench` command calls bench_main().
+// `indexcache bench` end to end: options -> setup -> the matrix ctx x plan x mode (or the calibrate
+// search) on the chosen device -> markdown / JSON. The CLI's `bench` command (cmd_bench.cpp)
+// parses the flags and calls bench_main().
 #pragma once
 
 #include <algorithm>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,9 +20,9 @@ namespace indexcache::bench {
 
 using Progress = std::function<void(const std::string&)>;
 
-// Parses `args` (everything after `bench`), runs, prints the report on stdout (and --json-out).
-// Returns the exit code (0); bad input and failures throw indexcache::Error.
-int bench_main(const std::vector<std::string>& args);
+// Resolves `options`, runs, prints the report on stdout (and --json-out). Returns the exit code
+// (0); bad input and failures throw indexcache::Error.
+int bench_main(const BenchOptions& options);
 
 // The report fields that come from the setup alone (preset, shapes, run settings, commit, date).
 BenchReport report_skeleton(const BenchSetup& setup);
@@ -34,6 +36,21 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress);
 BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress, Backend& be, BenchReport r,
                               bool profile_ops);
 BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress);
+// --mode calibrate: the greedy search (calibrate()) on random weights of the preset and random
+// token windows, on the Session of the options' device (calibrate_bench.cpp).
+BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progress);
+
+// The machine facts of the report: the CPU's (model name, OpenMP threads now, RAM) and the CUDA
+// device `gpu`'s (name, SMs, memory, driver; a one-line error in a build without CUDA).
+MachineInfo cpu_machine_info();
+MachineInfo cuda_machine_info(int gpu);
+// Device memory in use on the current CUDA device (total - free), or nothing without CUDA.
+std::optional<int64_t> cuda_used_bytes();
+
+// Bytes a CPU run of `spec` needs at its peak for requests of up to `max_ctx` tokens prefilled in
+// chunks of `chunk`; check_cpu_fits() throws a one-line error naming the preset above the CPU limit.
+double cpu_bytes_needed(const ModelSpec& spec, int64_t max_ctx, int64_t chunk);
+void check_cpu_fits(const BenchSetup& setup, double bytes_needed);
 
 // The run whose wall time is the median of `runs` (the lower middle for an even count), so that
 // its per-class breakdown belongs to the time reported.

@@ -7,20 +7,16 @@
 
 namespace indexcache::bench {
 
-int bench_main(const std::vector<std::string>& args) {
-  const BenchOptions opts = parse_bench_args(args);
-  if (opts.help) {
-    std::fputs(bench_usage().c_str(), stdout);
-    return 0;
-  }
+int bench_main(const BenchOptions& opts) {
   const BenchSetup setup = resolve_bench(opts);
   Progress progress = [quiet = opts.quiet](const std::string& line) {
     if (quiet) return;
     std::fprintf(stderr, "[bench] %s\n", line.c_str());
     std::fflush(stderr);
   };
-  const BenchReport report =
-      opts.device == Device::kCuda ? run_gpu_bench(setup, progress) : run_cpu_bench(setup, progress);
+  const BenchReport report = opts.calibrate                            ? run_calibrate_bench(setup, progress)
+                             : opts.device.kind == DeviceKind::kCuda ? run_gpu_bench(setup, progress)
+                                                                     : run_cpu_bench(setup, progress);
   const std::string json = format_json(report);
   if (!opts.json_out.empty()) {
     std::ofstream f(opts.json_out, std::ios::binary);

@@ -59,6 +59,34 @@ std::string ctx_label(int64_t c) {
   return c % 1024 == 0 ? std::to_string(c / 1024) + "K" : std::to_string(c);
 }
 
+// Derived figures of a calibrate run, shared by both renderings.
+struct CalibrateSummary {
+  std::optional<double> median_step_s, mean_step_s, base_s, forwards_ratio, naive_over_run, final_loss;
+};
+
+CalibrateSummary summarize(const CalibrateResult& c) {
+  CalibrateSummary s;
+  if (!c.steps.empty()) {
+    std::vector<double> t;
+    double total = 0;
+    for (const auto& st : c.steps) {
+      t.push_back(st.seconds);
+      total += st.seconds;
+    }
+    std::sort(t.begin(), t.end());
+    s.median_step_s = t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+    s.mean_step_s = total / static_cast<double>(t.size());
+    s.base_s = std::max(0.0, c.seconds - total);
+    s.final_loss = c.steps.back().loss;
+  } else {
+    s.base_s = c.seconds;
+    s.final_loss = c.full_loss;
+  }
+  s.forwards_ratio = ratio(static_cast<double>(c.layer_forwards), static_cast<double>(c.naive_layer_forwards));
+  s.naive_over_run = ratio(static_cast<double>(c.naive_layer_forwards), static_cast<double>(c.layer_forwards));
+  return s;
+}
+
 // Derived figures of one row, shared by both renderings.
 struct Derived {
   std::optional<double> prefill_s, speedup, decode_tok_s;
@@ -187,10 +215,13 @@ std::string utc_now() {
   return buf;
 }
 
-std::string format_markdown(const BenchReport& r) {
+namespace {
+
+// The lines every markdown report starts with: preset, shapes, weights, device, and the measured
+// peak when `peak` (the speed matrix; calibrate reports no % of peak).
+std::string markdown_header(const BenchReport& r, bool peak) {
   std::string o;
   const MachineInfo& m = r.machine;
-  o += "## indexcache bench: " + r.preset + " on " + (m.name.empty() ? m.device : m.name) + "\n\n";
   o += "- preset: " + r.preset + " (" + r.preset_description + ")\n";
   o += "- shapes: " + shape_line(r) + "\n";
   {
@@ -213,14 +244,27 @@ std::string format_markdown(const BenchReport& r) {
     o += "- device: cpu, " + (m.name.empty() ? std::string("unknown CPU") : m.name) + ", " +
          std::to_string(m.threads) + " threads, f32 compute\n";
   }
+  if (!peak) return o;
   if (m.bf16_peak_tflops || m.fp8_peak_tflops)
     o += "- measured matrix peak: bf16 " + num(m.bf16_peak_tflops, "%.0f") + " TFLOP/s, fp8 " +
          (m.fp8_peak_tflops ? num(m.fp8_peak_tflops, "%.0f") + " TFLOP/s" : std::string("n/a")) + "\n";
   else
     o += "- measured matrix peak: n/a (% of peak columns need the GPU)\n";
+  return o;
+}
+
+std::string calibrate_markdown(const BenchReport& r);
+
+}  // namespace
+
+std::string format_markdown(const BenchReport& r) {
+  if (r.calibrate) return calibrate_markdown(r);
+  const MachineInfo& m = r.machine;
+  std::string o = "## indexcache bench: " + r.preset + " on " + (m.name.empty() ? m.device : m.name) + "\n\n";
+  o += markdown_header(r, /*peak=*/true);
   o += "- run: chunk " + std::to_string(r.chunk) + ", decode steps " + std::to_string(r.decode_steps) +
        ", repeats " + std::to_string(r.repeat) + " (median)" +
-       (m.device == "cuda" ? std::string(", CUDA graphs ") + (r.cuda_graphs ? "on" : "off") +
+       (m.device == "cuda" ? ", engine " + r.engine + ", CUDA graphs " + (r.cuda_graphs ? "on" : "off") +
                                  ", indexer " +
                                  (r.indexer_fp8 ? std::string(r.indexer_hadamard ? "e4m3 after a Hadamard rotation" : "e4m3") +
                                                       " (% peak of 2x the bf16 peak)"
@@ -256,10 +300,13 @@ std::string format_markdown(const BenchReport& r) {
   return o;
 }
 
-std::string format_json(const BenchReport& r) {
+namespace {
+
+// The fields every JSON report starts with (after "{"): tool, commit, date, command, preset, machine.
+std::string json_header(const BenchReport& r) {
   const ModelSpec& s = r.spec;
   const MachineInfo& m = r.machine;
-  std::string o = "{\n";
+  std::string o;
   o += "  \"tool\": \"indexcache bench\",\n";
   o += "  \"commit\": " + json_str(r.commit) + ",\n";
   o += "  \"date\": " + json_str(r.date) + ",\n";
@@ -287,8 +334,18 @@ std::string format_json(const BenchReport& r) {
        json_str(m.driver_version) + ", \"runtime_version\": " + json_str(m.runtime_version) +
        ", \"bf16_peak_tflops\": " + json_num(m.bf16_peak_tflops) + ", \"fp8_peak_tflops\": " +
        json_num(m.fp8_peak_tflops) + "},\n";
+  return o;
+}
+
+std::string calibrate_json(const BenchReport& r);
+
+}  // namespace
+
+std::string format_json(const BenchReport& r) {
+  if (r.calibrate) return calibrate_json(r);
+  std::string o = "{\n" + json_header(r);
   o += "  \"run\": {\"chunk\": " + json_int(r.chunk) + ", \"decode_steps\": " + json_int(r.decode_steps) +
-       ", \"repeat\": " + json_int(r.repeat) + ", \"cuda_graphs\": " + (r.cuda_graphs ? "true" : "false") +
+       ", \"repeat\": " + json_int(r.repeat) + ", \"engine\": " + json_str(r.engine) + ", \"cuda_graphs\": " + (r.cuda_graphs ? "true" : "false") +
        ", \"indexer\": " + (r.indexer_fp8 ? (r.indexer_hadamard ? "\"fp8-hadamard\"" : "\"fp8\"") : "\"bf16\"") +
        ", \"seed\": " + std::to_string(r.seed) + "},\n";
   o += "  \"rows\": [";
@@ -310,5 +367,82 @@ std::string format_json(const BenchReport& r) {
   o += "}\n";
   return o;
 }
+
+namespace {
+
+std::string calibrate_markdown(const BenchReport& r) {
+  const CalibrateResult& c = *r.calibrate;
+  const MachineInfo& m = r.machine;
+  const int layers = r.spec.num_layers;
+  std::string o = "## indexcache bench --mode calibrate: " + r.preset + " on " + (m.name.empty() ? m.device : m.name) +
+                  "\n\n";
+  o += markdown_header(r, /*peak=*/false);
+  o += "- search: the greedy IndexCache search (calibrate()) on the Session, backend " + c.backend + "; " +
+       std::to_string(c.windows) + " windows x " + std::to_string(c.ctx) + " random token ids (seed " +
+       std::to_string(r.seed) + "); stop at " + std::to_string(c.keep_layers) + " F layers of " +
+       std::to_string(layers) + "\n";
+  o += "- commit " + r.commit + ", " + r.date + ", command `indexcache bench " + r.command + "`\n\n";
+  o += "| step | layer -> S | loss | vs all-F | seconds | plan |\n|---:|---:|---:|---:|---:|---|\n";
+  for (size_t i = 0; i < c.steps.size(); ++i) {
+    const CalibrateStepResult& st = c.steps[i];
+    o += "| " + std::to_string(i + 1) + " | " + std::to_string(st.flipped) + " | " + num(st.loss, "%.5f") + " | " +
+         pct(ratio(st.loss - c.full_loss, c.full_loss)) + " | " + num(st.seconds) + " | `" + st.plan + "` |\n";
+  }
+  const CalibrateSummary sum = summarize(c);
+  o += "\n- steps: " + std::to_string(c.steps.size()) + ", seconds per step: median " + num(sum.median_step_s) +
+       ", mean " + num(sum.mean_step_s) + "; search total " + num(c.seconds) + " s (the all-F base run and its "
+       "traces " + num(sum.base_s) + " s)\n";
+  o += "- layer-forwards: " + std::to_string(c.layer_forwards) + " vs naive " + std::to_string(c.naive_layer_forwards) +
+       " (" + pct(sum.forwards_ratio) + " of naive; naive / run " + num(sum.naive_over_run, "%.2f") + "x)\n";
+  o += "- plan found: `" + c.plan + "` (" + std::to_string(std::count(c.plan.begin(), c.plan.end(), 'F')) + "/" +
+       std::to_string(layers) + " F layers), loss " + num(sum.final_loss, "%.5f") + " vs all-F " +
+       num(c.full_loss, "%.5f") + "; stop: " + c.stop_reason + "\n";
+  o += "- memory: backend (" + std::string(m.device == "cuda" ? "device memory" : "host memory the CPU backend allocated") +
+       ") " + format_bytes(static_cast<double>(c.device_bytes_in_use)) + " in use after the search, at most " +
+       format_bytes(static_cast<double>(c.device_bytes_in_use_peak)) + " during it" +
+       (c.gpu_used_peak ? "; GPU memory in use (all of it, cudaMemGetInfo) at most " +
+                              format_bytes(static_cast<double>(*c.gpu_used_peak))
+                        : std::string()) +
+       "; host peak RSS " + format_bytes(static_cast<double>(c.host_peak_rss_bytes)) + "\n";
+  o += "\nloss: mean next-token loss over the windows (random weights and tokens: the plan is an artefact; the "
+       "times and counts are the point); layer-forwards: layers run by the search, resuming each candidate at its "
+       "flipped layer, against a full forward per candidate per window (naive); memory during the search: sampled "
+       "after each candidate.\n";
+  return o;
+}
+
+std::string calibrate_json(const BenchReport& r) {
+  const CalibrateResult& c = *r.calibrate;
+  const CalibrateSummary sum = summarize(c);
+  std::string o = "{\n" + json_header(r);
+  o += "  \"mode\": \"calibrate\",\n";
+  o += "  \"calibrate\": {\"backend\": " + json_str(c.backend) + ", \"ctx\": " + json_int(c.ctx) +
+       ", \"windows\": " + json_int(c.windows) + ", \"keep_layers\": " + json_int(c.keep_layers) +
+       ", \"seed\": " + std::to_string(r.seed) + ", \"full_loss\": " + json_num(c.full_loss) +
+       ",\n    \"steps\": [";
+  for (size_t i = 0; i < c.steps.size(); ++i) {
+    const CalibrateStepResult& st = c.steps[i];
+    o += (i ? ",\n      " : "\n      ");
+    o += "{\"step\": " + json_int(static_cast<int64_t>(i + 1)) + ", \"flipped\": " + json_int(st.flipped) +
+         ", \"loss\": " + json_num(st.loss) + ", \"seconds\": " + json_num(st.seconds) + ", \"plan\": " +
+         json_str(st.plan) + "}";
+  }
+  o += c.steps.empty() ? "],\n" : "\n    ],\n";
+  o += "    \"steps_taken\": " + json_int(static_cast<int64_t>(c.steps.size())) + ", \"seconds_per_step_median\": " +
+       json_num(sum.median_step_s) + ", \"seconds_per_step_mean\": " + json_num(sum.mean_step_s) +
+       ", \"search_seconds\": " + json_num(c.seconds) + ", \"base_run_seconds\": " + json_num(sum.base_s) +
+       ",\n    \"layer_forwards\": " + json_int(c.layer_forwards) + ", \"naive_layer_forwards\": " +
+       json_int(c.naive_layer_forwards) + ", \"layer_forwards_ratio\": " + json_num(sum.forwards_ratio) +
+       ",\n    \"plan\": " + json_str(c.plan) + ", \"full_layers\": " +
+       json_int(std::count(c.plan.begin(), c.plan.end(), 'F')) + ", \"final_loss\": " + json_num(sum.final_loss) +
+       ", \"stop_reason\": " + json_str(c.stop_reason) + ",\n    \"device_bytes_in_use\": " +
+       json_int(c.device_bytes_in_use) + ", \"device_bytes_in_use_peak\": " + json_int(c.device_bytes_in_use_peak) +
+       ", \"gpu_used_peak_bytes\": " + (c.gpu_used_peak ? json_int(*c.gpu_used_peak) : std::string("null")) +
+       ", \"host_peak_rss_bytes\": " + json_int(c.host_peak_rss_bytes) + "}\n";
+  o += "}\n";
+  return o;
+}
+
+}  // namespace
 
 }  // namespace indexcache::bench

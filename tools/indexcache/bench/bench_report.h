@@ -1,5 +1,6 @@
 // What `indexcache bench` measured, and its two renderings: a markdown report (header block +
-// one row per context x plan) and the same data as JSON. Plain data; no device types.
+// one row per context x plan, or the steps of the calibrate search) and the same data as JSON.
+// Plain data; no device types.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +58,32 @@ struct MachineInfo {
   std::optional<double> fp8_peak_tflops;   // measured, when available
 };
 
+// `--mode calibrate`: the greedy IndexCache search on random token windows, as it ran.
+struct CalibrateStepResult {
+  int flipped = -1;  // the layer committed to S
+  double loss = 0;   // calibration loss after the flip
+  std::string plan;  // F/S after the flip
+  double seconds = 0;
+};
+
+struct CalibrateResult {
+  std::string backend;  // device_name(): "cpu", "cuda:0", "cuda:0 (f32)"
+  int64_t ctx = 0;      // tokens per window
+  int windows = 0;
+  int keep_layers = 0;  // the stop: F layers left
+  double full_loss = 0;
+  std::vector<CalibrateStepResult> steps;
+  std::string plan;  // found
+  std::string stop_reason;
+  double seconds = 0;                // calibrate() wall time: the all-F base run and every step
+  int64_t layer_forwards = 0;        // layers run
+  int64_t naive_layer_forwards = 0;  // what the naive search runs for the same steps
+  int64_t device_bytes_in_use = 0;       // the backend's memory after the search (Backend::bytes_in_use)
+  int64_t device_bytes_in_use_peak = 0;  // the most of it seen during the search (sampled after each candidate)
+  std::optional<int64_t> gpu_used_peak;  // cuda: the most device memory in use by anything (cudaMemGetInfo), same samples
+  int64_t host_peak_rss_bytes = 0;       // the process's peak resident set
+};
+
 struct BenchReport {
   std::string preset, preset_description;
   ModelSpec spec;
@@ -72,7 +99,9 @@ struct BenchReport {
   bool cuda_graphs = false;
   bool indexer_hadamard = false;  // with indexer_fp8: q and k Walsh-Hadamard-rotated before quantizing
   bool indexer_fp8 = false;  // e4m3 indexer: its % of peak is then of the fp8 peak (2x bf16 on Hopper)
+  std::string engine;        // what ran the matrix: "session" (the CPU, or --engine session on cuda) or "runner"
   std::vector<BenchRow> rows;
+  std::optional<CalibrateResult> calibrate;  // --mode calibrate: this instead of rows
 };
 
 std::string format_markdown(const BenchReport& r);

@@ -31,25 +31,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Bytes the CPU run needs at its peak: the f32 weights, the per-head transposed kv_b, the f32 KV
-// cache for the longest request, and chunk activations.
-double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
-  const double params = static_cast<double>(parameter_count(s));
-  const double L = s.num_layers, H = s.hidden_size, nh = s.num_heads;
-  const double lat = s.kv_lora_rank + s.qk_rope_head_dim;
-  double b = params * 4;
-  b += L * nh * s.kv_lora_rank * s.qk_nope_head_dim * 4.0;
-  b += static_cast<double>(max_ctx) * L * (lat + s.index_head_dim) * 4.0;
-  const double t = static_cast<double>(std::min(chunk, max_ctx));
-  const double inter = std::max<double>(s.intermediate_size, s.moe_intermediate_size * std::max(1, s.n_shared_experts));
-  b += t * 4.0 *
-       (3 * nh * lat + nh * s.qk_head_dim() + s.index_n_heads * s.index_head_dim + nh * s.v_head_dim + 16 * H +
-        3 * inter + L * s.index_topk);
-  b += 256.0 * static_cast<double>(max_ctx) * 4.0;  // indexer score block
-  b += static_cast<double>(s.vocab_size) * 4.0 * 2;
-  return b;
-}
-
 // The report's classes from the backend's op profile of a phase that took `wall` seconds:
 // projections (dense MLPs and per-head ones included) are `gemm`, the MoE op (routing, routed and
 // shared experts) is `moe`; `other` is what no timed class accounts for.
@@ -82,25 +63,50 @@ std::string cpu_model_name() {
 
 }  // namespace
 
-BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
-  const BenchOptions& o = setup.options;
-  const ModelSpec& spec = setup.preset.spec;
-  const int64_t max_ctx = setup.max_context();
-  const double need = cpu_bytes_needed(spec, max_ctx, setup.chunk);
+// The f32 weights, the per-head transposed kv_b, the f32 KV cache for the longest request, and
+// chunk activations.
+double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
+  const double params = static_cast<double>(parameter_count(s));
+  const double L = s.num_layers, H = s.hidden_size, nh = s.num_heads;
+  const double lat = s.kv_lora_rank + s.qk_rope_head_dim;
+  double b = params * 4;
+  b += L * nh * s.kv_lora_rank * s.qk_nope_head_dim * 4.0;
+  b += static_cast<double>(max_ctx) * L * (lat + s.index_head_dim) * 4.0;
+  const double t = static_cast<double>(std::min(chunk, max_ctx));
+  const double inter = std::max<double>(s.intermediate_size, s.moe_intermediate_size * std::max(1, s.n_shared_experts));
+  b += t * 4.0 *
+       (3 * nh * lat + nh * s.qk_head_dim() + s.index_n_heads * s.index_head_dim + nh * s.v_head_dim + 16 * H +
+        3 * inter + L * s.index_topk);
+  b += 256.0 * static_cast<double>(max_ctx) * 4.0;  // indexer score block
+  b += static_cast<double>(s.vocab_size) * 4.0 * 2;
+  return b;
+}
+
+void check_cpu_fits(const BenchSetup& setup, double need) {
   if (need > kCpuRamLimit)
     throw_bad_input("--synthetic " + setup.preset.name,
                     "needs about " + format_bytes(need) + " of RAM on the CPU (limit " + format_bytes(kCpuRamLimit) +
                         "); trim it with --layers N / --experts E, shorten --ctx, or use --device cuda");
-  BenchReport r = report_skeleton(setup);
-  r.machine.name = cpu_model_name();
+}
+
+MachineInfo cpu_machine_info() {
+  MachineInfo m;
+  m.device = "cpu";
+  m.name = cpu_model_name();
 #ifdef _OPENMP
-  r.machine.threads = omp_get_max_threads();
+  m.threads = omp_get_max_threads();
 #else
-  r.machine.threads = 1;
+  m.threads = 1;
 #endif
-  r.machine.memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / (1024.0 * 1024 * 1024);
-  (void)o;
-  auto cpu = make_cpu_backend();
+  m.memory_gib = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / (1024.0 * 1024 * 1024);
+  return m;
+}
+
+BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
+  check_cpu_fits(setup, cpu_bytes_needed(setup.preset.spec, setup.max_context(), setup.chunk));
+  BenchReport r = report_skeleton(setup);
+  auto cpu = make_cpu_backend(setup.options.device.threads);  // sets OpenMP's threads (--threads)
+  r.machine = cpu_machine_info();
   return run_session_bench(setup, progress, *cpu, std::move(r), /*profile_ops=*/true);
 }
 

@@ -1,6 +1,7 @@
 // The CUDA path of `indexcache bench`: SyntheticGpuModel (random bf16 weights generated on the
-// device with the preset's shapes) timed over ctx x plan x mode. Built where INDEXCACHE_HAVE_CUDA
-// is defined; elsewhere --device cuda is a one-line error.
+// device with the preset's shapes) timed over ctx x plan x mode, or (--engine session) the one
+// Session on the CUDA backend; and the GPU's facts for every report. Built where
+// INDEXCACHE_HAVE_CUDA is defined; elsewhere --device cuda is a one-line error.
 #include "bench/bench_run.h"
 #include "indexcache/error.h"
 
@@ -22,6 +23,12 @@ namespace indexcache::bench {
 BenchReport run_gpu_bench(const BenchSetup&, const Progress&) {
   throw_bad_input("--device cuda", "this build has no CUDA backend (no CUDA compiler at configure time); use --device cpu");
 }
+
+MachineInfo cuda_machine_info(int) {
+  throw_bad_input("--device cuda", "this build has no CUDA backend (no CUDA compiler at configure time); use --device cpu");
+}
+
+std::optional<int64_t> cuda_used_bytes() { return std::nullopt; }
 
 #else
 
@@ -47,29 +54,51 @@ std::string seconds_str(double s) {
   return buf;
 }
 
-}  // namespace
-
-BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
+// Makes `gpu` the current CUDA device, with a one-line error when there is none or too few.
+void select_gpu(int gpu) {
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   if (err != cudaSuccess || devices == 0)
     throw_runtime("--device cuda", std::string("no usable CUDA device (") +
                                        (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") + ")");
+  if (gpu >= devices)
+    throw_runtime("--gpu " + std::to_string(gpu), "only " + std::to_string(devices) + " CUDA device(s)");
+  const cudaError_t set = cudaSetDevice(gpu);
+  if (set != cudaSuccess) throw_runtime("--gpu " + std::to_string(gpu), cudaGetErrorString(set));
+}
+
+}  // namespace
+
+MachineInfo cuda_machine_info(int gpu) {
+  select_gpu(gpu);
+  const gpu::GpuInfo info = gpu::gpu_info();
+  MachineInfo m;
+  m.device = "cuda";
+  m.name = info.name;
+  m.sm_count = info.sm_count;
+  m.cc_major = info.cc_major;
+  m.cc_minor = info.cc_minor;
+  m.memory_gib = info.memory_gib;
+  m.driver_version = info.driver_version;
+  m.runtime_version = info.runtime_version;
+  return m;
+}
+
+std::optional<int64_t> cuda_used_bytes() {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+  return static_cast<int64_t>(total - free);
+}
+
+BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   const BenchOptions& o = setup.options;
   BenchReport r = report_skeleton(setup);
-  const gpu::GpuInfo info = gpu::gpu_info();
-  r.machine.name = info.name;
-  r.machine.sm_count = info.sm_count;
-  r.machine.cc_major = info.cc_major;
-  r.machine.cc_minor = info.cc_minor;
-  r.machine.memory_gib = info.memory_gib;
-  r.machine.driver_version = info.driver_version;
-  r.machine.runtime_version = info.runtime_version;
-  progress(info.name + ": measuring the bf16 matrix peak");
+  r.machine = cuda_machine_info(o.device.gpu);
+  progress(r.machine.name + ": measuring the bf16 matrix peak");
   r.machine.bf16_peak_tflops = gpu::measure_bf16_peak_tflops();
-  if (o.engine_session) {
-    auto be = make_cuda_backend(0, Precision::kBf16);
-    return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/o.engine_profile);
+  if (o.engine != Engine::kRunner) {
+    auto be = make_cuda_backend(o.device.gpu, o.device.precision);
+    return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/o.engine == Engine::kSessionProfile);
   }
 
   progress("allocating " + setup.preset.name + " (" + format_bytes(static_cast<double>(r.weight_bytes)) +
