@@ -43,7 +43,7 @@ struct ModelShapes {
   const char* name;
   int H, heads, qlr, kvlr, nope, rd, vd, Hi, Di, topk, I, moe_I, E, K;
 };
-// models/dsa-mini/config.json and src/bench/presets.cpp glm47flash_dsa().
+// models/dsa-mini/config.json and tools/indexcache/bench/presets.cpp glm47flash_dsa().
 constexpr ModelShapes kMini{"dsa-mini", 256, 8, 128, 128, 32, 32, 64, 4, 64, 256, 768, 128, 8, 2};
 constexpr ModelShapes kGlm{"glm47flash", 2048, 20, 768, 512, 192, 64, 256, 32, 128, 2048, 10240, 1536, 64, 4};
 
