@@ -257,7 +257,6 @@ void Backend::run(OpKind k, F&& f) {
   ++profile_->calls[static_cast<int>(k)];
 }
 
-std::unique_ptr<Backend> make_cpu_backend();
-std::unique_ptr<Backend> make_cpu_backend(int threads);  // threads <= 0: OpenMP's default
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);  // threads <= 0: OpenMP's default
 
 }  // namespace indexcache

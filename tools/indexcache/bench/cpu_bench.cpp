@@ -118,9 +118,8 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
            format_bytes(static_cast<double>(parameter_count(spec)) * 4) + " as f32 in host memory)");
   // Every layer's indexer is there: every plan of the matrix runs on one model.
   auto model = Model::synthetic(spec, o.seed);
-  Backend* cpu = &be;  // the backend the Session runs on (the CPU's, or CUDA with --engine session)
   OpProfile profile;
-  if (profile_ops) cpu->set_profile(&profile);
+  if (profile_ops) be.set_profile(&profile);
 
   std::mt19937_64 rng(o.seed ^ 0x9E3779B97F4A7C15ull);
   std::uniform_int_distribution<int32_t> tok(0, spec.vocab_size - 1);
@@ -130,7 +129,7 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
     const int64_t warm = std::min<int64_t>(*std::min_element(o.ctx.begin(), o.ctx.end()), 256);
     std::vector<int32_t> ids(static_cast<size_t>(warm + 2));
     for (auto& v : ids) v = tok(rng);
-    Session session(*model, setup.plans.front().plan, *cpu);
+    Session session(*model, setup.plans.front().plan, be);
     ForwardOptions fo;
     fo.logits = LogitsWanted::kLast;
     session.forward(std::span<const int32_t>(ids.data(), static_cast<size_t>(warm)), fo);
@@ -144,7 +143,7 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
     for (auto& v : steps) v = tok(rng);
     for (const auto& np : setup.plans) {
       model->check_plan(np.plan);
-      Session session(*model, np.plan, *cpu);
+      Session session(*model, np.plan, be);
       std::vector<PhaseStats> pre_runs, dec_runs;
       for (int rep = 0; rep < o.repeat; ++rep) {
         session.reset();
@@ -202,7 +201,7 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
       r.rows.push_back(std::move(row));
     }
   }
-  cpu->set_profile(nullptr);
+  be.set_profile(nullptr);
   return r;
 }
 
