@@ -482,6 +482,19 @@ void elementwise_cases(std::vector<Case>& cs) {
        {7, kMini.heads, kMini.kvlr + kMini.rd}, kMini.kvlr, kMini.rd, Ty::kAct, Ty::kAct);
   copy("3-D f32 -> act, glm47flash qabs rope part", {4, kGlm.heads, kGlm.nope + kGlm.rd}, kGlm.nope,
        {4, kGlm.heads, kGlm.kvlr + kGlm.rd}, kGlm.kvlr, kGlm.rd, Ty::kF32, Ty::kAct);
+
+  // A chunk's rows into cache rows at positions read in backend memory (rows outside skipped; the
+  // other cache rows keep their poison).
+  auto copy_rows = [&](std::string name, int n, int cache_rows, int width, std::vector<int32_t> rows) {
+    cs.push_back({"copy", name, true, [=](OpRun& r) {
+                    const TensorView src = r.input("src", Ty::kAct, {n, width});
+                    const TensorView dst = r.output(Ty::kAct, {cache_rows, width});
+                    r.be.copy({.src = src, .dst = dst, .dst_rows = r.ints(rows, {n})});
+                    return std::vector<Out>{r.read("dst", dst)};
+                  }});
+  };
+  copy_rows("chunk rows into latent cache rows (glm47flash width)", 3, 10, kGlm.kvlr + kGlm.rd, {7, 2, 9});
+  copy_rows("rows outside the cache skipped", 4, 6, 128, {5, -1, 6, 0});
 }
 
 const std::vector<Case>& all_cases() {
@@ -615,6 +628,22 @@ std::unique_ptr<Backend> cuda_backend(Precision precision, std::string* why) {
   *why = "built without CUDA";
   return nullptr;
 #endif
+}
+
+// The CPU's row-indexed copy by hand: rows land at dst_rows, rows outside are skipped, the others
+// are untouched (the device backends are checked against this op above).
+TEST(BackendOps, CpuCopyToIndexedRows) {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  Tensor src = be->tensor(DType::kF32, 3, 2), dst = be->tensor(DType::kF32, 4, 2), rows = be->tensor(DType::kI32, 3, 1);
+  const std::vector<float> s{1, 2, 3, 4, 5, 6};
+  const std::vector<int32_t> at{3, 4, 0};  // row 1 -> 4: outside a 4-row dst, skipped
+  std::vector<float> d(8, -1.0f);
+  be->upload(src.view, s.data());
+  be->upload(dst.view, d.data());
+  be->upload(rows.view, at.data());
+  be->copy({.src = src.view, .dst = dst.view, .dst_rows = view1d(rows.view.data, DType::kI32, 3)});
+  be->download(dst.view, d.data());
+  EXPECT_EQ(d, (std::vector<float>{5, 6, -1, -1, -1, -1, 1, 2}));
 }
 
 TEST(BackendOps, Cpu) {

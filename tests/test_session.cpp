@@ -98,6 +98,27 @@ TEST_P(SessionTest, DecodeEqualsPrefill) {
   EXPECT_EQ(s.length(), T);
 }
 
+// A cache reserved up front (no growth) and one grown as tokens arrive give the same logits bit
+// for bit, prefill and decode; the reservation holds the whole sequence (cache_bytes does not move).
+TEST_P(SessionTest, ReservedCacheMatchesGrownCache) {
+  const int T = one_pass_.tokens;
+  Session grown(*model_, *plan_, *be_), reserved(*model_, *plan_, *be_);
+  reserved.reserve(T);
+  const int64_t bytes = reserved.cache_bytes();
+  EXPECT_GT(bytes, 0);
+  ForwardOptions fo;
+  fo.logits = LogitsWanted::kLast;
+  const int prompt = T / 2;
+  EXPECT_EQ(grown.forward(std::span(ids_).first(prompt), fo).logits,
+            reserved.forward(std::span(ids_).first(prompt), fo).logits);
+  for (int t = prompt; t < T; ++t)
+    EXPECT_EQ(grown.forward(std::span(ids_).subspan(t, 1), fo).logits,
+              reserved.forward(std::span(ids_).subspan(t, 1), fo).logits)
+        << "decode step at position " << t;
+  EXPECT_EQ(reserved.cache_bytes(), bytes);
+  EXPECT_EQ(reserved.graph_steps(), 0);  // the CPU records no graphs
+}
+
 // Flipping layer l to S changes nothing before l: resuming at l from the hidden state and
 // selections of a run under the old plan gives the logits of a fresh run under the new plan.
 TEST_P(SessionTest, ForwardFromLayerEqualsFreshRun) {

@@ -36,6 +36,9 @@ struct ForwardOptions {
   int query_block = 0;  // indexer queries scored per block (bounds memory); 0: the backend's default
   // When set, receives the hidden state entering each layer run, [tokens, hidden] per layer.
   std::vector<std::vector<float>>* layer_inputs = nullptr;
+  // Decode steps (one token, nothing captured) replay a recorded graph on backends that record
+  // (CUDA bf16): recorded at the first step of each 1024 cache rows, replayed by later ones.
+  bool graphs = true;
 };
 
 // Where forward_from() picks a whole-sequence run up: the hidden state entering its first layer
@@ -75,6 +78,11 @@ class Session {
   // Switches to another plan without reloading weights; forgets every token.
   void set_plan(const IndexPlan& plan);
   void reset();  // forget every token (keeps the allocation)
+  // Allocates the cache (and RoPE table) for `tokens` tokens now instead of as they arrive, so that
+  // later chunks and decode steps up to that length move no memory.
+  void reserve(int tokens);
+  // Decode steps that replayed a recorded graph so far.
+  int64_t graph_steps() const;
   // Bytes the KV cache holds in backend memory now (latent rows of every layer, indexer keys of F
   // layers only), at its current capacity.
   int64_t cache_bytes() const;

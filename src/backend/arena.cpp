@@ -15,6 +15,7 @@ TensorView Arena::take(DType t, int64_t rows, int64_t cols) {
     const size_t last = blocks_.empty() ? 0 : blocks_.back().bytes();
     blocks_.push_back(be_.alloc(std::max({need, 2 * last, size_t{1} << 20})));
     used_ = 0;
+    ++generation_;
   }
   void* p = static_cast<char*>(blocks_.back().data()) + used_;
   used_ += need;
@@ -26,6 +27,7 @@ void Arena::reset() {
     const size_t total = capacity();
     blocks_.clear();
     blocks_.push_back(be_.alloc(total));
+    ++generation_;
   }
   used_ = 0;
 }

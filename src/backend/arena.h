@@ -21,11 +21,15 @@ class Arena {
   }
   void reset();
   size_t capacity() const;
+  // Changes whenever the arena's memory changes (a block added or the blocks merged): views taken
+  // before are then no longer where later takes land.
+  uint64_t generation() const { return generation_; }
 
  private:
   Backend& be_;
   std::vector<Buffer> blocks_;
   size_t used_ = 0;  // bytes taken from blocks_.back()
+  uint64_t generation_ = 0;
 };
 
 }  // namespace indexcache

@@ -17,6 +17,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -144,9 +145,22 @@ struct ScaleOp {
   float factor = 1.0f;
 };
 
-// dst = src (same shape; dtypes may differ where the backend converts).
+// dst = src (same shape; dtypes may differ where the backend converts). With dst_rows (int32
+// [src rows], 2-D views, read in backend memory): src row i goes to dst row dst_rows[i], dst of any
+// row count (a value outside it skips the row), so a chunk's cache rows are written at positions
+// the ops read on the device.
 struct CopyOp {
   TensorView src{}, dst{};
+  TensorView dst_rows{};  // optional
+};
+
+// A recorded sequence of ops (Backend::record), replayed by launch() on the same views: what they
+// read (uploaded inputs, caches) may change between launches, their addresses and shapes may not.
+// launch() is stream-ordered with the backend's other ops.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  virtual void launch() = 0;
 };
 
 // ---- profiler: wall seconds and calls per op kind (ops synchronise when one is attached)
@@ -194,6 +208,19 @@ class Backend {
   virtual size_t bytes_in_use() const = 0;
   // The profile every later op adds to (nullptr: none).
   void set_profile(OpProfile* p) { profile_ = p; }
+  bool profiling() const { return profile_ != nullptr; }
+
+  // ---- graphs
+  // Whether record() can return a graph (CUDA bf16; not the CPU, nor the CUDA f32 path, whose MoE
+  // routes on the host).
+  virtual bool records_graphs() const { return false; }
+  // Records the ops `ops` issues without running them. nullptr where the backend does not record
+  // or an op could not be recorded (it would allocate, synchronise or download); the backend is
+  // then as before. Not while profiling.
+  virtual std::unique_ptr<OpGraph> record(const std::function<void()>& ops) { return nullptr; }
+  // Changes whenever the backend moves memory its ops use beyond their views (its scratch): a graph
+  // recorded at another epoch must not be launched.
+  virtual uint64_t memory_epoch() const { return 0; }
 
   // ---- ops (each timed into the profile when one is set)
   void linear(const LinearOp& p) { run(OpKind::kLinear, [&] { do_linear(p); }); }

@@ -26,6 +26,10 @@ GenerateStats generate(Session& session, std::span<const int32_t> prompt, const 
   ForwardOptions fo;
   fo.logits = LogitsWanted::kNone;
   const int chunk = o.chunk > 0 ? o.chunk : static_cast<int>(prompt.size());
+  // The cache for the prompt and the first 4096 new tokens at once (no moves mid-request, decode
+  // graphs stay valid); beyond that it grows as tokens arrive.
+  session.reserve(static_cast<int>(std::min<int64_t>(
+      int64_t{session.length()} + static_cast<int64_t>(prompt.size()) + std::min(o.max_new_tokens, 4096), 1 << 30)));
   auto t0 = clock::now();
   ChunkResult last;
   for (size_t p0 = 0; p0 < prompt.size(); p0 += chunk) {

@@ -3,6 +3,7 @@
 //   the cached latent + roped key part shared by all heads) over the top-k selection of this
 //   layer's indexer (F) or the nearest preceding F layer's (S) -> residual -> RMSNorm -> MLP/MoE.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -24,6 +25,9 @@ namespace {
 // rms_norm_eps; the indexer's key LayerNorm uses 1e-6 too.
 constexpr float kLatentNormEps = 1e-6f;
 constexpr float kIndexerNormEps = 1e-6f;
+// A recorded decode step sees the caches' first round_up(length + 1, kGraphKeyBlock) rows (keys
+// past a query's position score -inf and are never selected): one recording serves this many steps.
+constexpr int kGraphKeyBlock = 1024;
 
 // Rows of one layer's cache in backend memory, grown by doubling (rows kept).
 struct CacheRows {
@@ -47,6 +51,17 @@ KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan
   return f;
 }
 
+using Epoch = std::array<uint64_t, 3>;
+
+// One decode step recorded as a graph, and what it was recorded for.
+struct DecodeGraph {
+  std::unique_ptr<OpGraph> graph;  // nullptr: recording failed (eager steps until the key changes)
+  int keys = 0;                    // the caches' rows the step sees
+  bool logits = true;
+  Epoch epoch{};                   // SessionState::epoch() at recording
+  TensorView ids, positions, valid, logits_view;  // the step's inputs and output
+};
+
 struct SessionState {
   const Model& model;
   const ModelSpec& s;
@@ -61,6 +76,9 @@ struct SessionState {
   Tensor rope_cos, rope_sin;  // f32 [rope_positions, rope_dim / 2] in backend memory
   int rope_positions = 0;
   Arena arena;
+  uint64_t layout_version = 0;  // counts moves of the caches and the RoPE table
+  DecodeGraph decode_graph;
+  int64_t graph_steps = 0;
 
   SessionState(const Model& m, const IndexPlan& p, Backend& b)
       : model(m), s(m.spec()), plan(p), be(b), act(b.activation_dtype()), arena(b) {
@@ -81,6 +99,7 @@ struct SessionState {
                .dst = t.view.rows(0, std::min<int64_t>(length, c.capacity))});
     c.t = std::move(t);
     c.capacity = cap;
+    ++layout_version;
   }
 
   void ensure_capacity(int tokens) {
@@ -95,8 +114,13 @@ struct SessionState {
       rope_sin = be.tensor(DType::kF32, rope_positions, rope.half);
       be.upload(rope_cos.view, rope.cos.data());
       be.upload(rope_sin.view, rope.sin.data());
+      ++layout_version;
     }
   }
+
+  // Whatever a recorded step's views point at: the arena, the caches, the RoPE table, the
+  // backend's scratch. A graph recorded at another epoch is stale.
+  Epoch epoch() const { return {arena.generation(), layout_version, be.memory_epoch()}; }
 
   int64_t cache_bytes() const {
     int64_t b = 0;
@@ -115,12 +139,25 @@ struct SessionState {
     int n = 0;      // tokens in the chunk
     int p0 = 0;     // first position
     int total = 0;  // tokens in the cache after the chunk
+    int keys = 0;   // the caches' rows the ops see (total, or more for a recorded decode step)
     std::vector<int32_t> positions, valid;  // valid = positions + 1 (keys a query may select from)
-    TensorView positions_t, valid_t;        // the same in backend memory
+    TensorView ids_t, positions_t, valid_t;  // ids, positions, valid in backend memory
   };
-  Chunk begin_chunk(std::span<const int32_t> ids);
-  ChunkResult run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
-                         const ForwardOptions& o);
+  void check_ids(std::span<const int32_t> ids) const;
+  // The chunk of n tokens after the cache's `length`, seeing `keys` (>= its total) cache rows: the
+  // caches grown to hold them, the arena reset, the inputs' views taken (not uploaded).
+  Chunk begin_chunk(int n, int keys);
+  void upload_inputs(const Chunk& c, std::span<const int32_t> ids);
+  // Enqueues the layers first_layer.. of the chunk from x, then the final norm and lm_head per
+  // o.logits (the logits view returned; empty for kNone). Downloads only what o captures into r.
+  TensorView run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
+                        const ForwardOptions& o, ChunkResult& r);
+  // The embedding, then run_layers.
+  TensorView run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, ChunkResult& r);
+  ChunkResult finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, TensorView logits,
+                     ChunkResult r);
+  bool graph_step(std::span<const int32_t> ids, const ForwardOptions& o) const;
+  ChunkResult decode_step(std::span<const int32_t> ids, const ForwardOptions& o);
   void run_indexer(const Chunk& c, int layer, TensorView h, TensorView qr, const ForwardOptions& o,
                    TensorView sel, std::vector<float>* captured);
   void attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o, std::vector<TensorView>& sel,
@@ -137,18 +174,20 @@ void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorVi
   const int n = c.n, hi = s.index_n_heads, di = s.index_head_dim;
   const TensorView q = arena.take(act, n, int64_t{hi} * di).split_heads(hi);
   const TensorView wts = arena.take(DType::kF32, n, hi);
-  const TensorView keys = index_keys[layer].t.view.rows(c.p0, n);  // the chunk's keys go straight into the cache
   be.linear({.x = qr, .w = lw.wq_b, .y = view2d(q.data, act, n, int64_t{hi} * di)});
-  // The key projection stays f32 until its LayerNorm writes the cache row (in the cache's dtype).
+  // The key projection stays f32 until its LayerNorm writes the key (in the cache's dtype); the
+  // chunk's roped keys go into the cache rows at their positions.
   const TensorView raw_keys = arena.take(DType::kF32, n, di);
+  const TensorView keys = arena.take(act, n, di);
   be.linear({.x = h, .w = lw.wk, .y = raw_keys});
   be.norm({.x = raw_keys, .w = lw.k_norm_w, .bias = lw.k_norm_b, .y = keys, .eps = kIndexerNormEps, .layer_norm = true});
   be.rope(rope_op(c, q, 0, s.indexer_rope_layout()));
   be.rope(rope_op(c, keys, 0, s.indexer_rope_layout()));
+  be.copy({.src = keys, .dst = index_keys[layer].t.view, .dst_rows = c.positions_t});
   be.linear({.x = h, .w = lw.weights_proj, .y = wts});
   be.scale({.x = wts, .factor = 1.0f / std::sqrt(static_cast<float>(hi))});
 
-  const int S = c.total;
+  const int S = c.keys;
   if (captured) captured->assign(static_cast<size_t>(n) * S, 0.0f);
   const int block = std::max(1, std::min(o.query_block > 0 ? o.query_block : be.indexer_query_block(), n));
   const TensorView scores = arena.take(DType::kF32, block, S);
@@ -178,13 +217,15 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
   be.linear({.x = qr, .w = lw.q_b, .y = q});
   const TensorView q3 = q.split_heads(nh);
   be.rope(rope_op(c, q3, nope, RopeLayout::kInterleaved));
-  // The chunk's latent rows go straight into the cache: norm the latent, rope the key part.
-  const TensorView kv = latent[layer].t.view.rows(c.p0, n);
+  // The chunk's latent rows: norm the latent, rope the key part, then into the cache rows at their
+  // positions (read on the device, so that a recorded step writes where the step is).
+  const TensorView kv = arena.take(act, n, lat);
   const TensorView kv_raw = arena.take(DType::kF32, n, lat);
   be.linear({.x = h, .w = lw.kv_a, .bias = lw.kv_a_bias, .y = kv_raw});
   be.norm({.x = kv_raw.cols(0, kvlr), .w = lw.kv_a_norm, .y = kv.cols(0, kvlr), .eps = kLatentNormEps});
   be.copy({.src = kv_raw.cols(kvlr, rd), .dst = kv.cols(kvlr, rd)});
   be.rope(rope_op(c, kv, kvlr, RopeLayout::kInterleaved));
+  be.copy({.src = kv, .dst = latent[layer].t.view, .dst_rows = c.positions_t});
 
   if (plan.is_full(layer)) run_indexer(c, layer, h, qr, o, sel[layer], captured);
 
@@ -193,7 +234,7 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
   be.linear_heads({.x = q3.cols(0, nope), .w = lw.uk, .y = qa.cols(0, kvlr)});
   be.copy({.src = q3.cols(nope, rd), .dst = qa.cols(kvlr, rd)});
   const TensorView out_latent = arena.take(act, n, int64_t{nh} * kvlr).split_heads(nh);
-  be.sparse_attention({.q = qa, .kv = latent[layer].t.view.rows(0, c.total), .indices = sel[layer],
+  be.sparse_attention({.q = qa, .kv = latent[layer].t.view.rows(0, c.keys), .indices = sel[layer],
                        .out = out_latent, .scale = static_cast<float>(s.attention_scale())});
   // Each head's latent output through its value rows of kv_b, then o_proj.
   const TensorView heads_out = arena.take(act, n, int64_t{nh} * vd);
@@ -203,41 +244,45 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
   be.add({.x = x, .y = o_out});
 }
 
-SessionState::Chunk SessionState::begin_chunk(std::span<const int32_t> ids) {
-  const int n = static_cast<int>(ids.size());
+void SessionState::check_ids(std::span<const int32_t> ids) const {
+  const int64_t n = static_cast<int64_t>(ids.size());
   if (n == 0) throw_bad_input("input ids", "empty chunk");
-  if (static_cast<int64_t>(length) + n > s.max_position_embeddings)
+  if (length + n > s.max_position_embeddings)
     throw_bad_input("input ids", std::to_string(length + n) + " tokens exceed max_position_embeddings " +
                                      std::to_string(s.max_position_embeddings));
   for (int32_t id : ids)
     if (id < 0 || id >= s.vocab_size)
       throw_bad_input("input ids", "token id " + std::to_string(id) + " outside the vocabulary [0, " +
                                        std::to_string(s.vocab_size) + ")");
+}
+
+SessionState::Chunk SessionState::begin_chunk(int n, int keys) {
   Chunk c;
   c.n = n;
   c.p0 = length;
   c.total = length + n;
+  c.keys = std::max(keys, c.total);
   c.positions.resize(n);
   std::iota(c.positions.begin(), c.positions.end(), c.p0);
   c.valid.resize(n);
   std::iota(c.valid.begin(), c.valid.end(), c.p0 + 1);
-  ensure_capacity(c.total);
+  ensure_capacity(c.keys);
   arena.reset();
   c.positions_t = arena.take_1d(DType::kI32, n);
   c.valid_t = arena.take_1d(DType::kI32, n);
-  be.upload(c.positions_t, c.positions.data());
-  be.upload(c.valid_t, c.valid.data());
+  c.ids_t = arena.take_1d(DType::kI32, n);
   return c;
 }
 
-ChunkResult SessionState::run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
-                                     const ForwardOptions& o) {
+void SessionState::upload_inputs(const Chunk& c, std::span<const int32_t> ids) {
+  be.upload(c.positions_t, c.positions.data());
+  be.upload(c.valid_t, c.valid.data());
+  if (!ids.empty()) be.upload(c.ids_t, ids.data());
+}
+
+TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
+                                    const ForwardOptions& o, ChunkResult& r) {
   const int n = c.n, H = s.hidden_size, k = s.index_topk;
-  ChunkResult r;
-  r.tokens = n;
-  r.first_position = c.p0;
-  r.vocab = s.vocab_size;
-  r.k = k;
   if (o.capture_index_scores) r.index_scores.resize(s.num_layers);
   if (o.layer_inputs) o.layer_inputs->resize(s.num_layers);
   const TensorView hn = arena.take(act, n, H);
@@ -266,46 +311,116 @@ ChunkResult SessionState::run_layers(const Chunk& c, int first_layer, TensorView
     }
     be.add({.x = x, .y = mlp_out});
   }
-  length = c.total;
+  if (o.logits == LogitsWanted::kNone) return {};
+  const int first = o.logits == LogitsWanted::kLast ? n - 1 : 0;
+  const int rows = n - first;
+  be.norm({.x = x.rows(first, rows), .w = w.final_norm, .y = hn.rows(0, rows), .eps = static_cast<float>(s.rms_norm_eps)});
+  const TensorView logits = arena.take(DType::kF32, rows, s.vocab_size);
+  be.linear({.x = hn.rows(0, rows), .w = w.lm_head, .y = logits});
+  return logits;
+}
+
+TensorView SessionState::run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel,
+                                   ChunkResult& r) {
+  const TensorView x = arena.take(DType::kF32, c.n, s.hidden_size);
+  be.embed({.table = w.embed, .ids = c.ids_t, .out = x});
+  sel.assign(s.num_layers, {});
+  return run_layers(c, 0, x, sel, o, r);
+}
+
+ChunkResult SessionState::finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel,
+                                 TensorView logits, ChunkResult r) {
+  r.tokens = c.n;
+  r.first_position = c.p0;
+  r.vocab = s.vocab_size;
+  r.k = s.index_topk;
   if (o.capture_topk) {
     r.topk.resize(s.num_layers);
     for (int l = 0; l < s.num_layers; ++l) {
       if (sel[l].empty()) continue;
-      r.topk[l].resize(static_cast<size_t>(n) * k);
+      r.topk[l].resize(static_cast<size_t>(c.n) * r.k);
       be.download(sel[l], r.topk[l].data());
     }
   }
-
-  if (o.logits != LogitsWanted::kNone) {
-    const int first = o.logits == LogitsWanted::kLast ? n - 1 : 0;
-    const int rows = n - first;
-    be.norm({.x = x.rows(first, rows), .w = w.final_norm, .y = hn.rows(0, rows),
-             .eps = static_cast<float>(s.rms_norm_eps)});
-    const TensorView logits = arena.take(DType::kF32, rows, s.vocab_size);
-    be.linear({.x = hn.rows(0, rows), .w = w.lm_head, .y = logits});
-    r.logits.resize(static_cast<size_t>(rows) * s.vocab_size);
+  if (!logits.empty()) {
+    r.logits.resize(static_cast<size_t>(logits.numel()));
     be.download(logits, r.logits.data());
+  }
+  length = c.total;
+  return r;
+}
+
+bool SessionState::graph_step(std::span<const int32_t> ids, const ForwardOptions& o) const {
+  return ids.size() == 1 && o.graphs && !o.capture_topk && !o.capture_index_scores && !o.layer_inputs &&
+         be.records_graphs() && !be.profiling();
+}
+
+ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const ForwardOptions& o) {
+  // Within a reserved capacity the key bound stays inside it (no growth past the reservation).
+  int64_t bound = (static_cast<int64_t>(length) + 1 + kGraphKeyBlock - 1) / kGraphKeyBlock * kGraphKeyBlock;
+  if (latent[0].capacity > length) bound = std::min(bound, latent[0].capacity);
+  const int keys = static_cast<int>(std::min<int64_t>(bound, s.max_position_embeddings));
+  const bool want_logits = o.logits != LogitsWanted::kNone;
+  const Chunk c = begin_chunk(1, keys);  // may grow the caches (a new epoch)
+  DecodeGraph& g = decode_graph;
+  if (g.keys == keys && g.logits == want_logits && g.epoch == epoch()) {
+    if (g.graph) {
+      // The same takes as at recording land on the same views: upload the inputs, replay.
+      upload_inputs(c, ids);
+      g.graph->launch();
+      ++graph_steps;
+      std::vector<TensorView> none;
+      return finish(c, o, none, g.logits_view, {});
+    }
+  } else {
+    g = {};
+  }
+  // Eagerly, with the recorded step's key bound (so scratch and arena reach their size), then, if
+  // nothing was recorded for this key yet, the same step recorded for the next ones.
+  upload_inputs(c, ids);
+  ChunkResult r;
+  std::vector<TensorView> sel;
+  const TensorView logits = run_chunk(c, o, sel, r);
+  const bool record = g.keys == 0;
+  r = finish(c, o, sel, logits, std::move(r));
+  if (record) {
+    length = c.p0;  // the recorded chunk is the one just run: same takes, same views
+    const Chunk rc = begin_chunk(1, keys);
+    length = c.total;
+    const Epoch before = epoch();
+    ChunkResult unused;
+    std::vector<TensorView> rec_sel;
+    TensorView rec_logits;
+    g.graph = be.record([&] { rec_logits = run_chunk(rc, o, rec_sel, unused); });
+    g.keys = keys;
+    g.logits = want_logits;
+    g.epoch = epoch();
+    g.logits_view = rec_logits;
+    if (g.epoch != before) g.graph.reset();  // memory moved while recording: never replay it
   }
   return r;
 }
 
 ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOptions& o) {
-  const Chunk c = begin_chunk(ids);
-  const TensorView ids_t = arena.take_1d(DType::kI32, c.n);
-  be.upload(ids_t, ids.data());
-  const TensorView x = arena.take(DType::kF32, c.n, s.hidden_size);
-  be.embed({.table = w.embed, .ids = ids_t, .out = x});
-  std::vector<TensorView> sel(s.num_layers);
-  return run_layers(c, 0, x, sel, o);
+  check_ids(ids);
+  if (graph_step(ids, o)) return decode_step(ids, o);
+  const Chunk c = begin_chunk(static_cast<int>(ids.size()), 0);
+  upload_inputs(c, ids);
+  ChunkResult r;
+  std::vector<TensorView> sel;
+  const TensorView logits = run_chunk(c, o, sel, r);
+  return finish(c, o, sel, logits, std::move(r));
 }
 
 ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
                                        const ForwardOptions& o) {
   if (first_layer < 0 || first_layer >= s.num_layers) throw_runtime("forward_from", "layer out of range");
   length = 0;
-  const Chunk c = begin_chunk(ids);
+  check_ids(ids);
+  const Chunk c = begin_chunk(static_cast<int>(ids.size()), 0);
   if (from.hidden.size() != static_cast<size_t>(c.n) * s.hidden_size)
     throw_runtime("forward_from", "hidden state does not match the chunk");
+  upload_inputs(c, {});
   const TensorView x = arena.take(DType::kF32, c.n, s.hidden_size);
   be.upload(x, from.hidden.data());
   std::vector<TensorView> sel(s.num_layers);
@@ -316,13 +431,16 @@ ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t>
       sel[l] = arena.take(DType::kI32, c.n, s.index_topk);
       be.upload(sel[l], (*from.selections)[l].data());
     }
-  return run_layers(c, first_layer, x, sel, o);
+  ChunkResult r;
+  const TensorView logits = run_layers(c, first_layer, x, sel, o, r);
+  return finish(c, o, sel, logits, std::move(r));
 }
 
 void SessionState::set_plan(const IndexPlan& p) {
   model.check_plan(p);
   plan = p;
   length = 0;
+  decode_graph = {};
   for (int l = 0; l < s.num_layers; ++l) {
     const int width = plan.is_full(l) ? s.index_head_dim : 0;
     if (index_keys[l].width != width) index_keys[l] = {.width = width};
@@ -344,6 +462,10 @@ ChunkResult Session::forward_from(int first_layer, std::span<const int32_t> ids,
   return s_->forward_from(first_layer, ids, from, options);
 }
 void Session::reset() { s_->length = 0; }
+void Session::reserve(int tokens) {
+  s_->ensure_capacity(std::clamp(tokens, 1, s_->s.max_position_embeddings));
+}
+int64_t Session::graph_steps() const { return s_->graph_steps; }
 int64_t Session::cache_bytes() const { return s_->cache_bytes(); }
 
 PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const int32_t> ids, Backend& be,

@@ -206,8 +206,19 @@ class CpuBackend final : public Backend {
   }
   void do_copy(const CopyOp& p) override {
     need(p.src.dtype == p.dst.dtype, "copy", "dtypes differ (the CPU backend does not convert)");
-    need(p.src.rank == p.dst.rank && p.src.shape == p.dst.shape, "copy", "shapes differ");
     const size_t es = dtype_size(p.src.dtype);
+    if (!p.dst_rows.empty()) {
+      need(p.src.rank == 2 && p.dst.rank == 2 && p.src.shape[1] == p.dst.shape[1], "copy",
+           "dst_rows needs 2-D src and dst of one width");
+      need(p.dst_rows.rank == 1 && p.dst_rows.dtype == DType::kI32 && p.dst_rows.shape[0] == p.src.shape[0], "copy",
+           "dst_rows must be int32 [src rows]");
+      const int32_t* rows = p.dst_rows.as<const int32_t>();
+      for (int64_t i = 0; i < p.src.shape[0]; ++i)
+        if (rows[i] >= 0 && rows[i] < p.dst.shape[0])
+          std::memmove(p.dst.at(rows[i]), p.src.at(i), static_cast<size_t>(p.src.shape[1]) * es);
+      return;
+    }
+    need(p.src.rank == p.dst.rank && p.src.shape == p.dst.shape, "copy", "shapes differ");
     const int64_t d1 = p.src.rank > 1 ? p.src.shape[1] : 1;
     const int64_t inner = p.src.shape[p.src.rank - 1];
     for (int64_t i = 0; i < p.src.shape[0]; ++i)

@@ -63,9 +63,16 @@ struct CopyFn {
   int64_t ss0, ss1;
   D* d;
   int64_t ds0, ds1;
+  const int32_t* rows;  // dst row of src row i1, or nullptr (same row)
+  int64_t dst_rows;     // rows of dst (rows[] outside it are skipped)
   __device__ void operator()(int64_t i0, int64_t i1, int64_t c) const {
     const S v = s[i0 * ss0 + i1 * ss1 + c];
-    D* out = d + i0 * ds0 + i1 * ds1 + c;
+    int64_t j1 = i1;
+    if (rows) {
+      j1 = rows[i1];
+      if (j1 < 0 || j1 >= dst_rows) return;
+    }
+    D* out = d + i0 * ds0 + j1 * ds1 + c;
     if constexpr (std::is_same_v<S, D>)
       *out = v;
     else
@@ -97,9 +104,10 @@ struct ScaleFn {
 };
 
 template <class S, class D>
-void copy_t(const Strided& s, const Strided& d, void* stream) {
+void copy_t(const Strided& s, const Strided& d, const int32_t* rows, void* stream) {
   launch_strided("copy", s.d0, s.d1, s.d2,
-                 CopyFn<S, D>{static_cast<const S*>(s.data), s.s0, s.s1, static_cast<D*>(d.data), d.s0, d.s1}, stream);
+                 CopyFn<S, D>{static_cast<const S*>(s.data), s.s0, s.s1, static_cast<D*>(d.data), d.s0, d.s1, rows, d.d1},
+                 stream);
 }
 template <class X, class Y>
 void add_t(const Strided& x, const Strided& y, void* stream) {
@@ -354,20 +362,23 @@ __global__ void f32_to_bf16_kernel(const float* src, bf16* dst, size_t n) {
 
 }  // namespace
 
-void copy(const Strided& s, const Strided& d, void* stream) {
-  require(same_shape(s, d), "copy", "shapes differ");
+void copy(const Strided& s, const Strided& d, void* stream, const int32_t* dst_rows) {
+  if (dst_rows)
+    require(s.d0 == 1 && d.d0 == 1 && s.d2 == d.d2, "copy", "dst_rows needs 2-D operands of one width");
+  else
+    require(same_shape(s, d), "copy", "shapes differ");
   require(s.data && d.data, "copy", "null operand");
   if (s.dtype == d.dtype) {
     switch (s.dtype) {
-      case DType::kF32: return copy_t<float, float>(s, d, stream);
-      case DType::kBF16: return copy_t<bf16, bf16>(s, d, stream);
-      case DType::kI32: return copy_t<int32_t, int32_t>(s, d, stream);
+      case DType::kF32: return copy_t<float, float>(s, d, dst_rows, stream);
+      case DType::kBF16: return copy_t<bf16, bf16>(s, d, dst_rows, stream);
+      case DType::kI32: return copy_t<int32_t, int32_t>(s, d, dst_rows, stream);
       default: break;
     }
   } else if (s.dtype == DType::kF32 && d.dtype == DType::kBF16) {
-    return copy_t<float, bf16>(s, d, stream);
+    return copy_t<float, bf16>(s, d, dst_rows, stream);
   } else if (s.dtype == DType::kBF16 && d.dtype == DType::kF32) {
-    return copy_t<bf16, float>(s, d, stream);
+    return copy_t<bf16, float>(s, d, dst_rows, stream);
   }
   throw_runtime("cuda copy", std::string("no conversion ") + std::string(dtype_name(s.dtype)) + " -> " +
                                  std::string(dtype_name(d.dtype)));

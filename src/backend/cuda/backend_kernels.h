@@ -28,8 +28,10 @@ struct Strided {
 };
 
 // dst = src elementwise over equal shapes: f32 -> f32, bf16 -> bf16, i32 -> i32, f32 -> bf16
-// (round to nearest even), bf16 -> f32. src and dst must not overlap (unless equal).
-void copy(const Strided& src, const Strided& dst, void* stream);
+// (round to nearest even), bf16 -> f32. src and dst must not overlap (unless equal). With dst_rows
+// (device int32 [src rows], 2-D operands [1, rows, cols]): src row i goes to dst row dst_rows[i]
+// (dst has its own row count d1; rows outside it are skipped).
+void copy(const Strided& src, const Strided& dst, void* stream, const int32_t* dst_rows = nullptr);
 // x += y (x f32 or bf16; y f32 or bf16; equal shapes), in f32.
 void add(const Strided& x, const Strided& y, void* stream);
 // x *= factor (f32 or bf16).

@@ -130,6 +130,7 @@ std::string CudaBackend::name() const { return exact() ? device_label_ + " (f32)
 void CudaBackend::activate() const { IC_CUDA_CHECK(cudaSetDevice(gpu_)); }
 
 void* CudaBackend::device_malloc(size_t bytes) {
+  if (recording_) throw_runtime(device_label_, "an op would allocate while a graph is recorded");
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
   if (e == cudaErrorMemoryAllocation) throw_out_of_device_memory(bytes);
@@ -139,6 +140,7 @@ void* CudaBackend::device_malloc(size_t bytes) {
 
 void CudaBackend::device_free(void* p) {
   if (!p) return;
+  if (recording_) throw_runtime(device_label_, "an op would free memory while a graph is recorded");
   cudaStreamSynchronize(cs(stream_));  // work still queued may use it
   cudaFree(p);
 }
@@ -158,6 +160,7 @@ void CudaBackend::deallocate(void* p, size_t bytes) {
 
 void* CudaBackend::scratch(size_t bytes) {
   if (bytes <= scratch_bytes_) return scratch_;
+  ++memory_epoch_;
   const size_t grown = std::max(bytes, scratch_bytes_ + scratch_bytes_ / 2);
   const size_t rounded = (grown + (size_t{1} << 20) - 1) / (size_t{1} << 20) * (size_t{1} << 20);
   device_free(scratch_);
@@ -176,6 +179,56 @@ size_t CudaBackend::bytes_in_use() const {
 void CudaBackend::sync() {
   activate();
   IC_CUDA_CHECK(cudaStreamSynchronize(cs(stream_)));
+}
+
+// ---------------------------------------------------------------- graphs
+
+namespace {
+
+class CudaGraph final : public OpGraph {
+ public:
+  CudaGraph(int gpu, cudaStream_t stream, cudaGraphExec_t exec) : gpu_(gpu), stream_(stream), exec_(exec) {}
+  ~CudaGraph() override {
+    cudaSetDevice(gpu_);
+    cudaGraphExecDestroy(exec_);
+  }
+  void launch() override {
+    IC_CUDA_CHECK(cudaSetDevice(gpu_));
+    IC_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+  }
+
+ private:
+  int gpu_;
+  cudaStream_t stream_;
+  cudaGraphExec_t exec_;
+};
+
+}  // namespace
+
+std::unique_ptr<OpGraph> CudaBackend::record(const std::function<void()>& ops) {
+  if (!records_graphs() || profiling()) return nullptr;
+  activate();
+  IC_CUDA_CHECK(cudaStreamBeginCapture(cs(stream_), cudaStreamCaptureModeThreadLocal));
+  recording_ = true;
+  bool ok = true;
+  try {
+    ops();
+  } catch (const std::exception&) {
+    ok = false;  // an op that allocates, synchronises or downloads: no graph (the caller runs eagerly)
+  }
+  recording_ = false;
+  cudaGraph_t graph = nullptr;
+  ok = cudaStreamEndCapture(cs(stream_), &graph) == cudaSuccess && ok;
+  cudaGraphExec_t exec = nullptr;
+  ok = ok && graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  if (graph) cudaGraphDestroy(graph);
+  if (ok && cudaGraphUpload(exec, cs(stream_)) != cudaSuccess) ok = false;
+  if (!ok) {
+    if (exec) cudaGraphExecDestroy(exec);
+    cudaGetLastError();  // capture errors are not sticky; clear the last one
+    return nullptr;
+  }
+  return std::make_unique<CudaGraph>(gpu_, cs(stream_), exec);
 }
 
 // ---------------------------------------------------------------- host transfers
@@ -431,14 +484,22 @@ void CudaBackend::do_copy(const CopyOp& p) {
   activate();
   const char* op = "copy";
   need(!p.src.empty() && !p.dst.empty() && p.src.rank >= 1 && p.src.rank <= 3, op, "src and dst must be 1-D to 3-D");
-  need(same_shape(p.src, p.dst), op, "src and dst must have one shape");
+  const bool scatter = !p.dst_rows.empty();
+  if (scatter) {
+    need(p.src.rank == 2 && p.dst.rank == 2 && p.src.shape[1] == p.dst.shape[1], op,
+         "dst_rows needs 2-D src and dst of one width");
+    need(p.dst_rows.rank == 1 && p.dst_rows.dtype == DType::kI32 && p.dst_rows.shape[0] == p.src.shape[0], op,
+         "dst_rows must be int32 [src rows]");
+  } else {
+    need(same_shape(p.src, p.dst), op, "src and dst must have one shape");
+  }
   need(p.src.stride[p.src.rank - 1] == 1 && p.dst.stride[p.dst.rank - 1] == 1, op,
        "innermost dimensions must be contiguous");
   const bool same = p.src.dtype == p.dst.dtype &&
                     (p.src.dtype == DType::kF32 || p.src.dtype == DType::kBF16 || p.src.dtype == DType::kI32);
   const bool convert = p.src.dtype != p.dst.dtype && f32_or_act(p.src.dtype) && f32_or_act(p.dst.dtype);
   need(same || convert, op, "no copy " + dt(p.src.dtype) + " -> " + dt(p.dst.dtype));
-  bk::copy(strided(p.src), strided(p.dst), stream_);
+  bk::copy(strided(p.src), strided(p.dst), stream_, scatter ? p.dst_rows.as<const int32_t>() : nullptr);
 }
 
 // ---------------------------------------------------------------- DSA ops

@@ -69,6 +69,9 @@ class CudaBackend final : public Backend {
   void sync() override;
   size_t bytes_in_use() const override;
   int indexer_query_block() const override { return 4096; }
+  bool records_graphs() const override { return !exact(); }
+  std::unique_ptr<OpGraph> record(const std::function<void()>& ops) override;
+  uint64_t memory_epoch() const override { return memory_epoch_; }
 
  protected:
   void* allocate(size_t bytes) override;
@@ -139,6 +142,8 @@ class CudaBackend final : public Backend {
   size_t buffer_bytes_ = 0;  // alloc()ed buffers
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  uint64_t memory_epoch_ = 0;  // counts scratch moves
+  bool recording_ = false;     // inside record(): nothing may allocate
   std::map<const void*, ExpertSet> expert_sets_;
   size_t packed_bytes_ = 0;
 };

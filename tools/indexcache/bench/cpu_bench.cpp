@@ -144,6 +144,8 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
     for (const auto& np : setup.plans) {
       model->check_plan(np.plan);
       Session session(*model, np.plan, be);
+      // The cache for the whole run up front, as the GPU runner allocates its own.
+      session.reserve(static_cast<int>(ctx + (o.decode ? setup.decode_steps : 0)));
       std::vector<PhaseStats> pre_runs, dec_runs;
       for (int rep = 0; rep < o.repeat; ++rep) {
         session.reset();
