@@ -39,8 +39,8 @@ Tensor Backend::tensor(DType t, int64_t rows, int64_t cols) {
 }
 
 const char* op_kind_name(OpKind k) {
-  static constexpr const char* names[] = {"linear", "linear_heads", "norm", "rope", "indexer_scores", "topk",
-                                          "sparse_attention", "mlp", "moe", "embed", "elementwise"};
+  static constexpr const char* names[] = {"linear", "linear_heads", "norm", "rope", "cache_rows", "indexer_scores",
+                                          "topk", "sparse_attention", "mlp", "moe", "embed", "elementwise"};
   const int i = static_cast<int>(k);
   return i >= 0 && i < static_cast<int>(OpKind::kCount) ? names[i] : "?";
 }

@@ -58,9 +58,12 @@ struct Tensor {
 
 // ---- op parameters (shapes in comments; T tokens, H heads, S cached keys)
 
-// y[T, out] = x[T, in] . w[out, in]^T (+ bias[out]). Rows of x and y may be strided.
+// y[T, out] = alpha * x[T, in] . w[out, in]^T (+ bias[out]), or y += that with accumulate (the
+// residual stream). Rows of x and y may be strided. alpha != 1 takes no bias.
 struct LinearOp {
   TensorView x{}, w{}, bias{}, y{};  // bias optional (empty)
+  float alpha = 1.0f;
+  bool accumulate = false;
 };
 
 // Per head h: y[:, h, :] = x[:, h, :] . w[h]^T. x [T, Hd, in]; w [Hd, out, in]; y [T, Hd, out].
@@ -76,12 +79,30 @@ struct NormOp {
   bool layer_norm = false;
 };
 
-// In place: rotates dims offset..offset+rope_dim of each head of x ([T, d] = one head, or
-// [T, heads, d]) at position positions[t]; cos/sin f32 [positions, rope_dim / 2].
+// Rotates dims offset..offset+rope_dim of each head of x ([T, d] = one head, or [T, heads, d]) at
+// position positions[t]; cos/sin f32 [positions, rope_dim / 2]. In place, or with src ([T,
+// rope_dim] / [T, heads, rope_dim], x's dtype) those dims of x become src's rotated (src unchanged,
+// x's other dims untouched).
 struct RopeOp {
   TensorView x{};
   int offset = 0, rope_dim = 0;
   TensorView cos{}, sin{}, positions{};  // positions int32 [T]
+  RopeLayout layout = RopeLayout::kInterleaved;
+  TensorView src{};  // optional
+};
+
+// A chunk's new cache rows, written at their positions: for each t, r = x[t] (f32 [T, w]);
+// r[0, norm_dim) normalised (RMSNorm with norm_w, or LayerNorm with norm_w and norm_bias), then
+// r[rope_offset, rope_offset + rope_dim) rotated at positions[t] (as RopeOp); cache[positions[t]]
+// = r in the cache's dtype. cache [S, w]; positions int32 [T] in backend memory, each a row of the
+// cache. The MLA latent (norm_dim = kv_lora_rank, the rope part after it) and the indexer key
+// (LayerNorm of all of it, the rope part first).
+struct CacheRowsOp {
+  TensorView x{}, norm_w{}, norm_bias{}, cache{}, positions{}, cos{}, sin{};
+  int norm_dim = 0;
+  float eps = 1e-6f;
+  bool layer_norm = false;
+  int rope_offset = 0, rope_dim = 0;
   RopeLayout layout = RopeLayout::kInterleaved;
 };
 
@@ -111,15 +132,17 @@ struct MlpWeightsView {
   TensorView gate{}, up{}, down{};
 };
 
-// y[T, hidden] = down(silu(gate(x)) * up(x)).
+// y[T, hidden] = down(silu(gate(x)) * up(x)), or y += that with accumulate.
 struct MlpOp {
   TensorView x{}, y{};
   MlpWeightsView w{};
+  bool accumulate = false;
 };
 
 // Mixture of experts: group-limited sigmoid routing with a score-correction bias (transformers'
 // glm_moe_dsa / deepseek_v3 router), the routed experts weighted, plus the shared expert.
-// x [T, hidden]; router [E, hidden]; router_bias f32 [E]; y [T, hidden] (written).
+// x [T, hidden]; router [E, hidden]; router_bias f32 [E]; y [T, hidden] (written, or added to
+// with accumulate).
 struct MoeOp {
   TensorView x{}, y{}, router{}, router_bias{};
   std::span<const MlpWeightsView> experts{};  // E of them
@@ -127,6 +150,7 @@ struct MoeOp {
   int groups = 1, topk_group = 1, experts_per_token = 1;
   bool norm_topk_prob = true;
   float routed_scaling = 1.0f;
+  bool accumulate = false;
 };
 
 // out[t] = table[ids[t]]. table [V, hidden]; ids int32 [T]; out [T, hidden].
@@ -165,7 +189,7 @@ class OpGraph {
 
 // ---- profiler: wall seconds and calls per op kind (ops synchronise when one is attached)
 enum class OpKind : int {
-  kLinear, kLinearHeads, kNorm, kRope, kIndexerScores, kTopk, kSparseAttention, kMlp, kMoe,
+  kLinear, kLinearHeads, kNorm, kRope, kCacheRows, kIndexerScores, kTopk, kSparseAttention, kMlp, kMoe,
   kEmbed, kElementwise, kCount
 };
 const char* op_kind_name(OpKind k);
@@ -227,6 +251,7 @@ class Backend {
   void linear_heads(const LinearHeadsOp& p) { run(OpKind::kLinearHeads, [&] { do_linear_heads(p); }); }
   void norm(const NormOp& p) { run(OpKind::kNorm, [&] { do_norm(p); }); }
   void rope(const RopeOp& p) { run(OpKind::kRope, [&] { do_rope(p); }); }
+  void cache_rows(const CacheRowsOp& p) { run(OpKind::kCacheRows, [&] { do_cache_rows(p); }); }
   void indexer_scores(const IndexerScoresOp& p) { run(OpKind::kIndexerScores, [&] { do_indexer_scores(p); }); }
   void topk(const TopkOp& p) { run(OpKind::kTopk, [&] { do_topk(p); }); }
   void sparse_attention(const SparseAttentionOp& p) {
@@ -249,6 +274,7 @@ class Backend {
   virtual void do_linear_heads(const LinearHeadsOp& p) = 0;
   virtual void do_norm(const NormOp& p) = 0;
   virtual void do_rope(const RopeOp& p) = 0;
+  virtual void do_cache_rows(const CacheRowsOp& p) = 0;
   virtual void do_indexer_scores(const IndexerScoresOp& p) = 0;
   virtual void do_topk(const TopkOp& p) = 0;
   virtual void do_sparse_attention(const SparseAttentionOp& p) = 0;

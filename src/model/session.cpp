@@ -175,17 +175,16 @@ void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorVi
   const TensorView q = arena.take(act, n, int64_t{hi} * di).split_heads(hi);
   const TensorView wts = arena.take(DType::kF32, n, hi);
   be.linear({.x = qr, .w = lw.wq_b, .y = view2d(q.data, act, n, int64_t{hi} * di)});
-  // The key projection stays f32 until its LayerNorm writes the key (in the cache's dtype); the
-  // chunk's roped keys go into the cache rows at their positions.
+  // The key projection stays f32 until its LayerNorm writes the roped key into the cache row at
+  // its position (in the cache's dtype).
   const TensorView raw_keys = arena.take(DType::kF32, n, di);
-  const TensorView keys = arena.take(act, n, di);
   be.linear({.x = h, .w = lw.wk, .y = raw_keys});
-  be.norm({.x = raw_keys, .w = lw.k_norm_w, .bias = lw.k_norm_b, .y = keys, .eps = kIndexerNormEps, .layer_norm = true});
+  be.cache_rows({.x = raw_keys, .norm_w = lw.k_norm_w, .norm_bias = lw.k_norm_b, .cache = index_keys[layer].t.view,
+                 .positions = c.positions_t, .cos = rope_cos.view, .sin = rope_sin.view, .norm_dim = di,
+                 .eps = kIndexerNormEps, .layer_norm = true, .rope_offset = 0, .rope_dim = s.qk_rope_head_dim,
+                 .layout = s.indexer_rope_layout()});
   be.rope(rope_op(c, q, 0, s.indexer_rope_layout()));
-  be.rope(rope_op(c, keys, 0, s.indexer_rope_layout()));
-  be.copy({.src = keys, .dst = index_keys[layer].t.view, .dst_rows = c.positions_t});
-  be.linear({.x = h, .w = lw.weights_proj, .y = wts});
-  be.scale({.x = wts, .factor = 1.0f / std::sqrt(static_cast<float>(hi))});
+  be.linear({.x = h, .w = lw.weights_proj, .y = wts, .alpha = 1.0f / std::sqrt(static_cast<float>(hi))});
 
   const int S = c.keys;
   if (captured) captured->assign(static_cast<size_t>(n) * S, 0.0f);
@@ -216,32 +215,30 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
   const TensorView q = arena.take(act, n, int64_t{nh} * qkd);
   be.linear({.x = qr, .w = lw.q_b, .y = q});
   const TensorView q3 = q.split_heads(nh);
-  be.rope(rope_op(c, q3, nope, RopeLayout::kInterleaved));
-  // The chunk's latent rows: norm the latent, rope the key part, then into the cache rows at their
-  // positions (read on the device, so that a recorded step writes where the step is).
-  const TensorView kv = arena.take(act, n, lat);
+  // The chunk's latent rows into the cache rows at their positions (read on the device, so that a
+  // recorded step writes where the step is): the normed latent, then the roped key part.
   const TensorView kv_raw = arena.take(DType::kF32, n, lat);
   be.linear({.x = h, .w = lw.kv_a, .bias = lw.kv_a_bias, .y = kv_raw});
-  be.norm({.x = kv_raw.cols(0, kvlr), .w = lw.kv_a_norm, .y = kv.cols(0, kvlr), .eps = kLatentNormEps});
-  be.copy({.src = kv_raw.cols(kvlr, rd), .dst = kv.cols(kvlr, rd)});
-  be.rope(rope_op(c, kv, kvlr, RopeLayout::kInterleaved));
-  be.copy({.src = kv, .dst = latent[layer].t.view, .dst_rows = c.positions_t});
+  be.cache_rows({.x = kv_raw, .norm_w = lw.kv_a_norm, .cache = latent[layer].t.view, .positions = c.positions_t,
+                 .cos = rope_cos.view, .sin = rope_sin.view, .norm_dim = kvlr, .eps = kLatentNormEps,
+                 .rope_offset = kvlr, .rope_dim = rd, .layout = RopeLayout::kInterleaved});
 
   if (plan.is_full(layer)) run_indexer(c, layer, h, qr, o, sel[layer], captured);
 
-  // Absorbed queries [n, nh, kvlr + rd]: q_nope folded through each head's key rows of kv_b.
+  // Absorbed queries [n, nh, kvlr + rd]: q_nope folded through each head's key rows of kv_b, then
+  // q_rope roped into the rest.
   const TensorView qa = arena.take(act, n, int64_t{nh} * lat).split_heads(nh);
   be.linear_heads({.x = q3.cols(0, nope), .w = lw.uk, .y = qa.cols(0, kvlr)});
-  be.copy({.src = q3.cols(nope, rd), .dst = qa.cols(kvlr, rd)});
+  RopeOp qrope = rope_op(c, qa, kvlr, RopeLayout::kInterleaved);
+  qrope.src = q3.cols(nope, rd);
+  be.rope(qrope);
   const TensorView out_latent = arena.take(act, n, int64_t{nh} * kvlr).split_heads(nh);
   be.sparse_attention({.q = qa, .kv = latent[layer].t.view.rows(0, c.keys), .indices = sel[layer],
                        .out = out_latent, .scale = static_cast<float>(s.attention_scale())});
   // Each head's latent output through its value rows of kv_b, then o_proj.
   const TensorView heads_out = arena.take(act, n, int64_t{nh} * vd);
   be.linear_heads({.x = out_latent, .w = lw.uv, .y = heads_out.split_heads(nh)});
-  const TensorView o_out = arena.take(DType::kF32, n, H);
-  be.linear({.x = heads_out, .w = lw.o, .bias = lw.o_bias, .y = o_out});
-  be.add({.x = x, .y = o_out});
+  be.linear({.x = heads_out, .w = lw.o, .bias = lw.o_bias, .y = x, .accumulate = true});  // the residual
 }
 
 void SessionState::check_ids(std::span<const int32_t> ids) const {
@@ -286,7 +283,6 @@ TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView 
   if (o.capture_index_scores) r.index_scores.resize(s.num_layers);
   if (o.layer_inputs) o.layer_inputs->resize(s.num_layers);
   const TensorView hn = arena.take(act, n, H);
-  const TensorView mlp_out = arena.take(DType::kF32, n, H);
   for (int l = first_layer; l < s.num_layers; ++l) {
     const PlacedLayer& lw = w.layers[l];
     if (o.layer_inputs) {
@@ -301,15 +297,14 @@ TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView 
       sel[l] = sel[plan.source_layer(l)];
     attention(c, l, hn, o, sel, full && o.capture_index_scores ? &r.index_scores[l] : nullptr, x);
     be.norm({.x = x, .w = lw.post_attn_norm, .y = hn, .eps = static_cast<float>(s.rms_norm_eps)});
-    if (lw.moe) {
-      be.moe({.x = hn, .y = mlp_out, .router = lw.router, .router_bias = lw.router_bias, .experts = lw.experts,
+    if (lw.moe) {  // into the residual
+      be.moe({.x = hn, .y = x, .router = lw.router, .router_bias = lw.router_bias, .experts = lw.experts,
               .shared = lw.has_shared ? &lw.shared : nullptr, .groups = s.n_group, .topk_group = s.topk_group,
               .experts_per_token = s.num_experts_per_tok, .norm_topk_prob = s.norm_topk_prob,
-              .routed_scaling = static_cast<float>(s.routed_scaling_factor)});
+              .routed_scaling = static_cast<float>(s.routed_scaling_factor), .accumulate = true});
     } else {
-      be.mlp({.x = hn, .y = mlp_out, .w = lw.dense});
+      be.mlp({.x = hn, .y = x, .w = lw.dense, .accumulate = true});
     }
-    be.add({.x = x, .y = mlp_out});
   }
   if (o.logits == LogitsWanted::kNone) return {};
   const int first = o.logits == LogitsWanted::kLast ? n - 1 : 0;

@@ -34,7 +34,7 @@ class CpuBackend final : public Backend {
   void upload(const TensorView& dst, const void* host) override { copy_host(host, dst, true); }
   void download(const TensorView& src, void* host) override { copy_host(host, src, false); }
   void sync() override {}
-  size_t bytes_in_use() const override { return in_use_ + converted_bytes_; }
+  size_t bytes_in_use() const override { return in_use_ + converted_bytes_ + temp_.size() * sizeof(float); }
 
  protected:
   // f32 in place (a view of the host tensor); bf16 / f16 converted once into an owned f32 copy.
@@ -83,9 +83,18 @@ class CpuBackend final : public Backend {
     need(p.w.stride[0] == p.w.shape[1], "linear", "w rows must be contiguous");
     need(p.x.shape[1] == p.w.shape[1] && p.y.shape[1] == p.w.shape[0] && p.x.shape[0] == p.y.shape[0], "linear",
          "shapes disagree");
-    cpu::linear({.x = f32(p.x), .x_stride = p.x.stride[0], .w = f32(p.w), .bias = f32(p.bias), .y = f32m(p.y),
-                 .y_stride = p.y.stride[0], .tokens = static_cast<int>(p.x.shape[0]),
-                 .in = static_cast<int>(p.x.shape[1]), .out = static_cast<int>(p.w.shape[0])});
+    need(p.alpha == 1.0f || p.bias.empty(), "linear", "alpha != 1 takes no bias");
+    const int64_t T = p.x.shape[0], out = p.w.shape[0];
+    // accumulate: the product into a temporary, then added (as a separate add op would).
+    float* y = p.accumulate ? temporary(T * out) : f32m(p.y);
+    const int64_t ldy = p.accumulate ? out : p.y.stride[0];
+    cpu::linear({.x = f32(p.x), .x_stride = p.x.stride[0], .w = f32(p.w), .bias = f32(p.bias), .y = y,
+                 .y_stride = ldy, .tokens = static_cast<int>(T), .in = static_cast<int>(p.x.shape[1]),
+                 .out = static_cast<int>(out)});
+    if (p.alpha != 1.0f)
+      for (int64_t r = 0; r < T; ++r)
+        for (int64_t i = 0; i < out; ++i) y[r * ldy + i] *= p.alpha;
+    if (p.accumulate) add_rows(p.y, y, out);
   }
   void do_linear_heads(const LinearHeadsOp& p) override {
     for (const TensorView* v : {&p.x, &p.w, &p.y}) need_dtype(*v, DType::kF32, "linear_heads", "a tensor");
@@ -112,6 +121,12 @@ class CpuBackend final : public Backend {
     need_dtype(p.x, DType::kF32, "rope", "x");
     need_dtype(p.positions, DType::kI32, "rope", "positions");
     need(p.x.rank == 2 || p.x.rank == 3, "rope", "x must be 2-D or 3-D");
+    if (!p.src.empty()) {  // src's dims into x's, then rotated there
+      need(p.src.rank == p.x.rank && p.src.shape[0] == p.x.shape[0] && (p.x.rank == 2 || p.src.shape[1] == p.x.shape[1]) &&
+               p.src.shape[p.src.rank - 1] == p.rope_dim && p.offset + p.rope_dim <= p.x.shape[p.x.rank - 1],
+           "rope", "src must be [T, rope_dim] or [T, heads, rope_dim] beside x");
+      do_copy({.src = p.src, .dst = p.x.cols(p.offset, p.rope_dim)});
+    }
     const bool heads3 = p.x.rank == 3;
     cpu::rope({.x = f32m(p.x), .token_stride = p.x.stride[0], .head_stride = heads3 ? p.x.stride[1] : 0,
                .tokens = static_cast<int>(p.x.shape[0]), .heads = heads3 ? static_cast<int>(p.x.shape[1]) : 1,
@@ -153,15 +168,17 @@ class CpuBackend final : public Backend {
   void do_mlp(const MlpOp& p) override {
     for (const TensorView* v : {&p.x, &p.y}) need_dtype(*v, DType::kF32, "mlp", "a tensor");
     need(p.x.stride[0] == p.x.shape[1] && p.y.stride[0] == p.y.shape[1], "mlp", "x and y must be contiguous");
-    cpu::mlp(cpu_mlp(p.w), f32(p.x), static_cast<int>(p.x.shape[0]), static_cast<int>(p.x.shape[1]),
-             static_cast<int>(p.w.gate.shape[0]), f32m(p.y));
+    const int64_t T = p.x.shape[0], H = p.x.shape[1];
+    float* y = p.accumulate ? temporary(T * H) : f32m(p.y);
+    cpu::mlp(cpu_mlp(p.w), f32(p.x), static_cast<int>(T), static_cast<int>(H), static_cast<int>(p.w.gate.shape[0]), y);
+    if (p.accumulate) add_rows(p.y, y, H);
   }
   void do_moe(const MoeOp& p) override {
     for (const TensorView* v : {&p.x, &p.y, &p.router, &p.router_bias}) need_dtype(*v, DType::kF32, "moe", "a tensor");
     need(p.x.stride[0] == p.x.shape[1] && p.y.stride[0] == p.y.shape[1], "moe", "x and y must be contiguous");
     cpu::MoeArgs a;
     a.x = f32(p.x);
-    a.y = f32m(p.y);
+    a.y = p.accumulate ? temporary(p.x.shape[0] * p.x.shape[1]) : f32m(p.y);
     a.tokens = static_cast<int>(p.x.shape[0]);
     a.hidden = static_cast<int>(p.x.shape[1]);
     a.router = f32(p.router);
@@ -178,6 +195,29 @@ class CpuBackend final : public Backend {
                  .experts_per_token = p.experts_per_token, .norm_topk_prob = p.norm_topk_prob,
                  .routed_scaling = p.routed_scaling};
     cpu::moe(a);
+    if (p.accumulate) add_rows(p.y, a.y, p.x.shape[1]);
+  }
+  void do_cache_rows(const CacheRowsOp& p) override {
+    const char* op = "cache_rows";
+    need_dtype(p.x, DType::kF32, op, "x");
+    need_dtype(p.cache, DType::kF32, op, "cache");
+    need_dtype(p.positions, DType::kI32, op, "positions");
+    need(p.x.rank == 2 && p.cache.rank == 2 && p.x.shape[1] == p.cache.shape[1], op,
+         "x and cache must be 2-D of one width");
+    const int64_t T = p.x.shape[0], w = p.x.shape[1];
+    need(p.positions.rank == 1 && p.positions.shape[0] >= T, op, "positions must be int32 [T]");
+    need(p.norm_dim > 0 && p.norm_dim <= w && p.rope_offset >= 0 && p.rope_offset + p.rope_dim <= w, op,
+         "norm_dim and the rope dims must lie in the row");
+    // The row in a temporary: norm, the rest as it is, rope, then to the cache rows (as the norm,
+    // copy, rope and copy ops would).
+    float* r = temporary(T * w);
+    const TensorView rv = view2d(r, DType::kF32, T, w);
+    do_norm({.x = p.x.cols(0, p.norm_dim), .w = p.norm_w, .bias = p.norm_bias, .y = rv.cols(0, p.norm_dim),
+             .eps = p.eps, .layer_norm = p.layer_norm});
+    if (p.norm_dim < w) do_copy({.src = p.x.cols(p.norm_dim, w - p.norm_dim), .dst = rv.cols(p.norm_dim, w - p.norm_dim)});
+    do_rope({.x = rv, .offset = p.rope_offset, .rope_dim = p.rope_dim, .cos = p.cos, .sin = p.sin,
+             .positions = p.positions, .layout = p.layout});
+    do_copy({.src = rv, .dst = p.cache, .dst_rows = view1d(p.positions.data, DType::kI32, T)});
   }
   void do_embed(const EmbedOp& p) override {
     need_dtype(p.table, DType::kF32, "embed", "table");
@@ -227,6 +267,19 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // A scratch block of n floats (valid until the next op).
+  float* temporary(int64_t n) {
+    if (static_cast<int64_t>(temp_.size()) < n) temp_.resize(static_cast<size_t>(n));
+    return temp_.data();
+  }
+  // y[T, w] (strided rows) += t (contiguous [T, w]), row by row as the add op does.
+  static void add_rows(const TensorView& y, const float* t, int64_t w) {
+    for (int64_t r = 0; r < y.shape[0]; ++r) {
+      float* yr = static_cast<float*>(y.at(r));
+      const float* tr = t + r * w;
+      for (int64_t i = 0; i < w; ++i) yr[i] += tr[i];
+    }
+  }
   static cpu::Mlp cpu_mlp(const MlpWeightsView& w) {
     for (const TensorView* v : {&w.gate, &w.up, &w.down}) need_dtype(*v, DType::kF32, "mlp", "a weight");
     return {f32(w.gate), f32(w.up), f32(w.down)};
@@ -250,6 +303,7 @@ class CpuBackend final : public Backend {
       }
   }
   size_t in_use_ = 0;
+  std::vector<float> temp_;  // temporary()
   std::unordered_map<const void*, std::vector<float>> converted_;  // bf16 / f16 weights as f32
   size_t converted_bytes_ = 0;
 };

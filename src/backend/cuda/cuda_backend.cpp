@@ -407,12 +407,20 @@ void CudaBackend::do_rope(const RopeOp& p) {
   }
   const int64_t tokens = p.x.shape[0];
   need(p.positions.shape[0] >= tokens, op, "fewer positions than tokens");
+  const bool from_src = !p.src.empty();
+  if (from_src) {
+    need(p.src.rank == p.x.rank && p.src.shape[0] == tokens && (p.x.rank == 2 || p.src.shape[1] == p.x.shape[1]) &&
+             p.src.shape[p.src.rank - 1] == p.rope_dim && p.src.stride[p.src.rank - 1] == 1,
+         op, "src must be [T, rope_dim] or [T, heads, rope_dim] beside x");
+    need_dtype(p.src, act_, op, "src");
+  }
   if (tokens == 0) return;
   const bool heads3 = p.x.rank == 3;
   const int heads = heads3 ? static_cast<int>(p.x.shape[1]) : 1;
   if (heads == 0) return;
   const int64_t head_stride = heads3 ? p.x.stride[1] : 0;
   if (exact()) {
+    if (from_src) bk::copy(strided(p.src), strided(p.x.cols(p.offset, p.rope_dim)), stream_);  // then in place
     bk::RopeF32Args a;
     a.x = static_cast<float*>(p.x.data) + p.offset;
     a.token_stride = p.x.stride[0];
@@ -427,9 +435,9 @@ void CudaBackend::do_rope(const RopeOp& p) {
     bk::rope_f32(a, stream_);
   } else {
     gpu::RopeArgs a;
-    a.src = static_cast<const uint16_t*>(p.x.data) + p.offset;
-    a.src_token_stride = p.x.stride[0];
-    a.src_head_stride = head_stride;
+    a.src = from_src ? p.src.data : static_cast<const uint16_t*>(p.x.data) + p.offset;
+    a.src_token_stride = from_src ? p.src.stride[0] : p.x.stride[0];
+    a.src_head_stride = from_src ? (heads3 ? p.src.stride[1] : 0) : head_stride;
     a.dst = static_cast<uint16_t*>(p.x.data) + p.offset;
     a.dst_token_stride = p.x.stride[0];
     a.dst_head_stride = head_stride;
@@ -442,6 +450,54 @@ void CudaBackend::do_rope(const RopeOp& p) {
     a.layout = p.layout;
     gpu::rope_bf16(a, stream_);
   }
+}
+
+void CudaBackend::do_cache_rows(const CacheRowsOp& p) {
+  activate();
+  const char* op = "cache_rows";
+  need_view(p.x, 2, op, "x");
+  need_view(p.cache, 2, op, "cache");
+  need_view(p.positions, 1, op, "positions");
+  need_dtype(p.x, DType::kF32, op, "x");
+  need_dtype(p.cache, act_, op, "cache");
+  need_dtype(p.positions, DType::kI32, op, "positions");
+  const int64_t T = p.x.shape[0], w = p.x.shape[1];
+  need(p.cache.shape[1] == w, op, "x and cache must have one width");
+  need(p.positions.shape[0] >= T, op, "fewer positions than tokens");
+  need(p.norm_dim > 0 && p.norm_dim <= w && p.rope_offset >= 0 && p.rope_dim > 0 && p.rope_dim % 2 == 0 &&
+           p.rope_offset + p.rope_dim <= w,
+       op, "norm_dim and the rope dims must lie in the row");
+  need(!p.norm_w.empty() && p.norm_w.numel() == p.norm_dim, op, "norm_w must have norm_dim elements");
+  const bool bias = p.layer_norm && !p.norm_bias.empty();
+  if (T == 0) return;
+  const int32_t* pos = p.positions.as<const int32_t>();
+  const bool packed = packed2(p.x) && packed2(p.cache) && p.norm_w.dtype == DType::kBF16 &&
+                      (!bias || p.norm_bias.dtype == DType::kBF16);
+  if (!exact() && packed) {
+    // The fused kernels: the MLA latent (RMSNorm, then the interleaved rope part after it) and the
+    // indexer key (LayerNorm of the row, rope part first).
+    if (!p.layer_norm && p.rope_offset == p.norm_dim && p.norm_dim + p.rope_dim == w &&
+        p.layout == RopeLayout::kInterleaved) {
+      gpu::finalize_latent(p.x.as<const float>(), p.norm_w.data, p.cache.data, pos, p.cos.as<const float>(),
+                           p.sin.as<const float>(), static_cast<int>(T), p.norm_dim, p.rope_dim, p.eps, stream_);
+      return;
+    }
+    if (p.layer_norm && bias && p.norm_dim == w && p.rope_offset == 0) {
+      gpu::finalize_index_key(p.x.as<const float>(), p.norm_w.data, p.norm_bias.data, p.cache.data, pos,
+                              p.cos.as<const float>(), p.sin.as<const float>(), static_cast<int>(T), static_cast<int>(w),
+                              p.rope_dim, p.layout, p.eps, stream_);
+      return;
+    }
+  }
+  // Any other row: norm, copy, rope on a temporary of the cache's dtype, then the rows to the cache.
+  void* t = scratch(static_cast<size_t>(T * w) * dtype_size(act_));
+  const TensorView r = view2d(t, act_, T, w);
+  do_norm({.x = p.x.cols(0, p.norm_dim), .w = p.norm_w, .bias = p.norm_bias, .y = r.cols(0, p.norm_dim), .eps = p.eps,
+           .layer_norm = p.layer_norm});
+  if (p.norm_dim < w) do_copy({.src = p.x.cols(p.norm_dim, w - p.norm_dim), .dst = r.cols(p.norm_dim, w - p.norm_dim)});
+  do_rope({.x = r, .offset = p.rope_offset, .rope_dim = p.rope_dim, .cos = p.cos, .sin = p.sin,
+           .positions = p.positions, .layout = p.layout});
+  do_copy({.src = r, .dst = p.cache, .dst_rows = view1d(p.positions.data, DType::kI32, T)});
 }
 
 void CudaBackend::do_embed(const EmbedOp& p) {

@@ -173,24 +173,50 @@ void CudaBackend::do_linear(const LinearOp& p) {
     need(p.bias.numel() == out && p.bias.stride[p.bias.rank - 1] == 1, op, "bias must have out elements");
     need(f32_or_act(p.bias.dtype), op, "bias must be f32 or " + dt(act_));
   }
+  need(p.alpha == 1.0f || !bias, op, "alpha != 1 takes no bias");
   if (T == 0 || out == 0) return;
-  if (in == 0) {
+  if (in == 0 && !p.accumulate) {
     bk::fill_rows(p.y.data, p.y.dtype, p.y.stride[0], bias ? p.bias.data : nullptr, bias ? p.bias.dtype : act_,
                   static_cast<int>(T), static_cast<int>(out), stream_);
     return;
   }
-  if (exact()) {
+  need(in > 0, op, "accumulate needs in > 0");
+  if (exact()) {  // y = alpha x W^T + bias + beta y in one kernel
     bk::GemmF32Args a = lin32(p.x.data, p.x.stride[0], p.w.data, p.w.stride[0], p.y.data, p.y.stride[0], T, out, in);
     a.bias = bias ? p.bias.as<const float>() : nullptr;
+    a.alpha = p.alpha;
+    a.beta = p.accumulate ? 1.0f : 0.0f;
     bk::gemm_f32(a, stream_);
     return;
   }
   gpu::GemmArgs a = lin(p.x.data, p.x.stride[0], p.w.data, p.w.stride[0], p.y.data, p.y.stride[0],
                         p.y.dtype == DType::kF32, T, out, in);
-  if (bias) {  // y = bias, then y = x W^T + 1 * y: the bias joins the f32 accumulator (one rounding)
+  a.alpha = p.alpha;
+  if (p.accumulate && !bias) {  // y = x W^T + 1 * y: the residual joins the f32 accumulator
+    a.beta = 1.0f;
+  } else if (bias && !p.accumulate) {  // y = bias, then y = x W^T + 1 * y: the bias in one rounding
     bk::fill_rows(p.y.data, p.y.dtype, p.y.stride[0], p.bias.data, p.bias.dtype, static_cast<int>(T),
                   static_cast<int>(out), stream_);
     a.beta = 1.0f;
+  } else if (bias) {  // both: bias + x W^T in an f32 temporary, then added to y
+    float* t = static_cast<float*>(scratch(static_cast<size_t>(T * out) * sizeof(float)));
+    bk::fill_rows(t, DType::kF32, out, p.bias.data, p.bias.dtype, static_cast<int>(T), static_cast<int>(out), stream_);
+    a.y = t;
+    a.ldy = out;
+    a.y_f32 = true;
+    a.beta = 1.0f;
+    gemm_bf16(a);
+    bk::Strided ys = {}, ts = {};
+    ys.data = p.y.data;
+    ys.dtype = p.y.dtype;
+    ts.data = t;
+    ts.dtype = DType::kF32;
+    ys.d1 = ts.d1 = T;
+    ys.d2 = ts.d2 = out;
+    ys.s1 = p.y.stride[0];
+    ts.s1 = out;
+    bk::add(ys, ts, stream_);
+    return;
   }
   gemm_bf16(a);
 }
@@ -274,10 +300,26 @@ void CudaBackend::do_mlp(const MlpOp& p) {
     Carver m;
     m.take<float>(T * I);
     m.take<float>(T * I);
+    m.take<float>(p.accumulate ? T * H : 0);
     Carver c(scratch(m.size()));
     float* g = c.take<float>(T * I);
     float* u = c.take<float>(T * I);
-    mlp_f32(p.w, p.x.as<const float>(), p.x.stride[0], static_cast<int>(T), p.y.as<float>(), p.y.stride[0], g, u);
+    float* t = c.take<float>(p.accumulate ? T * H : 0);
+    if (!p.accumulate) {
+      mlp_f32(p.w, p.x.as<const float>(), p.x.stride[0], static_cast<int>(T), p.y.as<float>(), p.y.stride[0], g, u);
+      return;
+    }
+    mlp_f32(p.w, p.x.as<const float>(), p.x.stride[0], static_cast<int>(T), t, H, g, u);
+    bk::Strided ys = {}, ts = {};
+    ys.data = p.y.data;
+    ts.data = t;
+    ys.dtype = p.y.dtype;
+    ts.dtype = DType::kF32;
+    ys.d1 = ts.d1 = T;
+    ys.d2 = ts.d2 = H;
+    ys.s1 = p.y.stride[0];
+    ts.s1 = H;
+    bk::add(ys, ts, stream_);
     return;
   }
   Carver m;
@@ -287,7 +329,7 @@ void CudaBackend::do_mlp(const MlpOp& p) {
   void* gu = c.take<uint16_t>(T * 2 * I);
   void* act = c.take<uint16_t>(T * I);
   mlp_bf16(p.w, p.x.data, p.x.stride[0], static_cast<int>(T), p.y.data, p.y.dtype == DType::kF32, p.y.stride[0],
-           0.0f, gu, act);
+           p.accumulate ? 1.0f : 0.0f, gu, act);
 }
 
 // ---------------------------------------------------------------- MoE
@@ -445,7 +487,8 @@ void CudaBackend::moe_bf16(const MoeOp& p) {
   ra.chosen = w.chosen;
   ra.weights = w.route_w;
   gpu::route_experts(ra, stream_);
-  IC_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(T) * H * sizeof(float), cs(stream_)));
+  // The experts' outputs are added into y (moe_combine, the shared expert with beta 1).
+  if (!p.accumulate) IC_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(T) * H * sizeof(float), cs(stream_)));
 
   // Decode: GEMVs over the chosen experts' weights (expert ids read on the device).
   auto gemv_of = [&](const void* wt, int64_t ld, int64_t stride, const void* x, int64_t x_stride, float* out,
@@ -609,7 +652,7 @@ void CudaBackend::moe_f32(const MoeOp& p) {
   IC_CUDA_CHECK(cudaMemcpyAsync(w.rows, rows.data(), rows.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
                                 cs(stream_)));
   IC_CUDA_CHECK(cudaMemcpyAsync(w.wts, wts.data(), wts.size() * sizeof(float), cudaMemcpyHostToDevice, cs(stream_)));
-  IC_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(T) * H * sizeof(float), cs(stream_)));
+  if (!p.accumulate) IC_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(T) * H * sizeof(float), cs(stream_)));
   for (int e = 0; e < E; ++e) {
     const int n = off[e + 1] - off[e];
     if (n == 0) continue;

@@ -81,6 +81,7 @@ class CudaBackend final : public Backend {
   void do_linear_heads(const LinearHeadsOp& p) override;
   void do_norm(const NormOp& p) override;
   void do_rope(const RopeOp& p) override;
+  void do_cache_rows(const CacheRowsOp& p) override;
   void do_indexer_scores(const IndexerScoresOp& p) override;
   void do_topk(const TopkOp& p) override;
   void do_sparse_attention(const SparseAttentionOp& p) override;
