@@ -96,6 +96,26 @@ void linear_cases(std::vector<Case>& cs) {
   add("glm47flash indexer wq_b T=1", 1, g.qlr, g.Hi * g.Di, Ty::kAct, false);
   add("glm47flash weights_proj T=64 (y f32)", 64, g.H, g.Hi, Ty::kF32, false);
   add("glm47flash lm_head (vocab trimmed to 8192) T=1 (y f32)", 1, g.H, 8192, Ty::kF32, false);
+
+  // y = alpha x w^T (+ bias), or added into y (the f32 residual, random before the op).
+  auto fused = [&](std::string name, int T, int in, int out, bool bias, float alpha, bool acc) {
+    cs.push_back({"linear", name, true, [=](OpRun& r) {
+                    TensorView x = r.input("x", Ty::kAct, {T, in});
+                    TensorView w = r.weight("w", {out, in}, 1.0f / std::sqrt(static_cast<float>(in)));
+                    TensorView b = bias ? r.weight("b", {out}, 0.5f) : TensorView{};
+                    TensorView y = acc ? r.input("y", Ty::kF32, {T, out}, -4.0f, 4.0f) : r.output(Ty::kF32, {T, out});
+                    if (acc) r.watch(y);
+                    r.be.linear({.x = x, .w = w, .bias = b, .y = y, .alpha = alpha, .accumulate = acc});
+                    return std::vector<Out>{r.read("y", y)};
+                  }});
+  };
+  fused("odd 37 -> 29, T=3, accumulate with bias", 3, 37, 29, true, 1.0f, true);
+  fused("dsa-mini o_proj T=7 into the residual", 7, m.heads * m.vd, m.H, false, 1.0f, true);
+  fused("glm47flash o_proj T=1 into the residual", 1, g.heads * g.vd, g.H, false, 1.0f, true);
+  fused("glm47flash o_proj T=64 into the residual", 64, g.heads * g.vd, g.H, false, 1.0f, true);
+  fused("glm47flash weights_proj T=1, alpha 1/sqrt(32)", 1, g.H, g.Hi, false, 0.17677669f, false);
+  fused("glm47flash weights_proj T=64, alpha 1/sqrt(32)", 64, g.H, g.Hi, false, 0.17677669f, false);
+  fused("odd 37 -> 29, T=2, alpha 0.5 and accumulate", 2, 37, 29, false, 0.5f, true);
 }
 
 void linear_heads_cases(std::vector<Case>& cs) {
@@ -196,6 +216,61 @@ void rope_cases(std::vector<Case>& cs) {
   add("glm47flash qabs rope part (offset kvlr) T=16", 16, kGlm.heads, kGlm.kvlr + kGlm.rd, 0, kGlm.kvlr, kGlm.rd,
       RopeLayout::kInterleaved);
   add("glm47flash indexer q rope T=64", 64, kGlm.Hi, kGlm.Di, 0, 0, kGlm.rd, RopeLayout::kInterleaved);
+
+  // From src: q's rope part (a column slice of q [T, heads, nope + rd]) rotated into the absorbed
+  // query's last rd dims (x's other dims must keep their values).
+  auto from_src = [&](std::string name, const ModelShapes& m, int T) {
+    cs.push_back({"rope", name, true, [=](OpRun& r) {
+                    constexpr int P = 97;
+                    TensorView q = r.input("q", Ty::kAct, {T, m.heads, m.nope + m.rd});
+                    TensorView x = r.input("qabs", Ty::kAct, {T, m.heads, m.kvlr + m.rd});
+                    r.watch(x);
+                    TensorView c_ = r.input("cos", Ty::kF32, {P, m.rd / 2});
+                    TensorView sn = r.input("sin", Ty::kF32, {P, m.rd / 2});
+                    Rng rng(hash_str(name));
+                    std::vector<int32_t> pos(T);
+                    for (int& p : pos) p = rng.below(P);
+                    RopeOp op{.x = x, .offset = m.kvlr, .rope_dim = m.rd, .cos = c_, .sin = sn, .positions = r.ints(pos, {T}),
+                              .layout = RopeLayout::kInterleaved, .src = q.cols(m.nope, m.rd)};
+                    r.be.rope(op);
+                    return std::vector<Out>{r.read("qabs", x), r.read("q", q)};
+                  }});
+  };
+  from_src("dsa-mini q_rope into qabs from src, T=7", kMini, 7);
+  from_src("glm47flash q_rope into qabs from src, T=1", kGlm, 1);
+  from_src("glm47flash q_rope into qabs from src, T=16", kGlm, 16);
+}
+
+void cache_rows_cases(std::vector<Case>& cs) {
+  // T new rows (x f32 [T, w]) into a cache of S rows (random before, watched) at distinct random
+  // positions below S.
+  auto add = [&](std::string name, int T, int S, int w, int norm_dim, bool layer, int rope_offset, int rd,
+                 RopeLayout layout) {
+    cs.push_back({"cache_rows", name, true, [=](OpRun& r) {
+                    TensorView x = r.input("x", Ty::kF32, {T, w}, -2.0f, 2.0f);
+                    TensorView nw = r.weight_range("norm_w", {norm_dim}, 0.5f, 1.5f);
+                    TensorView nb = layer ? r.weight("norm_b", {norm_dim}, 0.5f) : TensorView{};
+                    TensorView cache = r.input("cache", Ty::kAct, {S, w});
+                    r.watch(cache);
+                    TensorView c_ = r.input("cos", Ty::kF32, {S, rd / 2});
+                    TensorView sn = r.input("sin", Ty::kF32, {S, rd / 2});
+                    Rng rng(hash_str(name));
+                    std::vector<int32_t> rows = selection(rng, S - 1, T);
+                    r.be.cache_rows({.x = x, .norm_w = nw, .norm_bias = nb, .cache = cache, .positions = r.ints(rows, {T}),
+                                     .cos = c_, .sin = sn, .norm_dim = norm_dim, .eps = 1e-6f, .layer_norm = layer,
+                                     .rope_offset = rope_offset, .rope_dim = rd, .layout = layout});
+                    return std::vector<Out>{r.read("cache", cache)};
+                  }});
+  };
+  const ModelShapes& m = kMini;
+  const ModelShapes& g = kGlm;
+  add("dsa-mini latent rows T=7", 7, 40, m.kvlr + m.rd, m.kvlr, false, m.kvlr, m.rd, RopeLayout::kInterleaved);
+  add("dsa-mini indexer keys T=7 (half-split)", 7, 40, m.Di, m.Di, true, 0, m.rd, RopeLayout::kHalfSplit);
+  add("glm47flash latent row, decode T=1", 1, 300, g.kvlr + g.rd, g.kvlr, false, g.kvlr, g.rd, RopeLayout::kInterleaved);
+  add("glm47flash latent rows T=16", 16, 300, g.kvlr + g.rd, g.kvlr, false, g.kvlr, g.rd, RopeLayout::kInterleaved);
+  add("glm47flash indexer key, decode T=1", 1, 300, g.Di, g.Di, true, 0, g.rd, RopeLayout::kInterleaved);
+  add("glm47flash indexer keys T=16", 16, 300, g.Di, g.Di, true, 0, g.rd, RopeLayout::kInterleaved);
+  add("odd: RMSNorm of 24 of 40, rope 8..24 (the composed path)", 5, 20, 40, 24, false, 8, 16, RopeLayout::kHalfSplit);
 }
 
 // Positions of T queries against S keys: the last T positions (prefill tail / decode), or 0..T-1.
@@ -346,6 +421,22 @@ void mlp_cases(std::vector<Case>& cs) {
   add("dsa-mini dense T=1 (y act)", 1, kMini.H, kMini.I, Ty::kAct);
   add("glm47flash dense T=16 (y f32)", 16, kGlm.H, kGlm.I, Ty::kF32);
   add("glm47flash shared expert T=1 (y f32)", 1, kGlm.H, kGlm.moe_I, Ty::kF32);
+
+  auto acc = [&](std::string name, int T, int H, int I) {
+    cs.push_back({"mlp", name, true, [=](OpRun& r) {
+                    TensorView x = r.input("x", Ty::kAct, {T, H});
+                    MlpWeightsView w;
+                    w.gate = r.weight("gate", {I, H}, 1.0f / std::sqrt(float(H)));
+                    w.up = r.weight("up", {I, H}, 1.0f / std::sqrt(float(H)));
+                    w.down = r.weight("down", {H, I}, 1.0f / std::sqrt(float(I)));
+                    TensorView y = r.input("y", Ty::kF32, {T, H}, -4.0f, 4.0f);
+                    r.watch(y);
+                    r.be.mlp({.x = x, .y = y, .w = w, .accumulate = true});
+                    return std::vector<Out>{r.read("y", y)};
+                  }});
+  };
+  acc("dsa-mini dense T=7 into the residual", 7, kMini.H, kMini.I);
+  acc("glm47flash dense T=1 into the residual", 1, kGlm.H, kGlm.I);
 }
 
 struct MoeCfg {
@@ -353,6 +444,7 @@ struct MoeCfg {
   bool norm;
   float scaling;
   bool irregular;  // a placement between two experts: their weights are not evenly spaced
+  bool accumulate = false;  // into y (random before the op)
 };
 
 void moe_cases(std::vector<Case>& cs) {
@@ -375,7 +467,9 @@ void moe_cases(std::vector<Case>& cs) {
                       sh.up = r.weight("sup", {c.Is, c.H}, sg);
                       sh.down = r.weight("sdown", {c.H, c.Is}, 1.0f / std::sqrt(float(c.Is)));
                     }
-                    TensorView y = r.output(Ty::kF32, {c.T, c.H});
+                    TensorView y = c.accumulate ? r.input("y", Ty::kF32, {c.T, c.H}, -4.0f, 4.0f)
+                                                : r.output(Ty::kF32, {c.T, c.H});
+                    if (c.accumulate) r.watch(y);
                     MoeOp op;
                     op.x = x;
                     op.y = y;
@@ -388,6 +482,7 @@ void moe_cases(std::vector<Case>& cs) {
                     op.experts_per_token = c.K;
                     op.norm_topk_prob = c.norm;
                     op.routed_scaling = c.scaling;
+                    op.accumulate = c.accumulate;
                     r.be.moe(op);
                     return std::vector<Out>{r.read("y", y)};
                   }});
@@ -410,6 +505,9 @@ void moe_cases(std::vector<Case>& cs) {
   add("glm47flash dims (8 experts of 64) k=4 T=16 (+ shared)", {16, g.H, 8, g.K, g.moe_I, g.moe_I, 1, 1, true, 1.8f, false});
   add("glm47flash dims (8 experts of 64) decode T=1", {1, g.H, 8, g.K, g.moe_I, g.moe_I, 1, 1, true, 1.8f, false});
   add("glm47flash routing (64 experts, k=4), trimmed dims, T=12", {12, 128, g.E, g.K, 64, 64, 1, 1, true, 1.8f, false});
+  add("dsa-mini T=7 into the residual", {7, m.H, m.E, m.K, m.moe_I, m.moe_I, 1, 1, true, 2.0f, false, true});
+  add("glm47flash dims decode T=1 into the residual", {1, g.H, 8, g.K, g.moe_I, g.moe_I, 1, 1, true, 1.8f, false, true});
+  add("odd widths 36 / 20, T=5, into the residual", {5, 36, 6, 2, 20, 12, 1, 1, true, 1.5f, false, true});
 }
 
 void elementwise_cases(std::vector<Case>& cs) {
@@ -504,6 +602,7 @@ const std::vector<Case>& all_cases() {
     linear_heads_cases(cs);
     norm_cases(cs);
     rope_cases(cs);
+    cache_rows_cases(cs);
     indexer_cases(cs);
     topk_cases(cs);
     pipeline_cases(cs);
@@ -644,6 +743,70 @@ TEST(BackendOps, CpuCopyToIndexedRows) {
   be->copy({.src = src.view, .dst = dst.view, .dst_rows = view1d(rows.view.data, DType::kI32, 3)});
   be->download(dst.view, d.data());
   EXPECT_EQ(d, (std::vector<float>{5, 6, -1, -1, -1, -1, 1, 2}));
+}
+
+// The CPU's fused forms against the separate ops they stand for, bit for bit (the device backends
+// are checked against the fused CPU ops above): linear with alpha (then scale) and accumulate (into
+// a temporary, then add), rope from src (copy, then in place), cache_rows (norm, copy, rope, copy to
+// the rows at positions; the other rows untouched).
+TEST(BackendOps, CpuFusedOpsEqualTheirSteps) {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  Rng rng(11);
+  auto filled = [&](int64_t rows, int64_t cols) {
+    Tensor t = be->tensor(DType::kF32, rows, cols);
+    float* p = t.view.as<float>();
+    for (int64_t i = 0; i < rows * cols; ++i) p[i] = static_cast<float>(rng.below(20001) - 10000) / 5000.0f;
+    return t;
+  };
+  auto values = [](const Tensor& t) {
+    const float* p = t.view.as<const float>();
+    return std::vector<float>(p, p + t.view.numel());
+  };
+  const int T = 5, in = 37, out = 29;
+  Tensor x = filled(T, in), w = filled(out, in), y0 = filled(T, out);
+  // accumulate
+  Tensor fused = filled(T, out), steps = filled(T, out), tmp = be->tensor(DType::kF32, T, out);
+  std::copy_n(y0.view.as<float>(), T * out, fused.view.as<float>());
+  std::copy_n(y0.view.as<float>(), T * out, steps.view.as<float>());
+  be->linear({.x = x.view, .w = w.view, .y = fused.view, .alpha = 0.25f, .accumulate = true});
+  be->linear({.x = x.view, .w = w.view, .y = tmp.view});
+  be->scale({.x = tmp.view, .factor = 0.25f});
+  be->add({.x = steps.view, .y = tmp.view});
+  EXPECT_EQ(values(fused), values(steps));
+  EXPECT_NE(values(fused), values(y0));
+
+  // rope from src, and cache_rows
+  const int P = 16, rd = 8, wdt = 24, nd = 16;
+  Tensor cosv = filled(P, rd / 2), sinv = filled(P, rd / 2), pos = be->tensor(DType::kI32, T, 1);
+  const std::vector<int32_t> at{9, 2, 14, 0, 5};
+  std::copy(at.begin(), at.end(), pos.view.as<int32_t>());
+  const TensorView positions = view1d(pos.view.data, DType::kI32, T);
+  Tensor src = filled(T, rd), xa = filled(T, wdt), xb = be->tensor(DType::kF32, T, wdt);
+  std::copy_n(xa.view.as<float>(), T * wdt, xb.view.as<float>());
+  be->rope({.x = xa.view, .offset = 4, .rope_dim = rd, .cos = cosv.view, .sin = sinv.view, .positions = positions,
+            .src = src.view});
+  be->copy({.src = src.view, .dst = xb.view.cols(4, rd)});
+  be->rope({.x = xb.view, .offset = 4, .rope_dim = rd, .cos = cosv.view, .sin = sinv.view, .positions = positions});
+  EXPECT_EQ(values(xa), values(xb));
+
+  Tensor raw = filled(T, wdt), nw = filled(1, nd), c1 = filled(P, wdt), c2 = be->tensor(DType::kF32, P, wdt);
+  std::copy_n(c1.view.as<float>(), P * wdt, c2.view.as<float>());
+  const std::vector<float> before = values(c1);
+  be->cache_rows({.x = raw.view, .norm_w = view1d(nw.view.data, DType::kF32, nd), .cache = c1.view,
+                  .positions = positions, .cos = cosv.view, .sin = sinv.view, .norm_dim = nd, .eps = 1e-6f,
+                  .rope_offset = nd, .rope_dim = rd});
+  Tensor r = be->tensor(DType::kF32, T, wdt);
+  be->norm({.x = raw.view.cols(0, nd), .w = view1d(nw.view.data, DType::kF32, nd), .y = r.view.cols(0, nd), .eps = 1e-6f});
+  be->copy({.src = raw.view.cols(nd, wdt - nd), .dst = r.view.cols(nd, wdt - nd)});
+  be->rope({.x = r.view, .offset = nd, .rope_dim = rd, .cos = cosv.view, .sin = sinv.view, .positions = positions});
+  be->copy({.src = r.view, .dst = c2.view, .dst_rows = positions});
+  EXPECT_EQ(values(c1), values(c2));
+  for (int row = 0; row < P; ++row) {
+    const bool written = std::find(at.begin(), at.end(), row) != at.end();
+    const bool same = std::equal(before.begin() + row * wdt, before.begin() + (row + 1) * wdt,
+                                 c1.view.as<const float>() + row * wdt);
+    EXPECT_EQ(same, !written) << "cache row " << row;
+  }
 }
 
 TEST(BackendOps, Cpu) {
