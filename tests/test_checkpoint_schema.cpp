@@ -338,9 +338,12 @@ TEST(CheckpointSchema, SyntheticModelIsFiniteAndDeterministic) {
     const IndexPlan plan = IndexPlan::parse(plan_text, s);
     a->check_plan(plan);
     Session sa(*a, plan, *be), sb(*b, plan, *be), sc(*c, plan, *be);
-    ForwardOptions fo;
-    fo.capture_topk = true;
-    const ChunkResult ra = sa.forward(ids, fo), rb = sb.forward(ids, fo), rc = sc.forward(ids, fo);
+    LayerCapture ca({.selections = true}), cb({.selections = true}), cc({.selections = true});
+    ForwardOptions fa, fb, fc;
+    fa.observer = &ca;
+    fb.observer = &cb;
+    fc.observer = &cc;
+    const ChunkResult ra = sa.forward(ids, fa), rb = sb.forward(ids, fb), rc = sc.forward(ids, fc);
     ASSERT_EQ(ra.logits.size(), ids.size() * static_cast<size_t>(s.vocab_size));
     double sq = 0;
     for (float v : ra.logits) {
@@ -349,7 +352,7 @@ TEST(CheckpointSchema, SyntheticModelIsFiniteAndDeterministic) {
     }
     EXPECT_GT(sq, 0);
     EXPECT_EQ(std::memcmp(ra.logits.data(), rb.logits.data(), ra.logits.size() * sizeof(float)), 0) << plan_text;
-    EXPECT_EQ(ra.topk, rb.topk);
+    EXPECT_EQ(ca.selections, cb.selections);
     EXPECT_NE(std::memcmp(ra.logits.data(), rc.logits.data(), ra.logits.size() * sizeof(float)), 0) << plan_text;
   }
 }

@@ -124,13 +124,14 @@ TEST_P(SessionTest, ReservedCacheMatchesGrownCache) {
 TEST_P(SessionTest, ForwardFromLayerEqualsFreshRun) {
   const int L = model_->spec().num_layers, V = one_pass_.vocab;
   Session s(*model_, *plan_, *be_);
-  std::vector<std::vector<float>> inputs;
+  LayerCapture cap({.inputs = true, .selections = true});
   ForwardOptions capture;
-  capture.capture_topk = true;
-  capture.layer_inputs = &inputs;
+  capture.observer = &cap;
   capture.logits = LogitsWanted::kNone;
-  const ChunkResult base = s.forward(ids_, capture);
+  s.forward(ids_, capture);
+  const std::vector<std::vector<float>>& inputs = cap.inputs;
   ASSERT_EQ(inputs.size(), static_cast<size_t>(L));
+  ASSERT_EQ(cap.selections.size(), static_cast<size_t>(L));
   for (int l = 1; l < L; ++l) {
     if (!plan_->is_full(l)) continue;
     std::string pattern = plan_->pattern();
@@ -138,7 +139,7 @@ TEST_P(SessionTest, ForwardFromLayerEqualsFreshRun) {
     const IndexPlan flipped = IndexPlan::from_pattern(pattern, L);
     const PrefillResult fresh = prefill(*model_, flipped, ids_, *be_);
     s.set_plan(flipped);
-    const ChunkResult resumed = s.forward_from(l, ids_, {.hidden = inputs[l], .selections = &base.topk});
+    const ChunkResult resumed = s.forward_from(l, ids_, {.hidden = inputs[l], .selections = &cap.selections});
     ASSERT_EQ(resumed.logits.size(), fresh.logits.size());
     for (int t = 0; t < one_pass_.tokens; ++t)
       EXPECT_LE(row_relative_error(resumed.logits.data() + static_cast<size_t>(t) * V,

@@ -132,6 +132,14 @@ IndexPlan shared_plan(const ModelSpec& s) {
   return IndexPlan::parse(p, s);
 }
 
+// One pass's logits, every layer's selection and every F layer's index scores (run_captured).
+struct Captured {
+  int tokens = 0, k = 0;
+  std::vector<float> logits;
+  std::vector<std::vector<int32_t>> topk;
+  std::vector<std::vector<float>> index_scores;
+};
+
 struct SelectionStats {
   int64_t entries = 0, mismatched = 0, not_near_tie = 0;
   double worst_score_error = 0;  // max |gpu - cpu| / row max |cpu| over the compared layers
@@ -140,7 +148,7 @@ struct SelectionStats {
 // Compares the selections of F layers < `below` row by row as sets: an index the GPU picked that
 // the CPU did not must have a CPU score within `tol` (relative to the row's max |score|) of the
 // CPU set's smallest score. Also the worst index-score error of those layers.
-SelectionStats compare_selections(const ChunkResult& cpu, const ChunkResult& gpu, const IndexPlan& plan, int below,
+SelectionStats compare_selections(const Captured& cpu, const Captured& gpu, const IndexPlan& plan, int below,
                                   double tol) {
   SelectionStats st;
   const int T = cpu.tokens, k = cpu.k;
@@ -178,13 +186,15 @@ SelectionStats compare_selections(const ChunkResult& cpu, const ChunkResult& gpu
   return st;
 }
 
-// One pass of the whole sequence with every capture on.
-ChunkResult run_captured(const Model& model, const IndexPlan& plan, const std::vector<int32_t>& ids, Backend& be) {
+// One pass of the whole sequence: logits, every layer's selection, every F layer's index scores.
+Captured run_captured(const Model& model, const IndexPlan& plan, const std::vector<int32_t>& ids, Backend& be) {
   Session session(model, plan, be);
+  LayerCapture cap({.selections = true, .index_scores = true});
   ForwardOptions fo;
-  fo.capture_topk = true;
-  fo.capture_index_scores = true;
-  return session.forward(ids, fo);
+  fo.observer = &cap;
+  ChunkResult r = session.forward(ids, fo);
+  cap.index_scores.resize(plan.num_layers());
+  return {r.tokens, r.k, std::move(r.logits), std::move(cap.selections), std::move(cap.index_scores)};
 }
 
 class SessionDevices : public ::testing::TestWithParam<Case> {};
@@ -200,9 +210,9 @@ TEST_P(SessionDevices, CudaMatchesCpu) {
   const ModelSpec& s = model->spec();
   for (const IndexPlan& plan : {IndexPlan::full(s.num_layers), shared_plan(s)}) {
     SCOPED_TRACE(c.name + " plan " + plan.pattern());
-    const ChunkResult ref = run_captured(*model, plan, c.ids, *cpu);
-    const ChunkResult g32 = run_captured(*model, plan, c.ids, *f32);
-    const ChunkResult g16 = run_captured(*model, plan, c.ids, *bf16);
+    const Captured ref = run_captured(*model, plan, c.ids, *cpu);
+    const Captured g32 = run_captured(*model, plan, c.ids, *f32);
+    const Captured g16 = run_captured(*model, plan, c.ids, *bf16);
 
     // f32: the same function up to f32 summation order; a selection may differ only where two
     // scores tie within f32 rounding.

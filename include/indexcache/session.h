@@ -29,34 +29,65 @@ KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan
 
 enum class LogitsWanted { kAll, kLast, kNone };
 
+// Sees what a forward pass computes, layer by layer, as host copies made only for what wants()
+// asks: the hidden state entering each layer that runs, each layer's selection (an F layer's from
+// its indexer, an S layer's its source's) and each F layer's index scores. Called during forward()
+// in layer order per kind.
+class LayerObserver {
+ public:
+  struct Wants {
+    bool inputs = false, selections = false, index_scores = false;
+  };
+  virtual ~LayerObserver() = default;
+  virtual Wants wants() const = 0;
+  virtual void on_input(int layer, std::span<const float> hidden) {}         // [tokens, hidden]
+  virtual void on_selection(int layer, std::span<const int32_t> indices) {}  // [tokens, index_topk], -1 unused
+  virtual void on_index_scores(int layer, std::span<const float> scores) {}  // [tokens, first_position + tokens]
+};
+
+// An observer that keeps what it is asked for, per layer (empty where a layer gave nothing).
+class LayerCapture final : public LayerObserver {
+ public:
+  explicit LayerCapture(Wants wants) : wants_(wants) {}
+  Wants wants() const override { return wants_; }
+  void on_input(int layer, std::span<const float> hidden) override { put(inputs, layer, hidden); }
+  void on_selection(int layer, std::span<const int32_t> indices) override { put(selections, layer, indices); }
+  void on_index_scores(int layer, std::span<const float> scores) override { put(index_scores, layer, scores); }
+  std::vector<std::vector<float>> inputs, index_scores;
+  std::vector<std::vector<int32_t>> selections;
+
+ private:
+  template <class T>
+  static void put(std::vector<std::vector<T>>& v, int layer, std::span<const T> x) {
+    if (static_cast<int>(v.size()) <= layer) v.resize(static_cast<size_t>(layer) + 1);
+    v[layer].assign(x.begin(), x.end());
+  }
+  Wants wants_;
+};
+
 struct ForwardOptions {
   LogitsWanted logits = LogitsWanted::kAll;
-  bool capture_topk = false;           // keep every layer's selection of the chunk's queries
-  bool capture_index_scores = false;   // keep F layers' scores [chunk, length] (tests)
   int query_block = 0;  // indexer queries scored per block (bounds memory); 0: the backend's default
-  // When set, receives the hidden state entering each layer run, [tokens, hidden] per layer.
-  std::vector<std::vector<float>>* layer_inputs = nullptr;
-  // Decode steps (one token, nothing captured) replay a recorded graph on backends that record
-  // (CUDA bf16): recorded at the first step of each 1024 cache rows, replayed by later ones.
+  LayerObserver* observer = nullptr;
+  // Decode steps (one token, no observer) replay a recorded graph on backends that record (CUDA
+  // bf16): recorded at the first step of each 1024 cache rows, replayed by later ones.
   bool graphs = true;
 };
 
 // Where forward_from() picks a whole-sequence run up: the hidden state entering its first layer
-// and the selections of the F layers before it (e.g. captured with layer_inputs / capture_topk
-// by an earlier forward of the same ids under a plan that agrees before that layer).
+// and the selections of the F layers before it (e.g. kept by a LayerCapture during an earlier
+// forward of the same ids under a plan that agrees before that layer).
 struct ResumePoint {
   std::span<const float> hidden;                              // [tokens, hidden]
   const std::vector<std::vector<int32_t>>* selections = nullptr;  // per layer [tokens, k]
 };
 
 struct ChunkResult {
-  int tokens = 0;                                // tokens in the chunk
-  int first_position = 0;                        // position of the chunk's first token
+  int tokens = 0;             // tokens in the chunk
+  int first_position = 0;     // position of the chunk's first token
   int vocab = 0;
-  int k = 0;                                     // selection width (index_topk)
-  std::vector<float> logits;                     // [tokens or 1, vocab] per `logits`
-  std::vector<std::vector<int32_t>> topk;        // per layer [tokens, k], -1 where unused
-  std::vector<std::vector<float>> index_scores;  // per F layer [tokens, first_position + tokens]
+  int k = 0;                  // selection width (index_topk)
+  std::vector<float> logits;  // [tokens or 1, vocab] per `logits`
 };
 
 class Session {

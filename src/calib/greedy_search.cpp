@@ -40,12 +40,12 @@ class Search {
     LossSum total;
     if (traces) traces->assign(batches_.size(), {});
     for (size_t b = 0; b < batches_.size(); ++b) {
+      LayerCapture cap({.inputs = true, .selections = true});
       ForwardOptions fo;
-      fo.capture_topk = traces != nullptr;
-      fo.layer_inputs = traces ? &(*traces)[b].layer_inputs : nullptr;
+      fo.observer = traces ? &cap : nullptr;
       session_.reset();
       ChunkResult r = session_.forward(batches_[b], fo);
-      if (traces) (*traces)[b].topk = std::move(r.topk);
+      if (traces) (*traces)[b] = {std::move(cap.inputs), std::move(cap.selections)};
       total += next_token_loss(r.logits, batches_[b], r.vocab);
       state_->layer_forwards += n_;
     }
@@ -61,16 +61,21 @@ class Search {
     LossSum total;
     if (out) out->assign(batches_.size(), {});
     for (size_t b = 0; b < batches_.size(); ++b) {
+      LayerCapture cap({.inputs = true, .selections = true});
       ForwardOptions fo;
-      fo.capture_topk = out != nullptr;
-      fo.layer_inputs = out ? &(*out)[b].layer_inputs : nullptr;
+      fo.observer = out ? &cap : nullptr;
       ChunkResult r = session_.forward_from(layer, batches_[b],
                                             {.hidden = base[b].layer_inputs[layer], .selections = &base[b].topk}, fo);
       if (out) {
         // Layers before `layer` are unchanged: take them from the base run.
-        for (int l = 0; l < layer; ++l) (*out)[b].layer_inputs[l] = base[b].layer_inputs[l];
-        (*out)[b].topk = std::move(r.topk);
-        for (int l = 0; l < layer; ++l) (*out)[b].topk[l] = base[b].topk[l];
+        BatchTrace& t = (*out)[b];
+        t = {std::move(cap.inputs), std::move(cap.selections)};
+        t.layer_inputs.resize(n_);
+        t.topk.resize(n_);
+        for (int l = 0; l < layer; ++l) {
+          t.layer_inputs[l] = base[b].layer_inputs[l];
+          t.topk[l] = base[b].topk[l];
+        }
       }
       total += next_token_loss(r.logits, batches_[b], r.vocab);
       state_->layer_forwards += n_ - layer;

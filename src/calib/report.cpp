@@ -438,11 +438,12 @@ OverlapResult overlap_on(const Model& model, const std::vector<std::vector<int32
   int done = 0;
   for (const auto& w : windows) {
     session.reset();
+    LayerCapture cap({.selections = true});
     ForwardOptions fo;
     fo.logits = LogitsWanted::kNone;
-    fo.capture_topk = true;
+    fo.observer = &cap;
     const ChunkResult c = session.forward(w, fo);
-    acc.add(c.topk, c.tokens);
+    acc.add(cap.selections, c.tokens);
     ++r.windows;
     r.tokens += static_cast<int64_t>(w.size());
     if (on_window) on_window(++done, static_cast<int>(windows.size()));

@@ -149,19 +149,20 @@ struct SessionState {
   Chunk begin_chunk(int n, int keys);
   void upload_inputs(const Chunk& c, std::span<const int32_t> ids);
   // Enqueues the layers first_layer.. of the chunk from x, then the final norm and lm_head per
-  // o.logits (the logits view returned; empty for kNone). Downloads only what o captures into r.
+  // o.logits (the logits view returned; empty for kNone). Downloads only what o.observer wants
+  // (layer inputs and index scores as they are computed).
   TensorView run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
-                        const ForwardOptions& o, ChunkResult& r);
+                        const ForwardOptions& o);
   // The embedding, then run_layers.
-  TensorView run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, ChunkResult& r);
-  ChunkResult finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, TensorView logits,
-                     ChunkResult r);
+  TensorView run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel);
+  // The selections to the observer, the logits to the host; the cache's length advances.
+  ChunkResult finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, TensorView logits);
   bool graph_step(std::span<const int32_t> ids, const ForwardOptions& o) const;
   ChunkResult decode_step(std::span<const int32_t> ids, const ForwardOptions& o);
   void run_indexer(const Chunk& c, int layer, TensorView h, TensorView qr, const ForwardOptions& o,
-                   TensorView sel, std::vector<float>* captured);
+                   TensorView sel, LayerObserver* scores_to);
   void attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o, std::vector<TensorView>& sel,
-                 std::vector<float>* captured, TensorView x);
+                 LayerObserver* scores_to, TensorView x);
   RopeOp rope_op(const Chunk& c, TensorView x, int offset, RopeLayout layout) const {
     return {.x = x, .offset = offset, .rope_dim = s.qk_rope_head_dim, .cos = rope_cos.view, .sin = rope_sin.view,
             .positions = c.positions_t, .layout = layout};
@@ -169,7 +170,7 @@ struct SessionState {
 };
 
 void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorView qr, const ForwardOptions& o,
-                               TensorView sel, std::vector<float>* captured) {
+                               TensorView sel, LayerObserver* scores_to) {
   const PlacedLayer& lw = w.layers[layer];
   const int n = c.n, hi = s.index_n_heads, di = s.index_head_dim;
   const TensorView q = arena.take(act, n, int64_t{hi} * di).split_heads(hi);
@@ -187,7 +188,7 @@ void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorVi
   be.linear({.x = h, .w = lw.weights_proj, .y = wts, .alpha = 1.0f / std::sqrt(static_cast<float>(hi))});
 
   const int S = c.keys;
-  if (captured) captured->assign(static_cast<size_t>(n) * S, 0.0f);
+  std::vector<float> captured(scores_to ? static_cast<size_t>(n) * S : 0);
   const int block = std::max(1, std::min(o.query_block > 0 ? o.query_block : be.indexer_query_block(), n));
   const TensorView scores = arena.take(DType::kF32, block, S);
   const TensorView all_keys = index_keys[layer].t.view.rows(0, S);
@@ -196,12 +197,13 @@ void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorVi
     be.indexer_scores({.q = q.rows(t0, m), .w = wts.rows(t0, m), .k = all_keys, .positions = c.positions_t.rows(t0, m),
                        .scores = scores.rows(0, m), .scale = 1.0f / std::sqrt(static_cast<float>(di))});
     be.topk({.scores = scores.rows(0, m), .valid = c.valid_t.rows(t0, m), .indices = sel.rows(t0, m)});
-    if (captured) be.download(scores.rows(0, m), captured->data() + static_cast<size_t>(t0) * S);
+    if (scores_to) be.download(scores.rows(0, m), captured.data() + static_cast<size_t>(t0) * S);
   }
+  if (scores_to) scores_to->on_index_scores(layer, captured);
 }
 
 void SessionState::attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o,
-                             std::vector<TensorView>& sel, std::vector<float>* captured, TensorView x) {
+                             std::vector<TensorView>& sel, LayerObserver* scores_to, TensorView x) {
   const PlacedLayer& lw = w.layers[layer];
   const int n = c.n, H = s.hidden_size, nh = s.num_heads, qlr = s.q_lora_rank, kvlr = s.kv_lora_rank;
   const int nope = s.qk_nope_head_dim, rd = s.qk_rope_head_dim, qkd = s.qk_head_dim(), vd = s.v_head_dim;
@@ -223,7 +225,7 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
                  .cos = rope_cos.view, .sin = rope_sin.view, .norm_dim = kvlr, .eps = kLatentNormEps,
                  .rope_offset = kvlr, .rope_dim = rd, .layout = RopeLayout::kInterleaved});
 
-  if (plan.is_full(layer)) run_indexer(c, layer, h, qr, o, sel[layer], captured);
+  if (plan.is_full(layer)) run_indexer(c, layer, h, qr, o, sel[layer], scores_to);
 
   // Absorbed queries [n, nh, kvlr + rd]: q_nope folded through each head's key rows of kv_b, then
   // q_rope roped into the rest.
@@ -278,16 +280,16 @@ void SessionState::upload_inputs(const Chunk& c, std::span<const int32_t> ids) {
 }
 
 TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
-                                    const ForwardOptions& o, ChunkResult& r) {
+                                    const ForwardOptions& o) {
   const int n = c.n, H = s.hidden_size, k = s.index_topk;
-  if (o.capture_index_scores) r.index_scores.resize(s.num_layers);
-  if (o.layer_inputs) o.layer_inputs->resize(s.num_layers);
+  const LayerObserver::Wants wants = o.observer ? o.observer->wants() : LayerObserver::Wants{};
+  std::vector<float> input(wants.inputs ? static_cast<size_t>(n) * H : 0);
   const TensorView hn = arena.take(act, n, H);
   for (int l = first_layer; l < s.num_layers; ++l) {
     const PlacedLayer& lw = w.layers[l];
-    if (o.layer_inputs) {
-      (*o.layer_inputs)[l].resize(static_cast<size_t>(n) * H);
-      be.download(x, (*o.layer_inputs)[l].data());
+    if (wants.inputs) {
+      be.download(x, input.data());
+      o.observer->on_input(l, input);
     }
     be.norm({.x = x, .w = lw.input_norm, .y = hn, .eps = static_cast<float>(s.rms_norm_eps)});
     const bool full = plan.is_full(l);
@@ -295,7 +297,7 @@ TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView 
       sel[l] = arena.take(DType::kI32, n, k);
     else
       sel[l] = sel[plan.source_layer(l)];
-    attention(c, l, hn, o, sel, full && o.capture_index_scores ? &r.index_scores[l] : nullptr, x);
+    attention(c, l, hn, o, sel, full && wants.index_scores ? o.observer : nullptr, x);
     be.norm({.x = x, .w = lw.post_attn_norm, .y = hn, .eps = static_cast<float>(s.rms_norm_eps)});
     if (lw.moe) {  // into the residual
       be.moe({.x = hn, .y = x, .router = lw.router, .router_bias = lw.router_bias, .experts = lw.experts,
@@ -315,26 +317,26 @@ TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView 
   return logits;
 }
 
-TensorView SessionState::run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel,
-                                   ChunkResult& r) {
+TensorView SessionState::run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel) {
   const TensorView x = arena.take(DType::kF32, c.n, s.hidden_size);
   be.embed({.table = w.embed, .ids = c.ids_t, .out = x});
   sel.assign(s.num_layers, {});
-  return run_layers(c, 0, x, sel, o, r);
+  return run_layers(c, 0, x, sel, o);
 }
 
 ChunkResult SessionState::finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel,
-                                 TensorView logits, ChunkResult r) {
+                                 TensorView logits) {
+  ChunkResult r;
   r.tokens = c.n;
   r.first_position = c.p0;
   r.vocab = s.vocab_size;
   r.k = s.index_topk;
-  if (o.capture_topk) {
-    r.topk.resize(s.num_layers);
-    for (int l = 0; l < s.num_layers; ++l) {
+  if (o.observer && o.observer->wants().selections) {
+    std::vector<int32_t> host(static_cast<size_t>(c.n) * r.k);
+    for (int l = 0; l < static_cast<int>(sel.size()); ++l) {
       if (sel[l].empty()) continue;
-      r.topk[l].resize(static_cast<size_t>(c.n) * r.k);
-      be.download(sel[l], r.topk[l].data());
+      be.download(sel[l], host.data());
+      o.observer->on_selection(l, host);
     }
   }
   if (!logits.empty()) {
@@ -346,8 +348,7 @@ ChunkResult SessionState::finish(const Chunk& c, const ForwardOptions& o, std::v
 }
 
 bool SessionState::graph_step(std::span<const int32_t> ids, const ForwardOptions& o) const {
-  return ids.size() == 1 && o.graphs && !o.capture_topk && !o.capture_index_scores && !o.layer_inputs &&
-         be.records_graphs() && !be.profiling();
+  return ids.size() == 1 && o.graphs && !o.observer && be.records_graphs() && !be.profiling();
 }
 
 ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const ForwardOptions& o) {
@@ -365,7 +366,7 @@ ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const Forwar
       g.graph->launch();
       ++graph_steps;
       std::vector<TensorView> none;
-      return finish(c, o, none, g.logits_view, {});
+      return finish(c, o, none, g.logits_view);
     }
   } else {
     g = {};
@@ -373,20 +374,18 @@ ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const Forwar
   // Eagerly, with the recorded step's key bound (so scratch and arena reach their size), then, if
   // nothing was recorded for this key yet, the same step recorded for the next ones.
   upload_inputs(c, ids);
-  ChunkResult r;
   std::vector<TensorView> sel;
-  const TensorView logits = run_chunk(c, o, sel, r);
+  const TensorView logits = run_chunk(c, o, sel);
   const bool record = g.keys == 0;
-  r = finish(c, o, sel, logits, std::move(r));
+  ChunkResult r = finish(c, o, sel, logits);
   if (record) {
     length = c.p0;  // the recorded chunk is the one just run: same takes, same views
     const Chunk rc = begin_chunk(1, keys);
     length = c.total;
     const Epoch before = epoch();
-    ChunkResult unused;
     std::vector<TensorView> rec_sel;
     TensorView rec_logits;
-    g.graph = be.record([&] { rec_logits = run_chunk(rc, o, rec_sel, unused); });
+    g.graph = be.record([&] { rec_logits = run_chunk(rc, o, rec_sel); });
     g.keys = keys;
     g.logits = want_logits;
     g.epoch = epoch();
@@ -401,10 +400,9 @@ ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOpt
   if (graph_step(ids, o)) return decode_step(ids, o);
   const Chunk c = begin_chunk(static_cast<int>(ids.size()), 0);
   upload_inputs(c, ids);
-  ChunkResult r;
   std::vector<TensorView> sel;
-  const TensorView logits = run_chunk(c, o, sel, r);
-  return finish(c, o, sel, logits, std::move(r));
+  const TensorView logits = run_chunk(c, o, sel);
+  return finish(c, o, sel, logits);
 }
 
 ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t> ids, const ResumePoint& from,
@@ -426,9 +424,8 @@ ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t>
       sel[l] = arena.take(DType::kI32, c.n, s.index_topk);
       be.upload(sel[l], (*from.selections)[l].data());
     }
-  ChunkResult r;
-  const TensorView logits = run_layers(c, first_layer, x, sel, o, r);
-  return finish(c, o, sel, logits, std::move(r));
+  const TensorView logits = run_layers(c, first_layer, x, sel, o);
+  return finish(c, o, sel, logits);
 }
 
 void SessionState::set_plan(const IndexPlan& p) {
@@ -480,20 +477,20 @@ PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const
     r.index_scores.assign(L, std::vector<float>(static_cast<size_t>(T) * T, -std::numeric_limits<float>::infinity()));
   const int chunk = options.chunk > 0 ? options.chunk : T;
   ForwardOptions fo;
-  fo.capture_topk = true;
-  fo.capture_index_scores = options.capture_index_scores;
   fo.query_block = options.query_block;
   for (int p0 = 0; p0 < T; p0 += chunk) {
     const int n = std::min(chunk, T - p0);
+    LayerCapture cap({.selections = true, .index_scores = options.capture_index_scores});
+    fo.observer = &cap;
     ChunkResult c = session.forward(ids.subspan(p0, n), fo);
     r.logits.insert(r.logits.end(), c.logits.begin(), c.logits.end());
     for (int l = 0; l < L; ++l) {
       for (int t = 0; t < n; ++t)
-        std::copy_n(c.topk[l].data() + static_cast<size_t>(t) * k, kept,
+        std::copy_n(cap.selections[l].data() + static_cast<size_t>(t) * k, kept,
                     r.topk[l].data() + static_cast<size_t>(p0 + t) * kept);
       if (options.capture_index_scores && plan.is_full(l))
         for (int t = 0; t < n; ++t)
-          std::copy_n(c.index_scores[l].data() + static_cast<size_t>(t) * (p0 + n), p0 + n,
+          std::copy_n(cap.index_scores[l].data() + static_cast<size_t>(t) * (p0 + n), p0 + n,
                       r.index_scores[l].data() + static_cast<size_t>(p0 + t) * T);
     }
   }
