@@ -13,6 +13,7 @@
 #include "indexcache/safetensors.h"
 #include "indexcache/session.h"
 #include "indexcache/error.h"
+#include "model/placed_weights.h"
 
 namespace indexcache {
 namespace {
@@ -117,6 +118,33 @@ TEST_P(SessionTest, ReservedCacheMatchesGrownCache) {
         << "decode step at position " << t;
   EXPECT_EQ(reserved.cache_bytes(), bytes);
   EXPECT_EQ(reserved.graph_steps(), 0);  // the CPU records no graphs
+}
+
+// Model::place puts every weight on the backend (the CPU converts dsa-mini's bf16 to f32), reports
+// bytes up to the total, and a Session built afterwards places nothing more.
+TEST(Session, PlacedModelIsReusedBySessions) {
+  auto model = Model::load(std::string(INDEXCACHE_TEST_DATA) + "/../../models/dsa-mini");
+  auto be = make_cpu_backend();
+  const size_t before = be->bytes_in_use();
+  model->place(*be);
+  const size_t placed = be->bytes_in_use();
+  EXPECT_GT(placed, before + static_cast<size_t>(model->parameter_count()) * 3);  // ~4 bytes per parameter
+  Session s(*model, IndexPlan::full(model->spec().num_layers), *be);
+  EXPECT_EQ(be->bytes_in_use(), placed);
+
+  // The progress callback counts up to the total: bf16 host bytes, half of the f32 placed.
+  auto other = make_cpu_backend();
+  int64_t last = 0, total = -1, calls = 0;
+  place_weights(*other, model->spec(), model->weights(), [&](int64_t done, int64_t all) {
+    EXPECT_GT(done, last);
+    EXPECT_TRUE(total < 0 || total == all);
+    last = done;
+    total = all;
+    ++calls;
+  });
+  EXPECT_EQ(last, total);
+  EXPECT_GT(calls, model->spec().num_layers);
+  EXPECT_NEAR(static_cast<double>(total), static_cast<double>(other->bytes_in_use()) / 2, 0.01 * total);
 }
 
 // Flipping layer l to S changes nothing before l: resuming at l from the hidden state and

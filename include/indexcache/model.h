@@ -14,6 +14,7 @@ namespace indexcache {
 
 struct ModelWeights;  // defined in src/model/weights.h
 class Backend;
+class Progress;
 
 struct LoadOptions {
   // Layers whose indexer weights are required. Indexer weights of other layers are loaded when
@@ -47,6 +48,9 @@ class Model {
   // Throws Error(kBadInput) if `plan` does not fit the model or needs an indexer it lacks.
   void check_plan(const IndexPlan& plan) const;
   const ModelWeights& weights() const { return *weights_; }
+  // Places every weight on `backend` now (converted or uploaded once; a Session on it then finds
+  // them placed), with a progress line on `progress` while it takes more than a second.
+  void place(Backend& backend, Progress* progress = nullptr) const;
   // Total parameters and the indexers' share: the checkpoint schema's tensors for the config,
   // every layer's indexer counted (what a checkpoint that ships every indexer holds).
   int64_t parameter_count() const;

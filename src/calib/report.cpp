@@ -1,7 +1,6 @@
 #include "calib/report.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -63,51 +62,6 @@ std::string format_duration(double s) {
   const long long t = std::llround(s);
   if (t < 3600) return fmt::format("{}m{:02}s", t / 60, t % 60);
   return fmt::format("{}h{:02}m", t / 3600, (t % 3600) / 60);
-}
-
-namespace {
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-}  // namespace
-
-Progress::Progress(std::FILE* out, double plain_interval_s)
-    : out_(out), tty_(isatty(fileno(out)) != 0), interval_(plain_interval_s) {}
-
-Progress::~Progress() { done(); }
-
-void Progress::update(const std::string& line) {
-  if (tty_) {
-    std::string text = "\r" + line;
-    if (line.size() < shown_) text += std::string(shown_ - line.size(), ' ');
-    std::fputs(text.c_str(), out_);
-    std::fflush(out_);
-    shown_ = line.size();
-    return;
-  }
-  const double t = now_seconds();
-  if (t - last_plain_ < interval_) return;
-  last_plain_ = t;
-  std::fprintf(out_, "%s\n", line.c_str());
-  std::fflush(out_);
-}
-
-void Progress::note(const std::string& line) {
-  if (tty_ && shown_) {
-    std::fprintf(out_, "\r%s\r", std::string(shown_, ' ').c_str());
-    shown_ = 0;
-  }
-  std::fprintf(out_, "%s\n", line.c_str());
-  std::fflush(out_);
-  if (!tty_) last_plain_ = now_seconds();
-}
-
-void Progress::done() {
-  if (tty_ && shown_) {
-    std::fprintf(out_, "\r%s\r", std::string(shown_, ' ').c_str());
-    std::fflush(out_);
-    shown_ = 0;
-  }
 }
 
 // ---- plans -------------------------------------------------------------------------------------

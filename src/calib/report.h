@@ -36,25 +36,6 @@ std::string read_file(const std::string& path);  // kBadInput naming the file wh
 // "1m05s", "12.3s", "2h03m".
 std::string format_duration(double seconds);
 
-// A status line on stderr: on a terminal one line rewritten in place (\r); otherwise plain lines,
-// at most one per `plain_interval_s` for update(), every note() always.
-class Progress {
- public:
-  explicit Progress(std::FILE* out = stderr, double plain_interval_s = 10.0);
-  ~Progress();
-  void update(const std::string& line);
-  void note(const std::string& line);
-  void done();  // ends a pending terminal line
-  bool tty() const { return tty_; }
-
- private:
-  std::FILE* out_;
-  bool tty_;
-  double interval_;
-  double last_plain_ = -1e300;
-  size_t shown_ = 0;  // length of the line on screen (terminal)
-};
-
 // ---- plans compared in every report --------------------------------------------------------------
 struct NamedPlan {
   std::string name;

@@ -1,8 +1,13 @@
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 #include "indexcache/error.h"
 #include "indexcache/model.h"
+#include "backend/backend.h"
+#include "indexcache/progress.h"
 #include "io/checkpoint_schema.h"
+#include "model/placed_weights.h"
 #include "model/weights.h"
 
 namespace indexcache {
@@ -41,6 +46,22 @@ std::unique_ptr<Model> Model::synthetic(const ModelSpec& spec, uint64_t seed) {
   m->config_plan_ = IndexPlan::from_config(spec, "synthetic model config");
   m->weights_ = synthetic_weights(spec, seed);
   return m;
+}
+
+void Model::place(Backend& backend, Progress* progress) const {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  bool shown = false;
+  place_weights(backend, spec_, *weights_, [&](int64_t done, int64_t total) {
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    if (!progress || s < 1.0) return;
+    char line[160];
+    std::snprintf(line, sizeof line, "placing weights on %s: %.2f / %.2f GiB (%.0f s)", backend.name().c_str(),
+                  done / 1073741824.0, total / 1073741824.0, s);
+    progress->update(line);
+    shown = true;
+  });
+  if (progress && shown) progress->done();
 }
 
 bool Model::has_indexer(int layer) const { return weights_->layers.at(layer).has_indexer; }

@@ -1,16 +1,28 @@
 #include "model/placed_weights.h"
 
+#include <functional>
 #include <initializer_list>
 
 namespace indexcache {
 
 namespace {
 
+// Places each weight, counting its bytes (as stored on the host); with `measure` it only counts.
 struct Placer {
   Backend& be;
+  bool measure = false;
+  const std::function<void(int64_t, int64_t)>* on_bytes = nullptr;
+  int64_t total = 0;
+  mutable int64_t done = 0;
   TensorView operator()(WeightRef w, std::initializer_list<int64_t> shape, bool keep_f32 = false) const {
     if (!w) return {};
-    return be.place(w.data, w.dtype, std::span<const int64_t>(shape.begin(), shape.size()), keep_f32);
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    done += n * static_cast<int64_t>(dtype_size(w.dtype));
+    if (measure) return {};
+    const TensorView v = be.place(w.data, w.dtype, std::span<const int64_t>(shape.begin(), shape.size()), keep_f32);
+    if (on_bytes && *on_bytes) (*on_bytes)(done, total);
+    return v;
   }
   MlpWeightsView mlp(const ExpertWeights& e, int64_t hidden, int64_t inter) const {
     return {(*this)(e.gate, {inter, hidden}), (*this)(e.up, {inter, hidden}), (*this)(e.down, {hidden, inter})};
@@ -19,8 +31,23 @@ struct Placer {
 
 }  // namespace
 
-PlacedWeights place_weights(Backend& be, const ModelSpec& s, const ModelWeights& w) {
-  const Placer P{be};
+namespace {
+
+PlacedWeights place_all(const Placer& P, const ModelSpec& s, const ModelWeights& w);
+
+}  // namespace
+
+PlacedWeights place_weights(Backend& be, const ModelSpec& s, const ModelWeights& w,
+                            const std::function<void(int64_t, int64_t)>& on_bytes) {
+  Placer measure{be, true};
+  if (on_bytes) place_all(measure, s, w);
+  const Placer P{be, false, &on_bytes, measure.done};
+  return place_all(P, s, w);
+}
+
+namespace {
+
+PlacedWeights place_all(const Placer& P, const ModelSpec& s, const ModelWeights& w) {
   const int64_t V = s.vocab_size, H = s.hidden_size, nh = s.num_heads, qlr = s.q_lora_rank;
   const int64_t kvlr = s.kv_lora_rank, rd = s.qk_rope_head_dim, nope = s.qk_nope_head_dim, vd = s.v_head_dim;
   const int64_t hi = s.index_n_heads, di = s.index_head_dim;
@@ -43,7 +70,7 @@ PlacedWeights place_weights(Backend& be, const ModelSpec& s, const ModelWeights&
     pl.kv_a_norm = P(lw.kv_a_norm, {kvlr});
     pl.uk = P(lw.uk_t, {nh, kvlr, nope});
     const TensorView kv_b = P(lw.kv_b, {nh * (nope + vd), kvlr});
-    pl.uv = view3d(kv_b.at(nope), kv_b.dtype, nh, vd, kvlr, (nope + vd) * kvlr, kvlr);
+    if (!kv_b.empty()) pl.uv = view3d(kv_b.at(nope), kv_b.dtype, nh, vd, kvlr, (nope + vd) * kvlr, kvlr);
     pl.o = P(lw.o, {H, nh * vd});
     pl.o_bias = P(lw.o_bias, {H});
     pl.has_indexer = lw.has_indexer;
@@ -69,5 +96,7 @@ PlacedWeights place_weights(Backend& be, const ModelSpec& s, const ModelWeights&
   }
   return p;
 }
+
+}  // namespace
 
 }  // namespace indexcache

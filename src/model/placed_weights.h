@@ -2,6 +2,8 @@
 // ModelWeights): what the Session's forward pass reads.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -31,6 +33,9 @@ struct PlacedWeights {
   std::vector<PlacedLayer> layers;
 };
 
-PlacedWeights place_weights(Backend& be, const ModelSpec& spec, const ModelWeights& w);
+// on_bytes(done, total): after each weight placed, the host bytes of the weights placed so far and
+// of all of them (placing a big checkpoint on a GPU takes a while).
+PlacedWeights place_weights(Backend& be, const ModelSpec& spec, const ModelWeights& w,
+                            const std::function<void(int64_t, int64_t)>& on_bytes = {});
 
 }  // namespace indexcache

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "calib/report.h"
+#include "indexcache/progress.h"
 #include "commands.h"
 #include "indexcache/calibrate.h"
 #include "indexcache/dataset.h"
@@ -68,10 +69,10 @@ int run_calibrate(const CalibrateFlags& f) {
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, true);
   auto model = Model::load(dir, lo);
-  auto backend = open_backend(f.device);
+  auto backend = open_backend(f.device, *model);
   const double load_seconds = since(t_start);
 
-  report::Progress progress;
+  Progress progress;
   int steps_this_run = 0;
   const int offset = std::max(0, resumed_steps);
   CalibrateOptions opt;

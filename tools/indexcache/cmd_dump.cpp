@@ -25,7 +25,7 @@ int run_dump(const DumpFlags& f) {
   const ModelSpec spec = load_model_spec(dir);
   const IndexPlan plan = resolve_plan(f.plan, spec, dir);
   auto model = Model::load(dir, LoadOptions::for_plan(plan));
-  auto backend = open_backend(f.device);
+  auto backend = open_backend(f.device, *model);
   const PrefillResult r = prefill(*model, plan, ids, *backend);
 
   std::vector<TensorToWrite> out;

@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "calib/report.h"
+#include "indexcache/progress.h"
 #include "commands.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
@@ -42,9 +43,9 @@ int run_eval(const EvalFlags& f) {
     for (int l = 0; l < spec.num_layers; ++l) lo.require_indexer[l] = lo.require_indexer[l] || p.plan.is_full(l);
   lo.only_required_indexers = true;
   auto model = Model::load(dir, lo);
-  auto backend = open_backend(f.device);
+  auto backend = open_backend(f.device, *model);
 
-  report::Progress progress;
+  Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
   const auto results = report::evaluate_plans(*model, plans, files, *backend, [&](int done, int total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

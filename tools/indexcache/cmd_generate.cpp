@@ -84,7 +84,7 @@ int run_generate(const GenerateFlags& f) {
   const IndexPlan plan = resolve_plan(f.plan, spec, dir);
 
   auto model = Model::load(dir, LoadOptions::for_plan(plan));
-  auto backend = open_backend(f.device);
+  auto backend = open_backend(f.device, *model);
   Session session(*model, plan, *backend);
 
   GenerateOptions go;

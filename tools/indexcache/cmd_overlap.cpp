@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "calib/report.h"
+#include "indexcache/progress.h"
 #include "commands.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
@@ -35,8 +36,8 @@ int run_overlap(const OverlapFlags& f) {
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, true);
   auto model = Model::load(dir, lo);
-  auto backend = open_backend(f.device);
-  report::Progress progress;
+  auto backend = open_backend(f.device, *model);
+  Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
   const auto r = report::overlap_on(*model, windows, *backend, [&](int done, int total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -9,6 +9,7 @@
 
 #include "indexcache/device.h"
 #include "indexcache/index_plan.h"
+#include "indexcache/model.h"
 
 namespace indexcache::cli {
 
@@ -30,8 +31,9 @@ struct DeviceFlags {
 };
 void add_device_flags(CLI::App& app, DeviceFlags& f);
 Device resolve_device(const DeviceFlags& f);
-// The backend of the flags; one-line errors for a device that cannot be used.
-std::shared_ptr<Backend> open_backend(const DeviceFlags& f);
+// The backend of the flags with `model`'s weights placed on it (a progress line while that takes
+// more than a second); one-line errors for a device that cannot be used.
+std::shared_ptr<Backend> open_backend(const DeviceFlags& f, const Model& model);
 
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);

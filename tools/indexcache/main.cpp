@@ -9,6 +9,8 @@
 
 #include "commands.h"
 #include "indexcache/error.h"
+#include "indexcache/model.h"
+#include "indexcache/progress.h"
 
 namespace indexcache::cli {
 
@@ -71,7 +73,12 @@ Device resolve_device(const DeviceFlags& f) {
   return d;
 }
 
-std::shared_ptr<Backend> open_backend(const DeviceFlags& f) { return make_backend(resolve_device(f)); }
+std::shared_ptr<Backend> open_backend(const DeviceFlags& f, const Model& model) {
+  auto be = make_backend(resolve_device(f));
+  Progress progress;
+  model.place(*be, &progress);
+  return be;
+}
 
 }  // namespace indexcache::cli
 
