@@ -125,6 +125,64 @@ TEST(ModelSpec, EosIdsIntOrList) {
   EXPECT_EQ(parse(j).eos_token_ids, (std::vector<int64_t>{3}));
 }
 
+// Block-FP8 quantization_config as DeepSeek-V3.2 (scale_fmt ue8m0) and GLM-5-FP8 (no scale_fmt,
+// a modules_to_not_convert that is not read) ship it; MTP layers counted, not added to the layers.
+TEST(ModelSpec, BlockFp8AndMtp) {
+  EXPECT_FALSE(parse(small_config()).quant.fp8);
+  json j = small_config("deepseek_v32");
+  j["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
+                              {"scale_fmt", "ue8m0"}, {"weight_block_size", {128, 128}}};
+  j["num_nextn_predict_layers"] = 1;
+  ModelSpec s = parse(j);
+  EXPECT_TRUE(s.quant.fp8);
+  EXPECT_TRUE(s.quant.ue8m0);
+  EXPECT_EQ(s.quant.block_rows, 128);
+  EXPECT_EQ(s.quant.block_cols, 128);
+  EXPECT_EQ(s.num_mtp_layers, 1);
+  EXPECT_EQ(s.num_layers, 4);
+  j = small_config();
+  j["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {128, 128}},
+                              {"modules_to_not_convert", {"model.layers.0.self_attn.indexers_proj"}}};
+  s = parse(j);
+  EXPECT_TRUE(s.quant.fp8);
+  EXPECT_FALSE(s.quant.ue8m0);
+  EXPECT_EQ(s.num_mtp_layers, 0);
+}
+
+TEST(ModelSpec, BadQuantizationConfigs) {
+  auto with = [](json q) {
+    json j = small_config();
+    j["quantization_config"] = std::move(q);
+    return j;
+  };
+  const json ok = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {128, 128}}};
+  json q = ok;
+  q["quant_method"] = "awq";
+  expect_error(with(q), {"quantization_config.quant_method", "awq"});
+  q = ok;
+  q.erase("quant_method");
+  expect_error(with(q), {"quantization_config.quant_method", "missing"});
+  q = ok;
+  q["fmt"] = "e5m2";
+  expect_error(with(q), {"quantization_config.fmt", "e5m2"});
+  q = ok;
+  q["scale_fmt"] = "e8m0fnu";
+  expect_error(with(q), {"quantization_config.scale_fmt", "e8m0fnu"});
+  q = ok;
+  q["activation_scheme"] = "static";
+  expect_error(with(q), {"quantization_config.activation_scheme", "static"});
+  q = ok;
+  q["weight_block_size"] = {64, 64};
+  expect_error(with(q), {"quantization_config.weight_block_size", "[128, 128]"});
+  q = ok;
+  q["weight_block_size"] = 128;
+  expect_error(with(q), {"quantization_config.weight_block_size", "[rows, cols]"});
+  expect_error(with("fp8"), {"quantization_config", "object"});
+  json j = small_config();
+  j["num_nextn_predict_layers"] = -1;
+  expect_error(j, {"num_nextn_predict_layers"});
+}
+
 TEST(ModelSpec, BadConfigs) {
   expect_error(json::array({1, 2}), {"config.json", "object"});
   try {

@@ -40,6 +40,15 @@ struct PlanKeys {
   std::optional<int> index_skip_topk_offset;
 };
 
+// Block-FP8 weights (quantization_config with quant_method "fp8", fmt "e4m3"): a tensor stored
+// as F8_E4M3 has an F32 `<name>_scale_inv` grid beside it, one multiplier per block of
+// block_rows x block_cols elements (edge blocks partial); other tensors are stored as they are.
+struct QuantSpec {
+  bool fp8 = false;
+  int block_rows = 128, block_cols = 128;  // weight_block_size
+  bool ue8m0 = false;                      // scale_fmt "ue8m0": every scale a power of two
+};
+
 struct ModelSpec {
   Family family = Family::kGlmMoeDsa;
   std::string model_type;
@@ -73,6 +82,10 @@ struct ModelSpec {
   PlanKeys plan_keys;
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> bos_token_id;
+  QuantSpec quant;
+  // Multi-token-prediction layers stored after the num_layers main ones (num_nextn_predict_layers):
+  // recognised, never run, never part of a plan.
+  int num_mtp_layers = 0;
 
   int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   RopeLayout indexer_rope_layout() const {

@@ -80,6 +80,31 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
+float fp8_e4m3_to_f32(uint8_t v) {
+  // E4M3 "fn" (OCP FP8): bias 7, no infinities, S.1111.111 is NaN; exponent 0 is subnormal.
+  const uint32_t exp = (v >> 3) & 0xF, mant = v & 0x7;
+  float mag;
+  if (exp == 0xF && mant == 0x7)
+    mag = std::nanf("");
+  else if (exp == 0)
+    mag = std::ldexp(static_cast<float>(mant), -9);  // mant / 8 * 2^-6
+  else
+    mag = std::ldexp(static_cast<float>(8 + mant), static_cast<int>(exp) - 10);  // (1 + mant/8) 2^(exp-7)
+  return (v & 0x80) ? -mag : mag;
+}
+
+void dequantize_fp8_blocks(const void* w, const float* scale_inv, int64_t rows, int64_t cols, int block_rows,
+                           int block_cols, float* dst) {
+  float table[256];
+  for (int i = 0; i < 256; ++i) table[i] = fp8_e4m3_to_f32(static_cast<uint8_t>(i));
+  const auto* p = static_cast<const uint8_t*>(w);
+  const int64_t grid_cols = (cols + block_cols - 1) / block_cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* srow = scale_inv + (r / block_rows) * grid_cols;
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = table[p[r * cols + c]] * srow[c / block_cols];
+  }
+}
+
 void convert_to_f32(DType t, const void* src, size_t n, float* dst) {
   const auto* p = static_cast<const unsigned char*>(src);
   switch (t) {
@@ -99,6 +124,9 @@ void convert_to_f32(DType t, const void* src, size_t n, float* dst) {
         std::memcpy(&v, p + 2 * i, 2);
         dst[i] = f16_to_f32(v);
       }
+      return;
+    case DType::kF8E4M3:
+      for (size_t i = 0; i < n; ++i) dst[i] = fp8_e4m3_to_f32(p[i]);
       return;
     default:
       throw std::logic_error("convert_to_f32: unsupported dtype");

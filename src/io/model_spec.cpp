@@ -211,6 +211,42 @@ double ModelSpec::attention_scale() const {
   return scale;
 }
 
+// quantization_config: absent, or block FP8 (fmt e4m3, dynamic activations, [128, 128] blocks,
+// scale_fmt absent or ue8m0). modules_to_not_convert is not read: whether a tensor is quantized is
+// decided by its dtype and its scale (GLM's list names a tensor that does not exist).
+QuantSpec read_quant(const json& j, const ConfigReader& r) {
+  QuantSpec q;
+  if (!r.has("quantization_config")) return q;
+  const json& c = j.at("quantization_config");
+  const std::string p = "quantization_config.";
+  if (!c.is_object()) r.fail("quantization_config", "expected an object, got " + c.dump());
+  auto text = [&](const char* key) -> std::optional<std::string> {
+    if (!c.contains(key) || c.at(key).is_null()) return std::nullopt;
+    if (!c.at(key).is_string()) r.fail(p + key, "expected a string, got " + c.at(key).dump());
+    return c.at(key).get<std::string>();
+  };
+  const auto method = text("quant_method");
+  if (!method) r.fail(p + "quant_method", "missing");
+  if (*method != "fp8") r.fail(p + "quant_method", "'" + *method + "' is not supported (fp8)");
+  if (const auto fmt = text("fmt"); fmt && *fmt != "e4m3") r.fail(p + "fmt", "'" + *fmt + "' is not supported (e4m3)");
+  if (const auto a = text("activation_scheme"); a && *a != "dynamic")
+    r.fail(p + "activation_scheme", "'" + *a + "' is not supported (dynamic)");
+  if (const auto sf = text("scale_fmt")) {
+    if (*sf != "ue8m0") r.fail(p + "scale_fmt", "'" + *sf + "' is not supported (ue8m0, or absent)");
+    q.ue8m0 = true;
+  }
+  if (!c.contains("weight_block_size")) r.fail(p + "weight_block_size", "missing");
+  const json& b = c.at("weight_block_size");
+  if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer())
+    r.fail(p + "weight_block_size", "expected [rows, cols], got " + b.dump());
+  q.block_rows = b[0].get<int>();
+  q.block_cols = b[1].get<int>();
+  if (q.block_rows != 128 || q.block_cols != 128)
+    r.fail(p + "weight_block_size", "only [128, 128] blocks are supported, got " + b.dump());
+  q.fp8 = true;
+  return q;
+}
+
 ModelSpec parse_model_spec(const std::string& json_text, const std::string& source) {
   json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) throw_bad_input(source, "invalid JSON");
@@ -280,6 +316,8 @@ ModelSpec parse_model_spec(const std::string& json_text, const std::string& sour
     for (int i = 0; i < s.num_layers; ++i) s.layer_is_moe.push_back(i >= n_dense);
   }
 
+  s.quant = read_quant(j, r);
+  s.num_mtp_layers = r.get_int("num_nextn_predict_layers", 0, 0);
   s.rope = read_rope(j, r, s.max_position_embeddings);
   s.plan_keys = read_plan_keys(j, r);
   s.eos_token_ids = read_token_ids(j, r, "eos_token_id");
