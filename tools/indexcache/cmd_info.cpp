@@ -1,9 +1,13 @@
 // `indexcache info`: what a model directory holds, without running it.
 #include <fmt/core.h>
 
+#include <map>
 #include <set>
+#include <string>
+#include <utility>
 
 #include "commands.h"
+#include "indexcache/dtype.h"
 #include "indexcache/index_plan.h"
 #include "indexcache/model_spec.h"
 #include "indexcache/session.h"
@@ -37,10 +41,14 @@ int run_info(const InfoFlags& f) {
   std::set<int> indexer_layers;
   size_t bytes = 0, indexer_bytes = 0;
   int64_t params = 0, indexer_params = 0;
+  std::map<std::string, std::pair<int, size_t>> by_dtype;  // tensors and bytes per stored dtype
   for (const auto& name : store.names()) {
     const TensorInfo& t = *store.find(name).info;
     bytes += t.nbytes;
     params += t.numel();
+    auto& d = by_dtype[std::string(dtype_name(t.dtype))];
+    ++d.first;
+    d.second += t.nbytes;
     const auto pos = name.find(".self_attn.indexer.");
     if (pos != std::string::npos) {
       indexer_bytes += t.nbytes;
@@ -85,6 +93,16 @@ int run_info(const InfoFlags& f) {
              device_name(device));
   fmt::print("weights      {} tensors in {} file(s), {:.2f} MiB (indexer {:.2f} MiB)\n", store.names().size(),
              store.files().size(), bytes / 1048576.0, indexer_bytes / 1048576.0);
+  std::string dtypes;
+  for (const auto& [name, d] : by_dtype)
+    dtypes += fmt::format("{}{} {} tensors {:.2f} MiB", dtypes.empty() ? "" : ", ", name, d.first, d.second / 1048576.0);
+  fmt::print("dtypes       {}\n", dtypes);
+  if (s.quant.fp8)
+    fmt::print("quantized    block FP8 (e4m3, {} x {} blocks{})\n", s.quant.block_rows, s.quant.block_cols,
+               s.quant.ue8m0 ? ", ue8m0 power-of-two scales" : "");
+  if (s.num_mtp_layers > 0)
+    fmt::print("MTP          {} layer(s) after the {} main ones: stored, not run, not in the plan\n", s.num_mtp_layers,
+               s.num_layers);
   return 0;
 }
 
