@@ -206,16 +206,7 @@ void CudaBackend::do_linear(const LinearOp& p) {
     a.y_f32 = true;
     a.beta = 1.0f;
     gemm_bf16(a);
-    bk::Strided ys = {}, ts = {};
-    ys.data = p.y.data;
-    ys.dtype = p.y.dtype;
-    ts.data = t;
-    ts.dtype = DType::kF32;
-    ys.d1 = ts.d1 = T;
-    ys.d2 = ts.d2 = out;
-    ys.s1 = p.y.stride[0];
-    ts.s1 = out;
-    bk::add(ys, ts, stream_);
+    do_add({.x = p.y, .y = view2d(t, DType::kF32, T, out)});
     return;
   }
   gemm_bf16(a);
@@ -310,16 +301,7 @@ void CudaBackend::do_mlp(const MlpOp& p) {
       return;
     }
     mlp_f32(p.w, p.x.as<const float>(), p.x.stride[0], static_cast<int>(T), t, H, g, u);
-    bk::Strided ys = {}, ts = {};
-    ys.data = p.y.data;
-    ts.data = t;
-    ys.dtype = p.y.dtype;
-    ts.dtype = DType::kF32;
-    ys.d1 = ts.d1 = T;
-    ys.d2 = ts.d2 = H;
-    ys.s1 = p.y.stride[0];
-    ts.s1 = H;
-    bk::add(ys, ts, stream_);
+    do_add({.x = p.y, .y = view2d(t, DType::kF32, T, H)});
     return;
   }
   Carver m;
