@@ -2,7 +2,8 @@
 // are exactly the tensors of models/dsa-mini and of every golden model, its parameter count is the
 // sum of their sizes. Checkpoints written from the schema (both expert layouts, attention biases,
 // tied embeddings, S layers without indexer tensors) load back bit for bit; Model::synthetic gives
-// finite logits, deterministic in the seed.
+// bf16 weights with the init scales and finite logits, deterministic in the seed whatever the
+// thread count.
 #include <gtest/gtest.h>
 
 #include <cctype>
@@ -11,7 +12,9 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 #include <random>
+#include <span>
 
 #include "backend/backend.h"
 #include "bench/presets.h"
@@ -29,10 +32,22 @@
 namespace indexcache {
 namespace {
 
-// The f32 data of a bound host tensor (these tests write and generate f32 tensors); nullptr for
-// an absent one or another dtype.
+// The f32 data of a bound host tensor (the files these tests write are f32); nullptr for an absent
+// one or another dtype.
 const float* f32_data(WeightRef r) {
   return r && r.dtype == DType::kF32 ? static_cast<const float*>(r.data) : nullptr;
+}
+
+// The bf16 data of a bound host tensor (random weights); nullptr for an absent one or another dtype.
+const uint16_t* bf16_data(WeightRef r) {
+  return r && r.dtype == DType::kBF16 ? static_cast<const uint16_t*>(r.data) : nullptr;
+}
+
+// The `n` elements of a host tensor as f32.
+std::vector<float> as_f32(WeightRef r, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  convert_to_f32(r.dtype, r.data, v.size(), v.data());
+  return v;
 }
 
 using nlohmann::json;
@@ -171,8 +186,8 @@ TEST(CheckpointSchema, ConditionalTensors) {
   EXPECT_EQ(schema_parameter_count(s), a + int64_t{s.vocab_size} * s.hidden_size);
 }
 
-// Writes `dir`/config.json and `dir`/model.safetensors (f32): the schema's tensors under `o`, the
-// values of each from `values`.
+// Writes `dir`/config.json and `dir`/model.safetensors: the schema's tensors under `o`, each from
+// `values` (a WeightRef: its data in its dtype, or a float pointer: f32).
 template <class Values>
 void write_checkpoint(const std::string& dir, const json& config, const ModelSpec& s, const SchemaOptions& o,
                       Values&& values) {
@@ -180,9 +195,10 @@ void write_checkpoint(const std::string& dir, const json& config, const ModelSpe
   std::vector<TensorSpec> ts = checkpoint_tensors(s, o);
   std::vector<TensorToWrite> w;
   for (const TensorSpec& t : ts) {
-    const float* p = values(t);
-    w.push_back({t.name, DType::kF32, t.shape,
-                 std::as_bytes(std::span<const float>(p, static_cast<size_t>(t.numel())))});
+    const WeightRef p = values(t);
+    w.push_back({t.name, p.dtype, t.shape,
+                 std::span<const std::byte>(static_cast<const std::byte*>(p.data),
+                                            static_cast<size_t>(t.numel()) * dtype_size(p.dtype))});
   }
   write_safetensors(dir + "/model.safetensors", w);
 }
@@ -195,8 +211,9 @@ SchemaOptions fsfs_options(ExpertLayout layout) {
   return o;
 }
 
-// A checkpoint written from a synthetic model's weights, in either expert layout, without the S
-// layers' indexers, loads back with exactly those weights and runs to exactly the same logits.
+// A checkpoint written from a synthetic model's (bf16) weights, in either expert layout, without the
+// S layers' indexers, loads back with exactly those weights (bf16, mapped in place; uk_t bf16 too)
+// and runs to exactly the same logits.
 TEST(CheckpointSchema, SyntheticWeightsRoundTripThroughAFile) {
   const json j = odd_config();
   const ModelSpec s = parse_model_spec(j.dump(), "config.json");
@@ -210,7 +227,7 @@ TEST(CheckpointSchema, SyntheticWeightsRoundTripThroughAFile) {
   for (ExpertLayout layout : {ExpertLayout::kPacked, ExpertLayout::kPerExpert}) {
     const std::string dir = test::make_temp_dir("schema-roundtrip");
     const SchemaOptions o = fsfs_options(layout);
-    write_checkpoint(dir, j, s, o, [&](const TensorSpec& t) { return f32_data(bound_tensor(syn->weights(), t)); });
+    write_checkpoint(dir, j, s, o, [&](const TensorSpec& t) { return bound_tensor(syn->weights(), t); });
     auto loaded = Model::load(dir);
     EXPECT_TRUE(loaded->has_indexer(0));
     EXPECT_FALSE(loaded->has_indexer(1));
@@ -219,12 +236,20 @@ TEST(CheckpointSchema, SyntheticWeightsRoundTripThroughAFile) {
     EXPECT_THROW(loaded->check_plan(IndexPlan::full(s.num_layers)), Error);
     EXPECT_EQ(loaded->weights().lm_head, loaded->weights().embed);  // tied
     for (const TensorSpec& t : checkpoint_tensors(s, o)) {
-      const float* a = f32_data(bound_tensor(loaded->weights(), t));
-      const float* b = f32_data(bound_tensor(syn->weights(), t));
+      const uint16_t* a = bf16_data(bound_tensor(loaded->weights(), t));
+      const uint16_t* b = bf16_data(bound_tensor(syn->weights(), t));
       ASSERT_TRUE(a && b) << t.name;
-      EXPECT_EQ(std::memcmp(a, b, static_cast<size_t>(t.numel()) * sizeof(float)), 0) << t.name;
+      EXPECT_EQ(std::memcmp(a, b, static_cast<size_t>(t.numel()) * sizeof(uint16_t)), 0) << t.name;
     }
-    const PrefillResult got = prefill(*loaded, plan, ids, *be);
+    const int64_t uk = int64_t{s.num_heads} * s.kv_lora_rank * s.qk_nope_head_dim;
+    for (int l = 0; l < s.num_layers; ++l) {
+      const WeightRef a = loaded->weights().layers[l].uk_t, b = syn->weights().layers[l].uk_t;
+      ASSERT_TRUE(bf16_data(a) && bf16_data(b)) << l;
+      EXPECT_EQ(std::memcmp(a.data, b.data, static_cast<size_t>(uk) * sizeof(uint16_t)), 0) << l;
+    }
+    // A backend of its own: placements are cached by host address, and this file's mapping may
+    // reuse the last one's addresses (its bf16 tensors are converted, not viewed, on the CPU).
+    const PrefillResult got = prefill(*loaded, plan, ids, *make_cpu_backend());
     ASSERT_EQ(got.logits.size(), want.logits.size());
     EXPECT_EQ(std::memcmp(got.logits.data(), want.logits.data(), got.logits.size() * sizeof(float)), 0);
     EXPECT_EQ(got.topk, want.topk);
@@ -287,29 +312,35 @@ TEST(CheckpointSchema, LoaderPutsEachTensorInItsSlot) {
   }
 }
 
-// The generator's scales: norms exactly 1, biases 0, projections uniform with std 1/sqrt(fan_in)
-// (residual outputs shrunk by 1/sqrt(2 layers)), every value a bf16.
+// The generator's scales: norms exactly 1, biases 0, projections uniform on [-std*sqrt(3),
+// std*sqrt(3)) with std 1/sqrt(fan_in) (residual outputs shrunk by 1/sqrt(2 layers)), stored as
+// bf16 (2 bytes a parameter, uk_t in bf16 too).
 TEST(CheckpointSchema, SyntheticWeightsFollowTheInitScales) {
   const ModelSpec s = bench::make_preset("tiny").spec;
   auto m = Model::synthetic(s, 3);
   for (const TensorSpec& t : checkpoint_tensors(s)) {
-    const float* p = f32_data(bound_tensor(m->weights(), t));
-    ASSERT_NE(p, nullptr) << t.name;
+    const WeightRef r = bound_tensor(m->weights(), t);
+    ASSERT_NE(bf16_data(r), nullptr) << t.name;
     const int64_t n = t.numel();
-    double sum = 0, sq = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      ASSERT_EQ(bf16_to_f32(f32_to_bf16(p[i])), p[i]) << t.name;
-      sum += p[i];
-      sq += double{p[i]} * p[i];
-    }
+    const std::vector<float> p = as_f32(r, n);
     if (t.init.std == 0) {
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(p[i], t.init.fill) << t.name;
       continue;
+    }
+    const double a = t.init.std * std::sqrt(3.0);
+    const float bound = bf16_to_f32(f32_to_bf16(static_cast<float>(a)));  // a, rounded to bf16
+    double sum = 0, sq = 0, max_abs = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_LE(std::abs(p[i]), bound) << t.name << " " << i;
+      sum += p[i];
+      sq += double{p[i]} * p[i];
+      max_abs = std::max(max_abs, double{std::abs(p[i])});
     }
     if (n < 4096) continue;
     const double mean = sum / n, sd = std::sqrt(sq / n - mean * mean);
     EXPECT_NEAR(sd / t.init.std, 1.0, 0.05) << t.name;
     EXPECT_NEAR(mean / t.init.std, 0.0, 0.05) << t.name;
+    EXPECT_GT(max_abs, 0.98 * a) << t.name;  // the whole range is used
   }
   const double res = 1.0 / std::sqrt(2.0 * s.num_layers);
   for (const TensorSpec& t : checkpoint_tensors(s)) {
@@ -321,6 +352,48 @@ TEST(CheckpointSchema, SyntheticWeightsFollowTheInitScales) {
       EXPECT_DOUBLE_EQ(t.init.std, 1.0);
     }
   }
+  const int64_t uk = int64_t{s.num_heads} * s.kv_lora_rank * s.qk_nope_head_dim;
+  for (const LayerWeights& lw : m->weights().layers) {
+    EXPECT_EQ(lw.uk_t.dtype, DType::kBF16);
+    EXPECT_EQ(lw.kv_b.dtype, DType::kBF16);
+  }
+  EXPECT_EQ(m->weights().owned_bytes(),
+            static_cast<size_t>(2 * (bench::parameter_count(s) + s.num_layers * uk)));
+}
+
+// The weights are a function of the seed alone: the same bytes for the same seed on 1 or 3
+// threads, others for another seed; tensors of one shape get different values.
+TEST(CheckpointSchema, SyntheticWeightsDependOnlyOnTheSeed) {
+  const ModelSpec s = bench::make_preset("tiny").spec;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  auto a = Model::synthetic(s, 7);
+  omp_set_num_threads(3);
+  auto b = Model::synthetic(s, 7), c = Model::synthetic(s, 8);
+  omp_set_num_threads(threads);
+  int random = 0;
+  for (const TensorSpec& t : checkpoint_tensors(s)) {
+    const size_t bytes = static_cast<size_t>(t.numel()) * sizeof(uint16_t);
+    const uint16_t *pa = bf16_data(bound_tensor(a->weights(), t)), *pb = bf16_data(bound_tensor(b->weights(), t)),
+                   *pc = bf16_data(bound_tensor(c->weights(), t));
+    ASSERT_TRUE(pa && pb && pc) << t.name;
+    EXPECT_EQ(std::memcmp(pa, pb, bytes), 0) << t.name;
+    if (t.init.std > 0 && t.numel() > 16) {
+      EXPECT_NE(std::memcmp(pa, pc, bytes), 0) << t.name;
+      ++random;
+    }
+  }
+  EXPECT_GT(random, 10);
+  const int64_t uk = int64_t{s.num_heads} * s.kv_lora_rank * s.qk_nope_head_dim;
+  for (int l = 0; l < s.num_layers; ++l)
+    EXPECT_EQ(std::memcmp(a->weights().layers[l].uk_t.data, b->weights().layers[l].uk_t.data,
+                          static_cast<size_t>(uk) * sizeof(uint16_t)),
+              0)
+        << l;
+  // Tensors of one shape (q_a of two layers) get different values.
+  const LayerWeights &l0 = a->weights().layers[0], &l1 = a->weights().layers[1];
+  const size_t qa = static_cast<size_t>(s.q_lora_rank) * s.hidden_size * sizeof(uint16_t);
+  EXPECT_NE(std::memcmp(l0.q_a.data, l1.q_a.data, qa), 0);
 }
 
 // Random weights run through a Session to finite logits, the same for the same seed and different

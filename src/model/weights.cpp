@@ -3,33 +3,38 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <string>
+#include <utility>
 
 #include "indexcache/dtype.h"
 #include "indexcache/error.h"
+#include "model/random_fill.h"
 
 namespace indexcache {
 
 namespace {
 
-// From kv_b [heads*(nope+v), kvlr] (any weight dtype): each head's nope key rows transposed, f32
-// [heads, kvlr, nope].
-const float* transposed_key_rows(ModelWeights& w, WeightRef kv_b_ref, int64_t heads, int64_t nope, int64_t v,
-                                 int64_t kvlr) {
-  std::vector<float> converted;
-  const float* kv_b = static_cast<const float*>(kv_b_ref.data);
-  if (kv_b_ref.dtype != DType::kF32) {
-    converted.resize(static_cast<size_t>(heads * (nope + v) * kvlr));
-    convert_to_f32(kv_b_ref.dtype, kv_b_ref.data, converted.size(), converted.data());
-    kv_b = converted.data();
-  }
-  auto& buf = w.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope));
+template <class T>
+void transpose_key_rows(const T* kv_b, T* out, int64_t heads, int64_t nope, int64_t v, int64_t kvlr) {
+#pragma omp parallel for collapse(2) schedule(static)
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t i = 0; i < nope; ++i)
-      for (int64_t c = 0; c < kvlr; ++c)
-        buf[(h * kvlr + c) * nope + i] = kv_b[(h * (nope + v) + i) * kvlr + c];
-  return buf.data();
+      for (int64_t c = 0; c < kvlr; ++c) out[(h * kvlr + c) * nope + i] = kv_b[(h * (nope + v) + i) * kvlr + c];
+}
+
+// From kv_b [heads*(nope+v), kvlr]: each head's nope key rows transposed, [heads, kvlr, nope] in
+// kv_b's dtype (an element moved as it is, so placing it gives what placing kv_b's rows would).
+WeightRef transposed_key_rows(ModelWeights& w, WeightRef kv_b, int64_t heads, int64_t nope, int64_t v,
+                              int64_t kvlr) {
+  const size_t es = dtype_size(kv_b.dtype);
+  auto& buf = w.owned.emplace_back(static_cast<size_t>(heads * kvlr * nope) * es);
+  if (es == 2)
+    transpose_key_rows(static_cast<const uint16_t*>(kv_b.data), buf.as<uint16_t>(), heads, nope, v, kvlr);
+  else if (es == 4)
+    transpose_key_rows(static_cast<const uint32_t*>(kv_b.data), buf.as<uint32_t>(), heads, nope, v, kvlr);
+  else
+    throw_bad_input("kv_b_proj", "dtype " + std::string(dtype_name(kv_b.dtype)) + " is not a weight type");
+  return {buf.data.get(), kv_b.dtype};
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -74,9 +79,9 @@ class Loader {
       case DType::kBF16:
       case DType::kF16: {
         if (reinterpret_cast<uintptr_t>(src) % dtype_size(t.dtype) == 0) return {src, t.dtype};
-        auto& buf = w_.owned.emplace_back(n);
-        convert_to_f32(t.dtype, src, n, buf.data());
-        return {buf.data(), DType::kF32};
+        auto& buf = w_.owned.emplace_back(n * sizeof(float));
+        convert_to_f32(t.dtype, src, n, buf.as<float>());
+        return {buf.as<float>(), DType::kF32};
       }
       case DType::kF8E4M3:
         throw_bad_input(what, "FP8 (F8_E4M3) weights are not supported yet; use a bf16 checkpoint");
@@ -100,7 +105,7 @@ ExpertWeights& mlp_of(LayerWeights& lw, const TensorSpec& t) {
   return lw.experts[e];
 }
 
-// Puts the f32 data `p` of schema tensor `t` where the forward pass reads it.
+// Puts the data `p` of schema tensor `t` where the forward pass reads it.
 void bind(ModelWeights& w, const TensorSpec& t, WeightRef p) {
   if (t.layer < 0) {
     switch (t.slot) {
@@ -203,28 +208,49 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSp
 
 std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& s, uint64_t seed) {
   auto w = std::make_unique<ModelWeights>();
-  std::mt19937_64 rng;
-  auto fill = [&](const TensorSpec& t) {
-    auto& buf = w->owned.emplace_back(static_cast<size_t>(t.numel()));
-    if (t.init.std > 0) {
-      const float a = static_cast<float>(t.init.std * std::sqrt(3.0));
-      std::uniform_real_distribution<float> u(-a, a);
-      for (float& v : buf) v = bf16_to_f32(f32_to_bf16(u(rng)));
-    } else {
-      std::fill(buf.begin(), buf.end(), bf16_to_f32(f32_to_bf16(t.init.fill)));
-    }
-    bind(*w, t, buf.data());
+  // Every tensor's buffer first (uninitialised), then all of them filled in parallel in blocks:
+  // the first touch of the pages is parallel too.
+  struct Fill {
+    uint16_t* dst;
+    int64_t n;
+    uint64_t key;
+    float a;  // > 0: uniform on [-a, a); else the constant `fill`
+    uint16_t fill;
   };
-  rng.seed(seed * 1000003 + 17);
-  for_each_global_tensor(s, fill);
+  std::vector<Fill> fills;
+  auto alloc = [&](const TensorSpec& t) {
+    auto& buf = w->owned.emplace_back(static_cast<size_t>(t.numel()) * sizeof(uint16_t));
+    const float a = t.init.std > 0 ? static_cast<float>(t.init.std * std::sqrt(3.0)) : 0.0f;
+    fills.push_back({buf.as<uint16_t>(), t.numel(), random_fill::tensor_key(seed, t.name), a,
+                     f32_to_bf16(t.init.fill)});
+    bind(*w, t, WeightRef(buf.data.get(), DType::kBF16));
+  };
+  for_each_global_tensor(s, alloc);
   finish_model(*w, s);
   w->layers.resize(s.num_layers);
-  for (int l = 0; l < s.num_layers; ++l) {
-    rng.seed(seed * 1000003 + 1000 + l);
-    for_each_layer_tensor(s, l, {}, fill);
-    finish_layer(*w, s, l);
+  for (int l = 0; l < s.num_layers; ++l) for_each_layer_tensor(s, l, {}, alloc);
+
+  constexpr int64_t kBlock = int64_t{1} << 17;
+  std::vector<std::pair<uint32_t, int64_t>> blocks;  // (fill, first element)
+  for (size_t f = 0; f < fills.size(); ++f)
+    for (int64_t b = 0; b < fills[f].n; b += kBlock) blocks.emplace_back(static_cast<uint32_t>(f), b);
+#pragma omp parallel for schedule(dynamic)
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const Fill& f = fills[blocks[i].first];
+    const int64_t b = blocks[i].second, e = std::min(f.n, b + kBlock);
+    if (f.a > 0)
+      random_fill::uniform_bf16(f.dst + b, f.key, b, e, f.a);
+    else
+      std::fill(f.dst + b, f.dst + e, f.fill);
   }
+  for (int l = 0; l < s.num_layers; ++l) finish_layer(*w, s, l);
   return w;
+}
+
+size_t ModelWeights::owned_bytes() const {
+  size_t n = 0;
+  for (const OwnedBuffer& b : owned) n += b.bytes;
+  return n;
 }
 
 WeightRef bound_tensor(const ModelWeights& w, const TensorSpec& t) {

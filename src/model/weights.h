@@ -1,7 +1,8 @@
 // Every weight of a DSA model as it lies in host memory: memory-mapped in place in the
-// checkpoint's own dtype (f32, bf16 or f16; an unaligned f32 tensor is copied), or owned (random
-// weights, the derived uk_t). Backends convert when they place them (Backend::place), so a bf16
-// checkpoint reaches a bf16 GPU without an f32 copy on the host.
+// checkpoint's own dtype (f32, bf16 or f16; an unaligned tensor is copied to f32), or owned (random
+// bf16 weights, the derived uk_t in kv_b's dtype). Backends convert when they place them
+// (Backend::place), so a bf16 checkpoint or random model reaches a bf16 GPU without an f32 copy on
+// the host.
 #pragma once
 
 #include <cstddef>
@@ -64,7 +65,8 @@ struct LayerWeights {
   WeightRef kv_a_bias;
   WeightRef kv_a_norm;  // [kv_lora_rank]
   WeightRef kv_b;       // [heads*(nope+v), kv_lora_rank]
-  // kv_b's key rows transposed per head, for the absorbed form: [heads, kv_lora_rank, nope] (f32).
+  // kv_b's key rows transposed per head, for the absorbed form: [heads, kv_lora_rank, nope], in
+  // kv_b's dtype (the same values: placement gives what kv_b's rows would).
   WeightRef uk_t;
   WeightRef o;          // [hidden, heads*v]
   WeightRef o_bias;
@@ -79,9 +81,21 @@ struct LayerWeights {
   ExpertWeights shared;  // moe_intermediate_size * n_shared_experts
 };
 
+// Host memory the weights own, uninitialised when made (its maker writes every byte).
+struct OwnedBuffer {
+  explicit OwnedBuffer(size_t n) : data(new std::byte[n]), bytes(n) {}
+  template <class T>
+  T* as() const {
+    return reinterpret_cast<T*>(data.get());
+  }
+  std::unique_ptr<std::byte[]> data;
+  size_t bytes = 0;
+};
+
 struct ModelWeights {
-  WeightStore store;                      // empty for random weights
-  std::vector<std::vector<float>> owned;  // converted (or random) tensors and uk_t
+  WeightStore store;               // empty for random weights
+  std::vector<OwnedBuffer> owned;  // copied (or random) tensors and uk_t
+  size_t owned_bytes() const;
   WeightRef embed;           // [vocab, hidden]
   WeightRef final_norm;      // [hidden]
   WeightRef lm_head;         // [vocab, hidden] (the embedding when tied)
@@ -97,9 +111,11 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSp
                                            bool only_required_indexers);
 
 // Random weights for every tensor of the schema (every layer's indexer, packed experts) in owned
-// f32 buffers, no file involved: each tensor drawn as its TensorInit says and rounded to bf16,
-// from one mt19937_64 for the globals (seed * 1000003 + 17) and one per layer l
-// (seed * 1000003 + 1000 + l), in schema order. Deterministic in `seed`.
+// bf16 buffers (2 bytes a parameter, uk_t bf16 too), no file involved: each tensor as its
+// TensorInit says, uniform on [-std*sqrt(3), std*sqrt(3)) or the constant fill, rounded to bf16.
+// Element i of tensor `name` comes from a counter-based generator (random_fill.h: splitmix64 of
+// (seed, name, i)), so the tensors fill in parallel (OpenMP) and the weights are a function of
+// `seed` alone, the same on any thread count.
 std::unique_ptr<ModelWeights> synthetic_weights(const ModelSpec& spec, uint64_t seed);
 
 // The host tensor schema tensor `t` was bound to (packed experts: that of expert 0), empty if the

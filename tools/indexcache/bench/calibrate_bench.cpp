@@ -62,9 +62,9 @@ BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progres
   const std::shared_ptr<Backend> be = make_backend(o.device);  // one-line errors for a missing GPU
   r.machine = cuda ? cuda_machine_info(o.device.gpu) : cpu_machine_info();
 
-  progress("generating " + setup.preset.name + " with random bf16-valued weights (" +
-           format_bytes(static_cast<double>(parameter_count(spec)) * 4) +
-           " as f32 in host memory)");
+  progress("generating " + setup.preset.name + " with random bf16 weights (" +
+           format_bytes(static_cast<double>(parameter_count(spec)) * 2) +
+           " in host memory)");
   const auto model = Model::synthetic(spec, o.seed);
 
   std::mt19937_64 rng(o.seed ^ 0xC2B2AE3D27D4EB4Full);

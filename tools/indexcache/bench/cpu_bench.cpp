@@ -114,8 +114,8 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
                               bool profile_ops) {
   const BenchOptions& o = setup.options;
   const ModelSpec& spec = setup.preset.spec;
-  progress("generating " + setup.preset.name + " with random bf16-valued weights (" +
-           format_bytes(static_cast<double>(parameter_count(spec)) * 4) + " as f32 in host memory)");
+  progress("generating " + setup.preset.name + " with random bf16 weights (" +
+           format_bytes(static_cast<double>(parameter_count(spec)) * 2) + " in host memory)");
   // Every layer's indexer is there: every plan of the matrix runs on one model.
   auto model = Model::synthetic(spec, o.seed);
   OpProfile profile;
