@@ -35,7 +35,7 @@ class Model {
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& options = {});
   // A model of `spec`'s shapes with random weights in host memory (no file): every tensor of the
   // checkpoint schema, every layer's indexer included, drawn uniform with std 1/sqrt(fan_in)
-  // (residual outputs shrunk by 1/sqrt(2 * layers), norms 1) and rounded to bf16, as the bench
+  // (residual outputs shrunk by 1/sqrt(2 * layers), norms 1) and stored as bf16, as the bench
   // presets use. Deterministic in `seed`. dir() is empty.
   static std::unique_ptr<Model> synthetic(const ModelSpec& spec, uint64_t seed);
   ~Model();

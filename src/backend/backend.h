@@ -3,10 +3,11 @@
 // exact path); a backend never knows which model calls it.
 //
 // Memory: alloc() returns a Buffer (RAII) in the backend's memory; tensors are TensorViews on it.
-// upload()/download() copy between host memory and a view; place() puts a weight (host f32) into
-// the backend's weight dtype once and returns its view (the same view on every later call for the
-// same host pointer). On the CPU, buffers are host memory and placement is a view of the host
-// tensor itself (no copy).
+// upload()/download() copy between host memory and a view; place() puts a host weight (f32, bf16
+// or f16) into the backend's weight dtype once and returns its view (the same view on every later
+// call for the same host pointer, shape and dtype: the host tensor must not change, nor another be
+// mapped at its address, while the backend lives). On the CPU, buffers are host memory and an f32
+// weight is placed as a view of the host tensor itself (no copy); others are converted to f32.
 //
 // Ops take one parameter struct each, of views. Every op checks its views (rank, dtype, shapes)
 // and throws Error(kRuntime) naming the op for a combination it does not support. Ops are

@@ -1,4 +1,4 @@
-// The CPU path of `indexcache bench`: the preset's model with random bf16-valued weights drawn in
+// The CPU path of `indexcache bench`: the preset's model with random bf16 weights drawn in
 // memory from the checkpoint schema (Model::synthetic), timed through a Session: chunked prefill,
 // then decode steps. The backend's op profile sorts each op into the report's classes.
 #include <unistd.h>
@@ -69,8 +69,8 @@ double cpu_bytes_needed(const ModelSpec& s, int64_t max_ctx, int64_t chunk) {
   const double params = static_cast<double>(parameter_count(s));
   const double L = s.num_layers, H = s.hidden_size, nh = s.num_heads;
   const double lat = s.kv_lora_rank + s.qk_rope_head_dim;
-  double b = params * 4;
-  b += L * nh * s.kv_lora_rank * s.qk_nope_head_dim * 4.0;
+  double b = params * 6;  // the random bf16 weights and the CPU backend's f32 copy of them
+  b += L * nh * s.kv_lora_rank * s.qk_nope_head_dim * 6.0;  // uk_t, likewise
   b += static_cast<double>(max_ctx) * L * (lat + s.index_head_dim) * 4.0;
   const double t = static_cast<double>(std::min(chunk, max_ctx));
   const double inter = std::max<double>(s.intermediate_size, s.moe_intermediate_size * std::max(1, s.n_shared_experts));
