@@ -90,18 +90,18 @@ std::optional<int64_t> cuda_used_bytes() {
   return static_cast<int64_t>(total - free);
 }
 
-BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
+BenchReport run_gpu_bench(const BenchSetup& setup, Progress& progress) {
   const BenchOptions& o = setup.options;
   BenchReport r = report_skeleton(setup);
   r.machine = cuda_machine_info(o.device.gpu);
-  progress(r.machine.name + ": measuring the bf16 matrix peak");
+  progress.note(r.machine.name + ": measuring the bf16 matrix peak");
   r.machine.bf16_peak_tflops = gpu::measure_bf16_peak_tflops();
   if (o.engine != Engine::kRunner) {
     auto be = make_cuda_backend(o.device.gpu, o.device.precision);
     return run_session_bench(setup, progress, *be, std::move(r), /*profile_ops=*/o.engine == Engine::kSessionProfile);
   }
 
-  progress("allocating " + setup.preset.name + " (" + format_bytes(static_cast<double>(r.weight_bytes)) +
+  progress.note("allocating " + setup.preset.name + " (" + format_bytes(static_cast<double>(r.weight_bytes)) +
            " of bf16 weights) for " + std::to_string(setup.max_context()) + " tokens");
   std::unique_ptr<gpu::SyntheticGpuModel> owned;
   try {
@@ -126,7 +126,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
   // Warm-up (cuBLASLt heuristics, module loading, graph capture paths): a short prefill and decode.
   {
     const int64_t warm = std::min<int64_t>(*std::min_element(o.ctx.begin(), o.ctx.end()), 2048);
-    progress("warm-up at " + std::to_string(warm) + " tokens");
+    progress.note("warm-up at " + std::to_string(warm) + " tokens");
     gpu::RunOptions wo = ro;
     wo.decode_steps = std::min(ro.decode_steps, 4);
     if (o.prefill) model.prefill(warm, setup.plans.front().plan, wo);
@@ -146,7 +146,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
         row.prefill = median_run(std::move(runs));
         if (row.prefill->flops.indexer == 0 && row.prefill->flops.attention == 0)
           row.prefill->flops = count_prefill_flops(setup.preset.spec, np.plan, ctx);
-        progress("ctx " + std::to_string(ctx) + " plan " + np.text + ": prefill " + seconds_str(row.prefill->seconds));
+        progress.note("ctx " + std::to_string(ctx) + " plan " + np.text + ": prefill " + seconds_str(row.prefill->seconds));
       }
       if (o.decode) {
         std::vector<PhaseStats> runs;
@@ -154,7 +154,7 @@ BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress) {
         row.decode = median_run(std::move(runs));
         if (row.decode->flops.indexer == 0 && row.decode->flops.attention == 0)
           row.decode->flops = count_decode_flops(setup.preset.spec, np.plan, ctx, row.decode->tokens);
-        progress("ctx " + std::to_string(ctx) + " plan " + np.text + ": decode " +
+        progress.note("ctx " + std::to_string(ctx) + " plan " + np.text + ": decode " +
                  std::to_string(row.decode->tokens) + " steps in " + seconds_str(row.decode->seconds));
       }
       r.rows.push_back(std::move(row));

@@ -9,11 +9,7 @@ namespace indexcache::bench {
 
 int bench_main(const BenchOptions& opts) {
   const BenchSetup setup = resolve_bench(opts);
-  Progress progress = [quiet = opts.quiet](const std::string& line) {
-    if (quiet) return;
-    std::fprintf(stderr, "[bench] %s\n", line.c_str());
-    std::fflush(stderr);
-  };
+  Progress progress(opts.quiet ? nullptr : stderr, 10.0, "[bench] ");
   const BenchReport report = opts.calibrate                            ? run_calibrate_bench(setup, progress)
                              : opts.device.kind == DeviceKind::kCuda ? run_gpu_bench(setup, progress)
                                                                      : run_cpu_bench(setup, progress);

@@ -11,14 +11,13 @@
 
 #include "bench/bench_options.h"
 #include "bench/bench_report.h"
+#include "indexcache/progress.h"
 
 namespace indexcache {
 class Backend;
 }
 
 namespace indexcache::bench {
-
-using Progress = std::function<void(const std::string&)>;
 
 // Resolves `options`, runs, prints the report on stdout (and --json-out). Returns the exit code
 // (0); bad input and failures throw indexcache::Error.
@@ -29,16 +28,16 @@ BenchReport report_skeleton(const BenchSetup& setup);
 
 // The two device paths. The CPU one lives in the library (cpu_bench.cpp); the CUDA one is built
 // only where INDEXCACHE_HAVE_CUDA is defined (bench_gpu.cpp).
-BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress);
+BenchReport run_cpu_bench(const BenchSetup& setup, Progress& progress);
 // The one Session on `be` over random weights of the preset (Model::synthetic), timed over
 // ctx x plan x mode, filling `r` (its machine facts already set); op classes when profile_ops
 // (each op synchronises, so leave it off where that costs time: CUDA).
-BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress, Backend& be, BenchReport r,
+BenchReport run_session_bench(const BenchSetup& setup, Progress& progress, Backend& be, BenchReport r,
                               bool profile_ops);
-BenchReport run_gpu_bench(const BenchSetup& setup, const Progress& progress);
+BenchReport run_gpu_bench(const BenchSetup& setup, Progress& progress);
 // --mode calibrate: the greedy search (calibrate()) on random weights of the preset and random
 // token windows, on the Session of the options' device (calibrate_bench.cpp).
-BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progress);
+BenchReport run_calibrate_bench(const BenchSetup& setup, Progress& progress);
 
 // The machine facts of the report: the CPU's (model name, OpenMP threads now, RAM) and the CUDA
 // device `gpu`'s (name, SMs, memory, driver; a one-line error in a build without CUDA).

@@ -51,7 +51,7 @@ std::string seconds_str(double s) {
 
 }  // namespace
 
-BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progress) {
+BenchReport run_calibrate_bench(const BenchSetup& setup, Progress& progress) {
   const BenchOptions& o = setup.options;
   const ModelSpec& spec = setup.preset.spec;
   const int64_t ctx = o.ctx.front();
@@ -62,7 +62,7 @@ BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progres
   const std::shared_ptr<Backend> be = make_backend(o.device);  // one-line errors for a missing GPU
   r.machine = cuda ? cuda_machine_info(o.device.gpu) : cpu_machine_info();
 
-  progress("generating " + setup.preset.name + " with random bf16 weights (" +
+  progress.note("generating " + setup.preset.name + " with random bf16 weights (" +
            format_bytes(static_cast<double>(parameter_count(spec)) * 2) +
            " in host memory)");
   const auto model = Model::synthetic(spec, o.seed);
@@ -91,18 +91,18 @@ BenchReport run_calibrate_bench(const BenchSetup& setup, const Progress& progres
     char line[160];
     std::snprintf(line, sizeof line, "step %zu/%d: layer %d -> S, loss %.5f, ", s.steps.size(),
                   total_steps, st.flipped, st.loss);
-    progress(line + seconds_str(st.seconds));
+    progress.note(line + seconds_str(st.seconds));
   };
   auto last_note = Clock::now();
   opt.on_progress = [&](const CalibrateProgress& p) {
     sample_memory();
     if (seconds_since(last_note) < 10) return;  // a line every 10 s at most within a step
     last_note = Clock::now();
-    progress("step " + std::to_string(p.step) + "/" + std::to_string(p.total_steps) +
+    progress.note("step " + std::to_string(p.step) + "/" + std::to_string(p.total_steps) +
              ", candidate " + std::to_string(p.candidate) + "/" + std::to_string(p.candidates) +
              ", elapsed " + seconds_str(p.elapsed_seconds) + ", ETA " + seconds_str(p.eta_seconds));
   };
-  progress("calibrate: " + std::to_string(o.windows) + " windows x " + std::to_string(ctx) +
+  progress.note("calibrate: " + std::to_string(o.windows) + " windows x " + std::to_string(ctx) +
            " tokens, " + std::to_string(spec.num_layers) + " layers, stop at " +
            std::to_string(setup.keep_layers) + " F layers, on " + device_name(o.device));
 

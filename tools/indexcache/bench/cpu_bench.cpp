@@ -102,7 +102,7 @@ MachineInfo cpu_machine_info() {
   return m;
 }
 
-BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
+BenchReport run_cpu_bench(const BenchSetup& setup, Progress& progress) {
   check_cpu_fits(setup, cpu_bytes_needed(setup.preset.spec, setup.max_context(), setup.chunk));
   BenchReport r = report_skeleton(setup);
   auto cpu = make_cpu_backend(setup.options.device.threads);  // sets OpenMP's threads (--threads)
@@ -110,11 +110,11 @@ BenchReport run_cpu_bench(const BenchSetup& setup, const Progress& progress) {
   return run_session_bench(setup, progress, *cpu, std::move(r), /*profile_ops=*/true);
 }
 
-BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress, Backend& be, BenchReport r,
+BenchReport run_session_bench(const BenchSetup& setup, Progress& progress, Backend& be, BenchReport r,
                               bool profile_ops) {
   const BenchOptions& o = setup.options;
   const ModelSpec& spec = setup.preset.spec;
-  progress("generating " + setup.preset.name + " with random bf16 weights (" +
+  progress.note("generating " + setup.preset.name + " with random bf16 weights (" +
            format_bytes(static_cast<double>(parameter_count(spec)) * 2) + " in host memory)");
   // Every layer's indexer is there: every plan of the matrix runs on one model.
   auto model = Model::synthetic(spec, o.seed);
@@ -199,7 +199,7 @@ BenchReport run_session_bench(const BenchSetup& setup, const Progress& progress,
         std::snprintf(line, sizeof line, " decode %.1f tok/s", row.decode->tokens / row.decode->seconds);
         msg += line;
       }
-      progress(msg);
+      progress.note(msg);
       r.rows.push_back(std::move(row));
     }
   }
