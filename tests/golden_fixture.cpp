@@ -11,9 +11,9 @@ namespace fs = std::filesystem;
 
 std::string GoldenCase::name() const { return fs::path(model_dir).filename().string() + "_" + plan; }
 
-std::vector<std::string> golden_model_dirs() {
+std::vector<std::string> golden_model_dirs(const std::string& set) {
   std::vector<std::string> dirs;
-  const fs::path root = fs::path(test_data_dir()) / "golden";
+  const fs::path root = fs::path(test_data_dir()) / set;
   if (!fs::is_directory(root)) return dirs;
   for (const auto& e : fs::directory_iterator(root))
     if (e.is_directory() && fs::exists(e.path() / "config.json")) dirs.push_back(e.path().string());
@@ -21,9 +21,9 @@ std::vector<std::string> golden_model_dirs() {
   return dirs;
 }
 
-std::vector<GoldenCase> golden_cases() {
+std::vector<GoldenCase> golden_cases(const std::string& set) {
   std::vector<GoldenCase> cases;
-  for (const auto& dir : golden_model_dirs()) {
+  for (const auto& dir : golden_model_dirs(set)) {
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string f = e.path().filename().string();
       const std::string prefix = "expected.", suffix = ".safetensors";

@@ -2,6 +2,7 @@
 // model under tests/data/golden, one expected.<PLAN>.safetensors per plan.
 #pragma once
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -13,9 +14,12 @@ struct GoldenCase {
   std::string plan;  // F/S string
   std::string name() const;
 };
+// gtest prints a case by its name (not its bytes).
+inline void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.name(); }
 
-// Every (model, plan) fixture, sorted; empty if none are present.
-std::vector<GoldenCase> golden_cases();
-std::vector<std::string> golden_model_dirs();
+// Every (model, plan) fixture of a set (a folder under tests/data: "golden", or "golden_fp8" for
+// the block-FP8 checkpoints of scripts/make_fp8_goldens.py), sorted; empty if none are present.
+std::vector<GoldenCase> golden_cases(const std::string& set = "golden");
+std::vector<std::string> golden_model_dirs(const std::string& set = "golden");
 
 }  // namespace indexcache::test

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <set>
@@ -111,6 +112,53 @@ TEST_P(GoldenTest, LogitsAndSelectionsMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::ValuesIn(test::golden_cases()),
                          [](const auto& info) { return info.param.name(); });
+// Block-FP8 checkpoints as they ship (tests/data/golden_fp8): dequantized at load, the same bounds.
+INSTANTIATE_TEST_SUITE_P(Fp8, GoldenTest, ::testing::ValuesIn(test::golden_cases("golden_fp8")),
+                         [](const auto& info) { return info.param.name(); });
+
+TEST(GoldenFixtures, Fp8CoverBothFamiliesAndTwoPlansEach) {
+  std::map<std::string, std::set<std::string>> plans;
+  for (const auto& c : test::golden_cases("golden_fp8")) {
+    const ModelSpec s = load_model_spec(c.model_dir);
+    EXPECT_TRUE(s.quant.fp8) << c.model_dir;
+    EXPECT_EQ(s.num_mtp_layers, 1) << c.model_dir;
+    plans[s.model_type].insert(c.plan);
+  }
+  ASSERT_EQ(plans.size(), 2u);
+  for (const auto& [family, p] : plans) EXPECT_GE(p.size(), 2u) << family;
+}
+
+// Each bad block-FP8 checkpoint of tests/data/golden_fp8 (one defect beside the valid ok_tiny):
+// exit 2 and a one-line error naming the key or tensor.
+TEST(GoldenCli, BadFp8CheckpointsAreClearErrors) {
+  const std::string root = std::string(INDEXCACHE_TEST_DATA) + "/golden_fp8/";
+  const std::string ids = test::make_temp_dir("fp8ids") + "/ids.txt";
+  {
+    std::FILE* f = std::fopen(ids.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("1 2 3 4 5", f);
+    std::fclose(f);
+  }
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"bad_scale_shape", {"gate_proj.weight_scale_inv", "block grid"}},
+      {"bad_missing_scale", {"down_proj.weight", "scale", "missing"}},
+      {"bad_scale_beside_bf16", {"o_proj.weight", "BF16"}},
+      {"bad_quant_method", {"quantization_config.quant_method", "gptq"}},
+      {"bad_fmt", {"quantization_config.fmt", "e5m2"}},
+      {"bad_nan_scale", {"q_b_proj.weight_scale_inv", "nan"}},
+      {"bad_inf_scale", {"up_proj.weight_scale_inv", "inf"}},
+      {"bad_block_size", {"quantization_config.weight_block_size", "[128, 128]"}},
+  };
+  const std::string out = test::make_temp_dir("fp8dump") + "/out.safetensors";
+  for (const auto& [dir, needles] : cases) {
+    auto res = test::run_cli("dump -m " + root + dir + " --ids " + ids + " --out " + out);
+    EXPECT_EQ(res.exit_code, 2) << dir << ": " << res.output;
+    EXPECT_EQ(std::count(res.output.begin(), res.output.end(), '\n'), 1) << dir << ": " << res.output;
+    for (const auto& n : needles) EXPECT_NE(res.output.find(n), std::string::npos) << dir << ": " << res.output;
+  }
+  auto ok = test::run_cli("dump -m " + root + "ok_tiny --ids " + ids + " --out " + out);
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
 
 TEST(GoldenFixtures, CoverBothFamiliesAndThreePlansEach) {
   std::map<std::string, std::set<std::string>> plans;

@@ -57,7 +57,9 @@ std::vector<int32_t> golden_ids(const std::string& expected_path) {
 std::vector<Case> cases() {
   std::vector<Case> r;
   std::set<std::string> seen;
-  for (const auto& g : test::golden_cases())
+  std::vector<test::GoldenCase> golden = test::golden_cases();
+  for (const auto& g : test::golden_cases("golden_fp8")) golden.push_back(g);  // block FP8, dequantized at load
+  for (const auto& g : golden)
     if (seen.insert(g.model_dir).second) {
       std::string name = g.model_dir.substr(g.model_dir.find_last_of('/') + 1);
       r.push_back({g.model_dir, golden_ids(g.expected_path), name});

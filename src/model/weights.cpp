@@ -45,7 +45,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 class Loader {
  public:
-  Loader(ModelWeights& w, const std::string& dir) : w_(w), dir_(dir) {}
+  Loader(ModelWeights& w, const std::string& dir, const QuantSpec& quant) : w_(w), dir_(dir), quant_(quant) {}
 
   // Returns the tensor with the expected shape, or throws naming the file and tensor.
   WeightRef get(const std::string& name, const std::vector<int64_t>& shape) {
@@ -62,6 +62,11 @@ class Loader {
     if (e.info->shape != shape)
       throw_bad_input(what, "shape " + shape_str(e.info->shape) + " disagrees with config.json (expected " +
                                 shape_str(shape) + ")");
+    const std::string scale_name = name + "_scale_inv";
+    if (e.info->dtype == DType::kF8E4M3) return dequantized(*e.info, *e.file, scale_name, what);
+    if (w_.store.has(scale_name))
+      throw_bad_input(what, "has a scale '" + scale_name + "' but is stored as " + std::string(dtype_name(e.info->dtype)) +
+                                " (only F8_E4M3 weights are scaled)");
     return in_place(*e.info, *e.file, what);
   }
 
@@ -83,16 +88,49 @@ class Loader {
         convert_to_f32(t.dtype, src, n, buf.as<float>());
         return {buf.as<float>(), DType::kF32};
       }
-      case DType::kF8E4M3:
-        throw_bad_input(what, "FP8 (F8_E4M3) weights are not supported yet; use a bf16 checkpoint");
       default:
         throw_bad_input(what, "dtype " + std::string(dtype_name(t.dtype)) +
-                                  " is not a weight type (F32, BF16 or F16)");
+                                  " is not a weight type (F32, BF16, F16, or F8_E4M3 with a block scale)");
     }
+  }
+
+  // A block-FP8 weight [out, in] dequantized to f32 with its `_scale_inv` grid (the exact
+  // reference; a CUDA FP8 path will keep the bytes and the grid instead).
+  WeightRef dequantized(const TensorInfo& t, const SafetensorsFile& f, const std::string& scale_name,
+                        const std::string& what) {
+    if (!quant_.fp8)
+      throw_bad_input(what, "is F8_E4M3 but config.json declares no block-FP8 quantization_config");
+    if (t.shape.size() != 2) throw_bad_input(what, "F8_E4M3 weights must be 2-D [out, in] (packed experts are not)");
+    const auto s = w_.store.find(scale_name);
+    if (!s.info) throw_bad_input(what, "is F8_E4M3 but its scale '" + scale_name + "' is missing");
+    const std::string swhat = s.file->path() + ": tensor '" + scale_name + "'";
+    if (s.info->dtype != DType::kF32)
+      throw_bad_input(swhat, "dtype " + std::string(dtype_name(s.info->dtype)) + " (block scales are F32)");
+    const int64_t rows = t.shape[0], cols = t.shape[1];
+    const std::vector<int64_t> grid = {(rows + quant_.block_rows - 1) / quant_.block_rows,
+                                       (cols + quant_.block_cols - 1) / quant_.block_cols};
+    if (s.info->shape != grid)
+      throw_bad_input(swhat, "shape " + shape_str(s.info->shape) + " is not the " + std::to_string(quant_.block_rows) +
+                                 " x " + std::to_string(quant_.block_cols) + " block grid " + shape_str(grid) +
+                                 " of its weight " + shape_str(t.shape));
+    std::vector<float> scale(static_cast<size_t>(grid[0] * grid[1]));
+    convert_to_f32(DType::kF32, s.file->data(*s.info), scale.size(), scale.data());
+    for (size_t i = 0; i < scale.size(); ++i) {
+      const float v = scale[i];
+      const std::string at = "block (" + std::to_string(i / grid[1]) + ", " + std::to_string(i % grid[1]) + ")";
+      if (!std::isfinite(v) || v <= 0) throw_bad_input(swhat, at + " is " + std::to_string(v) + " (scales are finite and > 0)");
+      int e = 0;
+      if (quant_.ue8m0 && std::frexp(v, &e) != 0.5f)
+        throw_bad_input(swhat, at + " is " + std::to_string(v) + ", not a power of two (scale_fmt ue8m0)");
+    }
+    auto& buf = w_.owned.emplace_back(static_cast<size_t>(rows * cols) * sizeof(float));
+    dequantize_fp8_blocks(f.data(t), scale.data(), rows, cols, quant_.block_rows, quant_.block_cols, buf.as<float>());
+    return {buf.as<float>(), DType::kF32};
   }
 
   ModelWeights& w_;
   std::string dir_;
+  QuantSpec quant_;
 };
 
 // The ExpertWeights a gate / up / down tensor belongs to: the dense MLP, the shared expert or
@@ -181,7 +219,7 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& dir, const ModelSp
                                            bool only_required_indexers) {
   auto w = std::make_unique<ModelWeights>();
   w->store = WeightStore::open_dir(dir);
-  Loader L(*w, dir);
+  Loader L(*w, dir, s.quant);
   for_each_global_tensor(s, [&](const TensorSpec& t) { bind(*w, t, L.get(t)); });
   finish_model(*w, s);
   w->layers.resize(s.num_layers);
