@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache {
 namespace {
@@ -364,6 +365,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("openblas_threads", std::to_string(openblas_get_num_threads()));
   benchmark::AddCustomContext("openblas_core", openblas_get_corename());
   benchmark::AddCustomContext("openblas_config", openblas_get_config());
+  benchmark::AddCustomContext("cpu_kernels", indexcache::cpu::kernel_target());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iostream>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache {
 namespace {
@@ -778,6 +780,22 @@ TEST(SiluMul, MatchesNaive) {
       EXPECT_NO_MISMATCH(m);
     }
   }
+}
+
+// The kernels run the clone for the best x86-64 level this CPU has (simd_dispatch.h); under
+// valgrind (no AVX-512) that is x86-64-v3, so every test above then checks the v3 clones.
+TEST(KernelDispatch, PicksTheBestCloneThisCpuSupports) {
+  const std::string target = cpu::kernel_target();
+  std::cout << "CPU kernels: " << target << " clone\n";
+#if INDEXCACHE_CPU_DISPATCH
+  __builtin_cpu_init();
+  const char* want = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4"
+                     : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3"
+                                                           : "x86-64";
+  EXPECT_EQ(target, want);
+#else
+  EXPECT_TRUE(target == "native" || target == "built-in") << target;
+#endif
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
@@ -20,8 +21,9 @@ constexpr int kHeads = 4;  // heads per register block
 constexpr int kQueryBlock = 8;
 constexpr int kTilesPerChunk = 32;  // 512 keys per work item
 
-// Packs keys [S, D] into tiles [S/kTile][D][kTile], zero-padding the last tile.
-std::vector<float> pack_keys(const float* k, int keys, int dim) {
+// Packs keys [S, D] into tiles [S/kTile][D][kTile], zero-padding the last tile. Its own OpenMP
+// region: marked like a kernel, so that the region is cloned too (simd_dispatch.h).
+INDEXCACHE_CPU_KERNEL std::vector<float> pack_keys(const float* k, int keys, int dim) {
   const int tiles = (keys + kTile - 1) / kTile;
   std::vector<float> packed(static_cast<size_t>(tiles) * dim * kTile, 0.0f);
 #pragma omp parallel for schedule(static) if (tiles > 64)
@@ -44,8 +46,9 @@ inline v8f load8(const float* p) {
 }
 
 // scores for one query against one tile: out[0..kTile) = sum_h w[h] * relu(q[h] . k[:, l]).
-void score_tile(const float* q, const float* w, const float* tile, int heads, int dim,
-                float* out) {
+// Always inlined, so that it is compiled into each clone of indexer_scores (simd_dispatch.h).
+[[gnu::always_inline]] inline void score_tile(const float* q, const float* w, const float* tile,
+                                              int heads, int dim, float* out) {
   const v8f zero = {};
   v8f total0 = zero, total1 = zero;
   int h = 0;
@@ -84,7 +87,7 @@ void score_tile(const float* q, const float* w, const float* tile, int heads, in
 
 }  // namespace
 
-void indexer_scores(const IndexerScoreParams& p) {
+INDEXCACHE_CPU_KERNEL void indexer_scores(const IndexerScoreParams& p) {
   if (p.tokens == 0) return;
   const std::vector<float> packed = pack_keys(p.k, p.keys, p.head_dim);
   const int tiles = (p.keys + kTile - 1) / kTile;

@@ -1,4 +1,5 @@
-// CPU implementations of the backend ops (multithreaded with OpenMP; projections via OpenBLAS).
+// CPU implementations of the backend ops (multithreaded with OpenMP; projections via OpenBLAS),
+// compiled for each x86-64 level and chosen at run time (simd_dispatch.h).
 #pragma once
 
 #include "backend/kernel_params.h"

@@ -3,10 +3,11 @@
 #include <cmath>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
-void linear(const LinearParams& p) {
+INDEXCACHE_CPU_KERNEL void linear(const LinearParams& p) {
   if (p.tokens == 0 || p.out == 0) return;
   if (p.in == 0) {
     for (int t = 0; t < p.tokens; ++t)
@@ -21,7 +22,7 @@ void linear(const LinearParams& p) {
   }
 }
 
-void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
+INDEXCACHE_CPU_KERNEL void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     float g = gate[i];

@@ -6,10 +6,12 @@
 #include <numeric>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
-RoutingResult route_tokens(const Routing& s, const float* logits, const float* bias, int tokens) {
+INDEXCACHE_CPU_KERNEL RoutingResult route_tokens(const Routing& s, const float* logits,
+                                                 const float* bias, int tokens) {
   const int E = s.experts, G = s.groups, per_group = E / G, K = s.experts_per_token;
   RoutingResult r;
   r.experts.resize(static_cast<size_t>(tokens) * K);
@@ -57,7 +59,8 @@ RoutingResult route_tokens(const Routing& s, const float* logits, const float* b
   return r;
 }
 
-void mlp(const Mlp& w, const float* x, int tokens, int hidden, int inter, float* y) {
+INDEXCACHE_CPU_KERNEL void mlp(const Mlp& w, const float* x, int tokens, int hidden, int inter,
+                               float* y) {
   std::vector<float> gate(static_cast<size_t>(tokens) * inter), up(gate.size());
   linear({.x = x, .x_stride = hidden, .w = w.gate, .y = gate.data(), .y_stride = inter, .tokens = tokens,
           .in = hidden, .out = inter});
@@ -68,7 +71,7 @@ void mlp(const Mlp& w, const float* x, int tokens, int hidden, int inter, float*
           .in = inter, .out = hidden});
 }
 
-void moe(const MoeArgs& a) {
+INDEXCACHE_CPU_KERNEL void moe(const MoeArgs& a) {
   const int H = a.hidden, E = a.routing.experts, K = a.routing.experts_per_token, I = a.inter;
   const int tokens = a.tokens;
   float* y = a.y;

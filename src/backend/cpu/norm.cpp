@@ -1,10 +1,11 @@
 #include <cmath>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
-void norm(const NormParams& p) {
+INDEXCACHE_CPU_KERNEL void norm(const NormParams& p) {
 #pragma omp parallel for schedule(static) if (p.tokens > 16)
   for (int t = 0; t < p.tokens; ++t) {
     const float* x = p.x + t * p.x_stride;

@@ -1,8 +1,9 @@
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
-void rope(const RopeParams& p) {
+INDEXCACHE_CPU_KERNEL void rope(const RopeParams& p) {
   const int half = p.rope_dim / 2;
   const bool interleaved = p.layout == RopeLayout::kInterleaved;
 #pragma omp parallel for schedule(static) if (p.tokens > 16)

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
@@ -47,7 +48,7 @@ inline void dots(const float* q, int64_t q_stride, int n, const float* k, int di
 
 }  // namespace
 
-void sparse_attention(const SparseAttentionParams& p) {
+INDEXCACHE_CPU_KERNEL void sparse_attention(const SparseAttentionParams& p) {
   const int group = p.heads / p.kv_heads;
   const int K = p.num_selected;
 #pragma omp parallel

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/simd_dispatch.h"
 
 namespace indexcache::cpu {
 
@@ -67,8 +68,8 @@ struct Scratch {
 };
 
 // Sorts a[0..k) by entry descending; equal keys must come in index order. Returns where the sorted
-// entries are (a or tmp).
-const uint64_t* sort_descending(uint64_t* a, uint64_t* tmp, int k) {
+// entries are (a or tmp). Always inlined, like select_row.
+[[gnu::always_inline]] inline const uint64_t* sort_descending(uint64_t* a, uint64_t* tmp, int k) {
   if (k < kRadixSortMin) {
     std::sort(a, a + k, std::greater<>());
     return a;
@@ -100,8 +101,10 @@ const uint64_t* sort_descending(uint64_t* a, uint64_t* tmp, int k) {
   return src;
 }
 
-// Top-k of one row with n >= k >= 1.
-void select_row(const float* row, int n, int k, Scratch& s, int32_t* out) {
+// Top-k of one row with n >= k >= 1. Always inlined, so that it is compiled into each clone of
+// topk (simd_dispatch.h).
+[[gnu::always_inline]] inline void select_row(const float* row, int n, int k, Scratch& s,
+                                              int32_t* out) {
   if (s.cand.size() < static_cast<size_t>(n) + 1) {
     s.cand.resize(static_cast<size_t>(n) + 1);
     s.keys.resize(static_cast<size_t>(n) + 1);
@@ -176,7 +179,7 @@ void select_row(const float* row, int n, int k, Scratch& s, int32_t* out) {
 
 }  // namespace
 
-void topk(const TopkParams& p) {
+INDEXCACHE_CPU_KERNEL void topk(const TopkParams& p) {
   if (p.k <= 0) return;
 #pragma omp parallel
   {
