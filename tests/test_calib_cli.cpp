@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "backend/backend.h"
-#include "calib/report.h"
+#include "indexcache/report.h"
 #include "indexcache/calibrate.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"

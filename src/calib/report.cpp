@@ -1,4 +1,4 @@
-#include "calib/report.h"
+#include "indexcache/report.h"
 
 #include <fmt/format.h>
 

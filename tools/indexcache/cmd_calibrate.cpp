@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <optional>
 
-#include "calib/report.h"
+#include "indexcache/report.h"
 #include "indexcache/progress.h"
 #include "commands.h"
 #include "indexcache/calibrate.h"

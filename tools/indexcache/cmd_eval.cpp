@@ -4,7 +4,7 @@
 
 #include <chrono>
 
-#include "calib/report.h"
+#include "indexcache/report.h"
 #include "indexcache/progress.h"
 #include "commands.h"
 #include "indexcache/dataset.h"

@@ -1,6 +1,7 @@
 // What the eval / overlap / calibrate commands compute and write: the drivers that run the model
 // over loaded data, and the reports (JSON, CSV, SVG, text tables), the exported config, the
-// vLLM / SGLang override strings, the resumable calibration state file, and terminal progress.
+// vLLM / SGLang override strings and the resumable calibration state file (progress lines:
+// indexcache/progress.h). Public: the CLI builds on it.
 #pragma once
 
 #include <cstdint>
