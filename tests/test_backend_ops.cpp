@@ -733,16 +733,18 @@ std::unique_ptr<Backend> cuda_backend(Precision precision, std::string* why) {
 // are untouched (the device backends are checked against this op above).
 TEST(BackendOps, CpuCopyToIndexedRows) {
   std::unique_ptr<Backend> be = make_cpu_backend();
-  Tensor src = be->tensor(DType::kF32, 3, 2), dst = be->tensor(DType::kF32, 4, 2), rows = be->tensor(DType::kI32, 3, 1);
+  // dst: the first 4 rows of a 6-row buffer, so a write past dst would show in rows 4 and 5.
+  Tensor src = be->tensor(DType::kF32, 3, 2), buf = be->tensor(DType::kF32, 6, 2), rows = be->tensor(DType::kI32, 3, 1);
+  const TensorView dst = buf.view.rows(0, 4);
   const std::vector<float> s{1, 2, 3, 4, 5, 6};
   const std::vector<int32_t> at{3, 4, 0};  // row 1 -> 4: outside a 4-row dst, skipped
-  std::vector<float> d(8, -1.0f);
+  std::vector<float> d(12, -1.0f);
   be->upload(src.view, s.data());
-  be->upload(dst.view, d.data());
+  be->upload(buf.view, d.data());
   be->upload(rows.view, at.data());
-  be->copy({.src = src.view, .dst = dst.view, .dst_rows = view1d(rows.view.data, DType::kI32, 3)});
-  be->download(dst.view, d.data());
-  EXPECT_EQ(d, (std::vector<float>{5, 6, -1, -1, -1, -1, 1, 2}));
+  be->copy({.src = src.view, .dst = dst, .dst_rows = view1d(rows.view.data, DType::kI32, 3)});
+  be->download(buf.view, d.data());
+  EXPECT_EQ(d, (std::vector<float>{5, 6, -1, -1, -1, -1, 1, 2, -1, -1, -1, -1}));
 }
 
 // The CPU's fused forms against the separate ops they stand for, bit for bit (the device backends
