@@ -144,9 +144,9 @@ struct SessionState {
     TensorView ids_t, positions_t, valid_t;  // ids, positions, valid in backend memory
   };
   void check_ids(std::span<const int32_t> ids) const;
-  // The chunk of n tokens after the cache's `length`, seeing `keys` (>= its total) cache rows: the
-  // caches grown to hold them, the arena reset, the inputs' views taken (not uploaded).
-  Chunk begin_chunk(int n, int keys);
+  // The chunk of n tokens at positions p0.., seeing `keys` (>= its total) cache rows: the caches
+  // grown to hold them, the arena reset, the inputs' views taken (not uploaded).
+  Chunk begin_chunk(int p0, int n, int keys);
   void upload_inputs(const Chunk& c, std::span<const int32_t> ids);
   // Enqueues the layers first_layer.. of the chunk from x, then the final norm and lm_head per
   // o.logits (the logits view returned; empty for kNone). Downloads only what o.observer wants
@@ -255,11 +255,11 @@ void SessionState::check_ids(std::span<const int32_t> ids) const {
                                        std::to_string(s.vocab_size) + ")");
 }
 
-SessionState::Chunk SessionState::begin_chunk(int n, int keys) {
+SessionState::Chunk SessionState::begin_chunk(int p0, int n, int keys) {
   Chunk c;
   c.n = n;
-  c.p0 = length;
-  c.total = length + n;
+  c.p0 = p0;
+  c.total = p0 + n;
   c.keys = std::max(keys, c.total);
   c.positions.resize(n);
   std::iota(c.positions.begin(), c.positions.end(), c.p0);
@@ -357,7 +357,7 @@ ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const Forwar
   if (latent[0].capacity > length) bound = std::min(bound, latent[0].capacity);
   const int keys = static_cast<int>(std::min<int64_t>(bound, s.max_position_embeddings));
   const bool want_logits = o.logits != LogitsWanted::kNone;
-  const Chunk c = begin_chunk(1, keys);  // may grow the caches (a new epoch)
+  const Chunk c = begin_chunk(length, 1, keys);  // may grow the caches (a new epoch)
   DecodeGraph& g = decode_graph;
   if (g.keys == keys && g.logits == want_logits && g.epoch == epoch()) {
     if (g.graph) {
@@ -379,9 +379,7 @@ ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const Forwar
   const bool record = g.keys == 0;
   ChunkResult r = finish(c, o, sel, logits);
   if (record) {
-    length = c.p0;  // the recorded chunk is the one just run: same takes, same views
-    const Chunk rc = begin_chunk(1, keys);
-    length = c.total;
+    const Chunk rc = begin_chunk(c.p0, 1, keys);  // the step just run: same takes, same views
     const Epoch before = epoch();
     std::vector<TensorView> rec_sel;
     TensorView rec_logits;
@@ -398,7 +396,7 @@ ChunkResult SessionState::decode_step(std::span<const int32_t> ids, const Forwar
 ChunkResult SessionState::forward(std::span<const int32_t> ids, const ForwardOptions& o) {
   check_ids(ids);
   if (graph_step(ids, o)) return decode_step(ids, o);
-  const Chunk c = begin_chunk(static_cast<int>(ids.size()), 0);
+  const Chunk c = begin_chunk(length, static_cast<int>(ids.size()), 0);
   upload_inputs(c, ids);
   std::vector<TensorView> sel;
   const TensorView logits = run_chunk(c, o, sel);
@@ -410,7 +408,7 @@ ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t>
   if (first_layer < 0 || first_layer >= s.num_layers) throw_runtime("forward_from", "layer out of range");
   length = 0;
   check_ids(ids);
-  const Chunk c = begin_chunk(static_cast<int>(ids.size()), 0);
+  const Chunk c = begin_chunk(length, static_cast<int>(ids.size()), 0);
   if (from.hidden.size() != static_cast<size_t>(c.n) * s.hidden_size)
     throw_runtime("forward_from", "hidden state does not match the chunk");
   upload_inputs(c, {});
