@@ -1,0 +1,123 @@
+#include "core/json_input.h"
+
+#include "indexcache/error.h"
+
+namespace indexcache {
+
+int json_nesting_depth(std::string_view text, int stop_after) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > deepest) {
+        deepest = depth;
+        if (deepest > stop_after) return deepest;
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+namespace {
+
+template <class Json>
+Json parse_bounded(std::string_view text, const std::string& source, int max_depth) {
+  if (json_nesting_depth(text, max_depth) > max_depth)
+    throw_bad_input(source, "JSON nests deeper than " + std::to_string(max_depth) + " levels");
+  try {
+    return Json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::parse_error& e) {
+    if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
+      throw_bad_input(source, "empty, expected JSON");
+    throw_bad_input(source, "invalid JSON (byte " + std::to_string(e.byte) + ")");
+  } catch (const nlohmann::json::exception&) {
+    throw_bad_input(source, "invalid JSON");
+  }
+}
+
+// Compact text of `v`, stopping once `out` passes `limit` bytes (arrays/objects element by element).
+template <class Json>
+void dump_bounded(const Json& v, std::size_t limit, std::string& out) {
+  if (out.size() > limit) return;
+  if (v.is_array()) {
+    out += '[';
+    bool first = true;
+    for (const auto& e : v) {
+      if (out.size() > limit) return;
+      if (!first) out += ',';
+      first = false;
+      dump_bounded(e, limit, out);
+    }
+    out += ']';
+  } else if (v.is_object()) {
+    out += '{';
+    bool first = true;
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (out.size() > limit) return;
+      if (!first) out += ',';
+      first = false;
+      out += Json(it.key()).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+      out += ':';
+      dump_bounded(it.value(), limit, out);
+    }
+    out += '}';
+  } else if (v.is_string()) {
+    const auto& s = v.template get_ref<const std::string&>();
+    // Only a prefix of a long string is shown; dumping a prefix keeps the work bounded.
+    Json prefix = s.substr(0, limit + 1);
+    out += prefix.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+  } else {
+    out += v.dump();
+  }
+}
+
+template <class Json>
+std::string for_message(const Json& v, std::size_t max_chars) {
+  std::string text;
+  dump_bounded(v, max_chars, text);
+  const bool cut = text.size() > max_chars;
+  if (cut) text.resize(max_chars);
+  std::string out;
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return cut ? out + "..." : out;
+}
+
+}  // namespace
+
+nlohmann::json parse_json_input(std::string_view text, const std::string& source, int max_depth) {
+  return parse_bounded<nlohmann::json>(text, source, max_depth);
+}
+
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& source,
+                                                int max_depth) {
+  return parse_bounded<nlohmann::ordered_json>(text, source, max_depth);
+}
+
+std::string json_for_message(const nlohmann::json& value, std::size_t max_chars) {
+  return for_message(value, max_chars);
+}
+
+std::string json_for_message(const nlohmann::ordered_json& value, std::size_t max_chars) {
+  return for_message(value, max_chars);
+}
+
+}  // namespace indexcache

@@ -1,0 +1,34 @@
+// JSON from files a user hands us (config.json, tokenizer.json, plan files, state files, JSONL
+// lines): one parser with bounded nesting and one-line errors, and a bounded way to show a bad value
+// in a message. Private to the library (nlohmann stays out of the public headers).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace indexcache {
+
+// Deeper than this and the input is refused before nlohmann builds anything. Real configs and
+// tokenizers nest < 10 levels; a safetensors header needs 3.
+inline constexpr int kMaxJsonInputDepth = 64;
+
+// Parses `text`; a syntax error, nesting deeper than `max_depth` or an empty text throws bad input
+// "<source>: ..." on one line (the byte offset of a syntax error included).
+nlohmann::json parse_json_input(std::string_view text, const std::string& source,
+                                int max_depth = kMaxJsonInputDepth);
+nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& source,
+                                                int max_depth = kMaxJsonInputDepth);
+
+// The deepest nesting of arrays/objects in `text` (strings skipped), stopping early once it passes
+// `stop_after`; no allocation, no recursion.
+int json_nesting_depth(std::string_view text, int stop_after);
+
+// A JSON value for a one-line message: its compact dump cut to about `max_chars` ("..." marks the
+// cut), control and non-ASCII bytes escaped. Bounded work: large arrays/objects are not dumped whole.
+std::string json_for_message(const nlohmann::json& value, std::size_t max_chars = 60);
+std::string json_for_message(const nlohmann::ordered_json& value, std::size_t max_chars = 60);
+
+}  // namespace indexcache
