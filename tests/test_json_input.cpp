@@ -43,6 +43,19 @@ TEST(JsonInput, SyntaxErrorsAreOneLineWithTheByte) {
   EXPECT_EQ(error_of("{} trailing"), "x.json: invalid JSON (byte 6)");
 }
 
+TEST(JsonInput, IntegersAreRangeCheckedNeverWrapped) {
+  using nlohmann::json;
+  EXPECT_EQ(json_integer_in(json::parse("12"), 0, 100), 12);
+  EXPECT_EQ(json_integer_in(json::parse("-3"), -5, 5), -3);
+  EXPECT_EQ(json_integer_in(json::parse("4294967308"), 0, INT32_MAX), std::nullopt);  // 2^32+12
+  EXPECT_EQ(json_integer_in(json::parse("18446744073709551615"), 0, INT64_MAX), std::nullopt);
+  EXPECT_EQ(json_integer_in(json::parse("-2147483648"), 0, 10), std::nullopt);
+  EXPECT_EQ(json_integer_in(json::parse("3.0"), 0, 10), std::nullopt);
+  EXPECT_EQ(json_integer_in(json::parse("true"), 0, 10), std::nullopt);
+  EXPECT_EQ(json_integer_in(json::parse("\"3\""), 0, 10), std::nullopt);
+  EXPECT_EQ(json_integer_in(json::parse("9223372036854775807"), 0, INT64_MAX), INT64_MAX);
+}
+
 TEST(JsonInput, ValuesForMessagesAreShortAndEscaped) {
   EXPECT_EQ(json_for_message(nlohmann::json::parse(R"([1,"a"])")), R"([1,"a"])");
   nlohmann::json big = nlohmann::json::array();

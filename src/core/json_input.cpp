@@ -82,6 +82,22 @@ void dump_bounded(const Json& v, std::size_t limit, std::string& out) {
 }
 
 template <class Json>
+std::optional<int64_t> integer_in(const Json& v, int64_t lo, int64_t hi) {
+  int64_t x = 0;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.template get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+    x = static_cast<int64_t>(u);
+  } else if (v.is_number_integer()) {
+    x = v.template get<int64_t>();
+  } else {
+    return std::nullopt;
+  }
+  if (x < lo || x > hi) return std::nullopt;
+  return x;
+}
+
+template <class Json>
 std::string for_message(const Json& v, std::size_t max_chars) {
   std::string text;
   dump_bounded(v, max_chars, text);
@@ -110,6 +126,14 @@ nlohmann::json parse_json_input(std::string_view text, const std::string& source
 nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& source,
                                                 int max_depth) {
   return parse_bounded<nlohmann::ordered_json>(text, source, max_depth);
+}
+
+std::optional<int64_t> json_integer_in(const nlohmann::json& v, int64_t lo, int64_t hi) {
+  return integer_in(v, lo, hi);
+}
+
+std::optional<int64_t> json_integer_in(const nlohmann::ordered_json& v, int64_t lo, int64_t hi) {
+  return integer_in(v, lo, hi);
 }
 
 std::string json_for_message(const nlohmann::json& value, std::size_t max_chars) {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,6 +27,11 @@ nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std
 // The deepest nesting of arrays/objects in `text` (strings skipped), stopping early once it passes
 // `stop_after`; no allocation, no recursion.
 int json_nesting_depth(std::string_view text, int stop_after);
+
+// `v` as an integer in [lo, hi]: nullopt when it is not an integer (a float, even 3.0, a string, a
+// bool) or lies outside, including unsigned values past INT64_MAX. Never wraps or truncates.
+std::optional<int64_t> json_integer_in(const nlohmann::json& v, int64_t lo, int64_t hi);
+std::optional<int64_t> json_integer_in(const nlohmann::ordered_json& v, int64_t lo, int64_t hi);
 
 // A JSON value for a one-line message: its compact dump cut to about `max_chars` ("..." marks the
 // cut), control and non-ASCII bytes escaped. Bounded work: large arrays/objects are not dumped whole.
