@@ -20,7 +20,7 @@ namespace indexcache::bench {
 
 #ifndef INDEXCACHE_HAVE_CUDA
 
-BenchReport run_gpu_bench(const BenchSetup&, const Progress&) {
+BenchReport run_gpu_bench(const BenchSetup&, Progress&) {
   throw_bad_input("--device cuda", "this build has no CUDA backend (no CUDA compiler at configure time); use --device cpu");
 }
 
