@@ -49,9 +49,9 @@ Definitions (l, j layers; t query, s key; all causal, s <= t):
 * Dense stage: q_t = softmax_{s<=t} I_l[t, :]. pbar_t = mean_{j in J_l} p_j[t, :] ("multi") or
   p_l[t, :] ("single"). L = (1/T) sum_t sum_{s<=t} pbar (log pbar - log q), with 0 log 0 = 0.
 * Sparse stage: K_t = indices of the top min(index_topk, t+1) values of I_l[t, s<=t], detached (a fixed
-  mask, no gradient through the selection). For each j in J_l, p_j restricted to K_t and renormalised
-  to sum 1 over K_t (the head-MEAN p_j is restricted and renormalised, not each head); pbar_t = mean
-  over J_l of those ("multi") or layer l's ("single"); q_t = softmax of I_l[t, K_t] over K_t.
+  mask, no gradient through the selection). For each j in J_l and each of its heads, the head's dense
+  attention restricted to K_t and renormalised to sum 1 over K_t (the distribution that head's sparse
+  attention over K_t has), then averaged over heads; pbar_t = mean over J_l of those ("multi") or layer l's ("single"); q_t = softmax of I_l[t, K_t] over K_t.
   L = (1/T) sum_t KL(pbar_t || q_t) over K_t.
 * Top-k boundary: for every F layer and every row t with t+1 > k the k-th and (k+1)-th largest scores
   must differ by more than 1e-4 * (1 + |k-th score|) (asserted).
@@ -62,7 +62,7 @@ Definitions (l, j layers; t query, s key; all causal, s <= t):
 
 Output: <out>/<model>.safetensors with
     input_ids                                 int32   [T]
-    p.{l}                                     float32 [T, T]       every layer (0 above the diagonal)
+    p.{l}                                     float32 [H, T, T]    every layer, per head (0 above the diagonal)
     h.{l}                                     float32 [T, hidden]  every layer
     index_scores.{l}                          float32 [T, T]       F layers (-inf above the diagonal)
     loss.{stage}.{loss}.{l}                   float32 [1]          F layers, stage dense|sparse, loss multi|single
@@ -201,6 +201,7 @@ def dense_p_and_check(family, attn, c, T, k):
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         dense = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)  # [1,H,T,T]
         p = dense[0].mean(0)
+        p_heads = dense[0].contiguous()  # [H,T,T]: the sparse stage renormalises each head
         # sparse check: the layer's actual all-F selection
         sel = torch.zeros(1, T, T, dtype=torch.bool).scatter(-1, c["topk"].long(), True)
         keep = (sel & causal).unsqueeze(1)
@@ -210,7 +211,7 @@ def dense_p_and_check(family, attn, c, T, k):
         out = attn.o_proj(out)
         err_o = (out - c["attn_out"]).abs().max().item()
         assert err_w < 1e-5 and err_o < 1e-5, (err_w, err_o)
-    return p.contiguous(), q_resid.detach(), err_w, err_o
+    return p.contiguous(), p_heads, q_resid.detach(), err_w, err_o
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,18 +239,16 @@ def index_scores(family, idx, h, qr, pos_emb):
 
 
 def kl_loss(I, mask, ps):
-    """(1/T) sum_t KL(pbar_t || softmax(I_t over mask_t)); pbar = mean_j (p_j restricted to mask_t,
-    renormalised). ps: list of [T,T] teacher distributions (constants)."""
+    """(1/T) sum_t KL(pbar_t || softmax(I_t over mask_t)); pbar = mean over layers j and heads h of
+    layer j's head-h attention restricted to mask_t and renormalised there (the distribution that
+    head's sparse attention over K_t has). ps: list of [H,T,T] per-head dense teacher distributions
+    (constants). Dense stage: the mask is causal, the renormalisation a no-op, pbar = mean_j p_j."""
     T = I.shape[0]
-    if len(ps) == 1:
-        pr = ps[0].masked_fill(~mask, 0.0)
-        pbar = pr / pr.sum(-1, keepdim=True)
-    else:
-        rs = []
-        for p in ps:
-            pr = p.masked_fill(~mask, 0.0)
-            rs.append(pr / pr.sum(-1, keepdim=True))
-        pbar = torch.stack(rs).mean(0)
+    rs = []
+    for p in ps:
+        pr = p.masked_fill(~mask, 0.0)
+        rs.append((pr / pr.sum(-1, keepdim=True)).mean(0))
+    pbar = torch.stack(rs).mean(0)
     logq = torch.log_softmax(I.masked_fill(~mask, float("-inf")), dim=-1)
     terms = torch.where(mask, torch.xlogy(pbar, pbar) - pbar * torch.where(mask, logq, 0.0), 0.0)
     return terms.sum() / T
@@ -363,7 +362,7 @@ def save_sorted(tensors, path, metadata):
 
 
 def reread_check(path, plan, k):
-    """Independent recomputation of every stored loss from the file's p.{j} and index_scores.{l}."""
+    """Independent recomputation of every stored loss from the file's per-head p.{j} and index_scores.{l}."""
     with safe_open(path, "pt") as f:
         t = {key: f.get_tensor(key) for key in f.keys()}
     worst = 0.0
@@ -379,8 +378,8 @@ def reread_check(path, plan, k):
                     logq = torch.log_softmax(row[sel], dim=0)
                     pbar = torch.zeros(len(sel), dtype=torch.float64)
                     for j in JJ:
-                        pj = t[f"p.{j}"].double()[r, sel]
-                        pbar += pj / pj.sum() / len(JJ)
+                        pj = t[f"p.{j}"].double()[:, r, sel]  # [H, |sel|]
+                        pbar += (pj / pj.sum(-1, keepdim=True)).mean(0) / len(JJ)
                     total += sum(0.0 if pb == 0 else pb * (torch.log(pb) - lq)
                                  for pb, lq in zip(pbar, logq)).item()
                 ref = total / T
@@ -436,12 +435,12 @@ def build(spec, out_dir):
     for l in range(nl):
         attn = model.model.layers[l].self_attn
         c = cap[l]
-        p, qr, ew, eo = dense_p_and_check(family, attn, c, T, k)
+        p, p_heads, qr, ew, eo = dense_p_and_check(family, attn, c, T, k)
         assert torch.allclose(p.sum(-1), torch.ones(T), atol=1e-5)
         if expected:
             assert torch.equal(c["topk"].to(torch.int32), expected[f"topk.{l}"][None]), f"layer {l} topk != golden"
-        P[l], QR[l] = p, qr
-        out[f"p.{l}"] = p
+        P[l], QR[l] = p_heads, qr
+        out[f"p.{l}"] = p_heads
         out[f"h.{l}"] = c["h"][0].contiguous()
         print(f"  layer {l}: sparse-attention replay max err weights {ew:.2e}, output {eo:.2e}")
 

@@ -29,20 +29,32 @@ KvCacheFootprint kv_cache_footprint(const ModelSpec& spec, const IndexPlan& plan
 
 enum class LogitsWanted { kAll, kLast, kNone };
 
+// What a layer's attention works on, as f32 host copies: its normed input and query latent (what
+// the indexer reads), its absorbed queries and the cached rows it attends over (the normed latent,
+// then the roped key part), from which the dense attention over every causal key follows:
+// softmax over s <= position(t) of scale * queries[t, h] . keys[s] (scale: attention_scale()).
+struct AttentionInputs {
+  std::span<const float> input;         // [tokens, hidden]
+  std::span<const float> query_latent;  // [tokens, q_lora_rank]
+  std::span<const float> queries;       // [tokens, heads, kv_lora_rank + qk_rope_head_dim]
+  std::span<const float> keys;          // [first_position + tokens, kv_lora_rank + qk_rope_head_dim]
+};
+
 // Sees what a forward pass computes, layer by layer, as host copies made only for what wants()
 // asks: the hidden state entering each layer that runs, each layer's selection (an F layer's from
-// its indexer, an S layer's its source's) and each F layer's index scores. Called during forward()
-// in layer order per kind.
+// its indexer, an S layer's its source's), each F layer's index scores and each layer's attention
+// inputs. Called during forward() in layer order per kind.
 class LayerObserver {
  public:
   struct Wants {
-    bool inputs = false, selections = false, index_scores = false;
+    bool inputs = false, selections = false, index_scores = false, attention = false;
   };
   virtual ~LayerObserver() = default;
   virtual Wants wants() const = 0;
   virtual void on_input(int layer, std::span<const float> hidden) {}         // [tokens, hidden]
   virtual void on_selection(int layer, std::span<const int32_t> indices) {}  // [tokens, index_topk], -1 unused
   virtual void on_index_scores(int layer, std::span<const float> scores) {}  // [tokens, first_position + tokens]
+  virtual void on_attention(int layer, const AttentionInputs& inputs) {}
 };
 
 // An observer that keeps what it is asked for, per layer (empty where a layer gave nothing).

@@ -163,6 +163,18 @@ struct SessionState {
                    TensorView sel, LayerObserver* scores_to);
   void attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o, std::vector<TensorView>& sel,
                  LayerObserver* scores_to, TensorView x);
+  // A view's elements as f32 on the host (observers see f32 whatever the activation dtype).
+  std::vector<float> host_f32(const TensorView& v) {
+    std::vector<float> out(static_cast<size_t>(v.numel()));
+    if (v.dtype == DType::kF32) {
+      be.download(v, out.data());
+    } else {
+      std::vector<std::byte> raw(out.size() * dtype_size(v.dtype));
+      be.download(v, raw.data());
+      convert_to_f32(v.dtype, raw.data(), out.size(), out.data());
+    }
+    return out;
+  }
   RopeOp rope_op(const Chunk& c, TensorView x, int offset, RopeLayout layout) const {
     return {.x = x, .offset = offset, .rope_dim = s.qk_rope_head_dim, .cos = rope_cos.view, .sin = rope_sin.view,
             .positions = c.positions_t, .layout = layout};
@@ -234,6 +246,11 @@ void SessionState::attention(const Chunk& c, int layer, TensorView h, const Forw
   RopeOp qrope = rope_op(c, qa, kvlr, RopeLayout::kInterleaved);
   qrope.src = q3.cols(nope, rd);
   be.rope(qrope);
+  if (o.observer && o.observer->wants().attention) {
+    const std::vector<float> hh = host_f32(h), qrh = host_f32(qr), qah = host_f32(qa),
+                             keys = host_f32(latent[layer].t.view.rows(0, c.keys));
+    o.observer->on_attention(layer, {.input = hh, .query_latent = qrh, .queries = qah, .keys = keys});
+  }
   const TensorView out_latent = arena.take(act, n, int64_t{nh} * kvlr).split_heads(nh);
   be.sparse_attention({.q = qa, .kv = latent[layer].t.view.rows(0, c.keys), .indices = sel[layer],
                        .out = out_latent, .scale = static_cast<float>(s.attention_scale())});
