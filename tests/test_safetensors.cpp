@@ -447,7 +447,7 @@ TEST_F(WeightStoreTest, IndexNamesMissingShardFile) {
 
 TEST_F(WeightStoreTest, BadIndexJson) {
   write_file(dir_ + "/model.safetensors.index.json", "{\"weight_map\": ");
-  EXPECT_CONTAINS(open_error().what(), "model.safetensors.index.json: not valid JSON");
+  EXPECT_CONTAINS(open_error().what(), "model.safetensors.index.json: invalid JSON (byte 16)");
   write_file(dir_ + "/model.safetensors.index.json", "{\"metadata\": {}}");
   EXPECT_CONTAINS(open_error().what(), "missing 'weight_map'");
   write_file(dir_ + "/model.safetensors.index.json", "{\"weight_map\": []}");
