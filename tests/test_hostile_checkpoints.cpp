@@ -23,6 +23,7 @@
 #include "indexcache/safetensors.h"
 #include "indexcache/tokenizer.h"
 #include "indexcache/weight_store.h"
+#include "io/checkpoint_schema.h"
 #include "test_util.h"
 
 namespace indexcache {
@@ -546,6 +547,15 @@ TEST(HostileLibrary, TokenizerErrorsShowBoundedValues) {
   const std::string msg = error_of([&] { Tokenizer::from_json(t.dump(), "tok"); });
   EXPECT_LT(msg.size(), 200u) << msg.substr(0, 300);
   EXPECT_NE(msg.find("..."), std::string::npos) << msg;
+}
+
+TEST(HostileLibrary, LayerIndexOfHostileNames) {
+  EXPECT_EQ(tensor_layer_index("model.layers.7.self_attn.indexer.wk.weight"), 7);
+  EXPECT_EQ(tensor_layer_index("model.layers.0.mlp.gate.weight"), 0);
+  for (const char* bad : {"model.layers.x.self_attn.indexer.foo", "model.layers.99999999999.self_attn.indexer.wk.weight",
+                          "model.layers.2147483647.x", "model.layers.-1.x", "model.layers.+1.x", "model.layers.01.x",
+                          "model.layers..x", "model.layers.3", "model.norm.weight", "model.layers.1 .x"})
+    EXPECT_EQ(tensor_layer_index(bad), std::nullopt) << bad;
 }
 
 TEST(HostileLibrary, NonRegularFilesAreRefusedWithoutOpening) {
