@@ -435,12 +435,12 @@ TEST(TokenizerErrors, ModelAndVocab) {
 
   j = deepseek_json();
   j["model"]["vocab"]["Ġthe"] = -3;
-  EXPECT_EQ(load_error(j), "bad.json: key 'model.vocab.Ġthe': token id -3 out of range");
+  EXPECT_EQ(load_error(j), "bad.json: key 'model.vocab.\\xc4\\xa0the': token id -3 out of range");
 
   j = deepseek_json();
   j["model"]["vocab"]["Ġthe"] = "x";
   EXPECT_EQ(load_error(j),
-            "bad.json: key 'model.vocab.Ġthe': expected a token id (integer), got string");
+            "bad.json: key 'model.vocab.\\xc4\\xa0the': expected a token id (integer), got string");
 
   j = deepseek_json();
   j["model"]["vocab"]["brand-new"] = 0;  // id 0 is taken

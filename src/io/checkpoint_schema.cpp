@@ -1,6 +1,8 @@
 #include "io/checkpoint_schema.h"
 
+#include <charconv>
 #include <cmath>
+#include <limits>
 
 namespace indexcache {
 
@@ -77,6 +79,21 @@ int64_t TensorSpec::numel() const {
 }
 
 std::string packed_experts_name(int layer) { return layer_prefix(layer) + "mlp.experts.gate_up_proj"; }
+
+std::optional<int> tensor_layer_index(std::string_view name) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (name.substr(0, kPrefix.size()) != kPrefix) return std::nullopt;
+  name.remove_prefix(kPrefix.size());
+  const size_t dot = name.find('.');
+  if (dot == 0 || dot == std::string_view::npos || dot > 10) return std::nullopt;
+  const std::string_view digits = name.substr(0, dot);
+  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;  // "01": not how any writer spells 1
+  int64_t l = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), l);
+  if (ec != std::errc() || end != digits.data() + digits.size() || l < 0 || l >= std::numeric_limits<int>::max())
+    return std::nullopt;
+  return static_cast<int>(l);
+}
 
 void for_each_global_tensor(const ModelSpec& s, const TensorVisitor& fn) {
   const Emitter e{fn};

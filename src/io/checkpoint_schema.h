@@ -16,7 +16,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "indexcache/model_spec.h"
@@ -126,6 +128,10 @@ std::vector<TensorSpec> checkpoint_tensors(const ModelSpec& spec, const SchemaOp
 
 // The tensor whose presence marks layer `layer`'s routed experts as packed.
 std::string packed_experts_name(int layer);
+
+// `l` of a "model.layers.{l}.<rest>" name: nullopt for other names and where {l} is not a plain
+// decimal number below INT32_MAX (names from a file: "model.layers.x.", "model.layers.99999999999.").
+std::optional<int> tensor_layer_index(std::string_view name);
 
 // Parameters of the schema's tensors with every layer's indexer (both expert layouts count the
 // same), and the indexers' share.

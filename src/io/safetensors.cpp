@@ -8,8 +8,10 @@
 #include <optional>
 #include <string_view>
 
+#include "core/json_input.h"
 #include "core/mapped_file.h"
 #include "indexcache/error.h"
+#include "io/json_duplicates.h"
 
 namespace indexcache {
 
@@ -42,24 +44,17 @@ std::optional<uint64_t> as_u64(const json& v) {
 }
 
 json parse_header_json(std::string_view text, const std::string& source) {
-  bool too_deep = false;
-  auto limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
-    if (depth > kMaxJsonDepth) too_deep = true;
-    return !too_deep;
-  };
-  json header;
-  try {
-    header = json::parse(text.begin(), text.end(), limit_depth, /*allow_exceptions=*/true);
-  } catch (const json::parse_error& e) {
-    throw_bad_input(source, "header is not valid JSON (byte " + std::to_string(e.byte) + ")");
-  } catch (const json::exception&) {
-    throw_bad_input(source, "header is not valid JSON");
-  }
-  if (too_deep) {
-    throw_bad_input(source,
-                    "header JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-  }
+  // nlohmann ends the input at a NUL and ignores what follows; the spec pads with spaces only.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw_bad_input(source, "invalid JSON (NUL byte at byte " + std::to_string(nul) + " of the header)");
+  json header = parse_json_input(text, source, kMaxJsonDepth);
   if (!header.is_object()) throw_bad_input(source, "header is not a JSON object");
+  // Two entries of one name: nlohmann keeps the last, which would hide the first's bytes.
+  if (auto dup = find_duplicate_json_key(text)) {
+    if (dup->depth == 1)
+      throw_bad_input(tensor_what(source, dup->key), "listed twice in the header");
+    throw_bad_input(source, "key " + quote_for_message(dup->key) + ": listed twice in one header entry");
+  }
   return header;
 }
 
@@ -182,7 +177,8 @@ SafetensorsFile::~SafetensorsFile() = default;
 
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::shared_ptr<MappedFile> mapped = MappedFile::open(path);
-  auto file = parse(mapped->bytes(), path);
+  auto file = parse(mapped->bytes(), path_for_message(path));
+  file->path_ = path;
   file->file_ = std::move(mapped);
   return file;
 }

@@ -13,13 +13,12 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <unordered_set>
 
+#include "core/json_input.h"
+#include "core/mapped_file.h"
 #include "indexcache/error.h"
 #include "io/tokenizer_bpe.h"
 #include "io/tokenizer_regex.h"
@@ -43,10 +42,10 @@ constexpr const char* kGpt2Pattern =
 
 class Reader {
  public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
+  explicit Reader(const std::string& source) : source_(path_for_message(source)) {}
 
   [[noreturn]] void fail(const std::string& key, const std::string& why) const {
-    throw_bad_input(source_ + ": key '" + key + "'", why);
+    throw_bad_input(source_ + ": key " + quote_for_message(key), why);
   }
 
   // The member `k` of `obj`, or nullptr when absent or null.
@@ -92,7 +91,7 @@ class Reader {
   int32_t get_id(const json& v, const std::string& key) const {
     if (!v.is_number_integer()) fail(key, "expected a token id (integer), got " + type_of(v));
     if (v.is_number_unsigned() && v.get<uint64_t>() > INT32_MAX) {
-      fail(key, "token id " + v.dump() + " out of range");
+      fail(key, "token id " + json_for_message(v) + " out of range");
     }
     const int64_t x = v.get<int64_t>();
     if (x < 0 || x > INT32_MAX) fail(key, "token id " + std::to_string(x) + " out of range");
@@ -112,11 +111,15 @@ class Reader {
   std::string source_;
 };
 
-std::string quote(std::string_view s) {
-  std::string out = "'";
-  out += s;
-  out += "'";
-  return out;
+std::string quote(std::string_view s) { return quote_for_message(s); }
+
+// A Sequence inside a Sequence inside ...: real files nest one or two; deeper is refused before
+// the recursion goes on (the JSON's own nesting is bounded by parse_json_input).
+constexpr int kMaxSequenceDepth = 8;
+
+void check_sequence_depth(const Reader& r, const std::string& path, int depth) {
+  if (depth >= kMaxSequenceDepth)
+    r.fail(path, "Sequence nested deeper than " + std::to_string(kMaxSequenceDepth) + " levels");
 }
 
 // ---- Added tokens ---------------------------------------------------------------------------
@@ -393,10 +396,10 @@ struct Tokenizer::Impl {
   void parse(const json& root, const Reader& r);
   void parse_model(const json& root, const Reader& r);
   void parse_added_tokens(const json& root, const Reader& r);
-  void parse_normalizer(const json& n, const Reader& r, const std::string& path);
-  void parse_pre_tokenizer(const json& p, const Reader& r, const std::string& path);
-  void parse_post_processor(const json& p, const Reader& r, const std::string& path);
-  void parse_decoder(const json& d, const Reader& r, const std::string& path);
+  void parse_normalizer(const json& n, const Reader& r, const std::string& path, int depth = 0);
+  void parse_pre_tokenizer(const json& p, const Reader& r, const std::string& path, int depth = 0);
+  void parse_post_processor(const json& p, const Reader& r, const std::string& path, int depth = 0);
+  void parse_decoder(const json& d, const Reader& r, const std::string& path, int depth = 0);
   void set_token(int32_t id, const std::string& text);
 
   void pre_tokenize_and_encode(std::string_view text, std::vector<int32_t>& out) const;
@@ -480,7 +483,7 @@ void Tokenizer::Impl::parse_model(const json& root, const Reader& r) {
       a = e[0].get<std::string>();
       b = e[1].get<std::string>();
     } else {
-      r.fail(key, "expected \"left right\" or [left, right], got " + e.dump());
+      r.fail(key, "expected \"left right\" or [left, right], got " + json_for_message(e));
     }
     auto ia = tokens.find(a), ib = tokens.find(b), ir = tokens.find(a + b);
     if (ia == tokens.end()) r.fail(key, "refers to unknown token " + quote(a));
@@ -564,14 +567,15 @@ void Tokenizer::Impl::parse_added_tokens(const json& root, const Reader& r) {
   }
 }
 
-void Tokenizer::Impl::parse_normalizer(const json& n, const Reader& r, const std::string& path) {
+void Tokenizer::Impl::parse_normalizer(const json& n, const Reader& r, const std::string& path, int depth) {
   if (!n.is_object()) r.fail(path, "expected an object, got " + Reader::type_of(n));
   const std::string type = r.get_string(n, path, "type");
   if (type == "Sequence") {
+    check_sequence_depth(r, path, depth);
     const json& list = r.require(n, path, "normalizers");
     if (!list.is_array()) r.fail(path + ".normalizers", "expected an array");
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_normalizer(list[i], r, path + ".normalizers[" + std::to_string(i) + "]");
+      parse_normalizer(list[i], r, path + ".normalizers[" + std::to_string(i) + "]", depth + 1);
     }
     return;
   }
@@ -579,14 +583,16 @@ void Tokenizer::Impl::parse_normalizer(const json& n, const Reader& r, const std
                              " (only none, or an empty Sequence, is supported)");
 }
 
-void Tokenizer::Impl::parse_pre_tokenizer(const json& p, const Reader& r, const std::string& path) {
+void Tokenizer::Impl::parse_pre_tokenizer(const json& p, const Reader& r, const std::string& path,
+                                          int depth) {
   if (!p.is_object()) r.fail(path, "expected an object, got " + Reader::type_of(p));
   const std::string type = r.get_string(p, path, "type");
   if (type == "Sequence") {
+    check_sequence_depth(r, path, depth);
     const json& list = r.require(p, path, "pretokenizers");
     if (!list.is_array()) r.fail(path + ".pretokenizers", "expected an array");
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_pre_tokenizer(list[i], r, path + ".pretokenizers[" + std::to_string(i) + "]");
+      parse_pre_tokenizer(list[i], r, path + ".pretokenizers[" + std::to_string(i) + "]", depth + 1);
     }
     return;
   }
@@ -645,8 +651,8 @@ void Tokenizer::Impl::parse_pre_tokenizer(const json& p, const Reader& r, const 
   pre_tokenizer.push_back(std::move(step));
 }
 
-void Tokenizer::Impl::parse_post_processor(const json& p, const Reader& r,
-                                           const std::string& path) {
+void Tokenizer::Impl::parse_post_processor(const json& p, const Reader& r, const std::string& path,
+                                           int depth) {
   if (!p.is_object()) r.fail(path, "expected an object, got " + Reader::type_of(p));
   const std::string type = r.get_string(p, path, "type");
   auto wrap = [&](const std::vector<int32_t>& pre, const std::vector<int32_t>& suf) {
@@ -654,10 +660,11 @@ void Tokenizer::Impl::parse_post_processor(const json& p, const Reader& r,
     post.suffix.insert(post.suffix.end(), suf.begin(), suf.end());
   };
   if (type == "Sequence") {
+    check_sequence_depth(r, path, depth);
     const json& list = r.require(p, path, "processors");
     if (!list.is_array()) r.fail(path + ".processors", "expected an array");
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_post_processor(list[i], r, path + ".processors[" + std::to_string(i) + "]");
+      parse_post_processor(list[i], r, path + ".processors[" + std::to_string(i) + "]", depth + 1);
     }
   } else if (type == "ByteLevel") {
     // Only adjusts offsets.
@@ -708,18 +715,19 @@ void Tokenizer::Impl::parse_post_processor(const json& p, const Reader& r,
   }
 }
 
-void Tokenizer::Impl::parse_decoder(const json& d, const Reader& r, const std::string& path) {
+void Tokenizer::Impl::parse_decoder(const json& d, const Reader& r, const std::string& path, int depth) {
   if (!d.is_object()) r.fail(path, "expected an object, got " + Reader::type_of(d));
   const std::string type = r.get_string(d, path, "type");
   if (type == "ByteLevel") {
     decoder = DecoderKind::kByteLevel;
   } else if (type == "Sequence") {
+    check_sequence_depth(r, path, depth);
     const json& list = r.require(d, path, "decoders");
     if (!list.is_array() || list.size() > 1) {
       r.fail(path + ".decoders", "only a Sequence of at most one ByteLevel decoder is supported");
     }
     for (size_t i = 0; i < list.size(); ++i) {
-      parse_decoder(list[i], r, path + ".decoders[" + std::to_string(i) + "]");
+      parse_decoder(list[i], r, path + ".decoders[" + std::to_string(i) + "]", depth + 1);
     }
   } else {
     r.fail(path + ".type", "unsupported decoder " + quote(type) + " (only ByteLevel)");
@@ -768,22 +776,13 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-Tokenizer Tokenizer::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_bad_input(path, std::string("cannot open: ") + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw_bad_input(path, "read error");
-  return from_json(ss.str(), path);
-}
+Tokenizer Tokenizer::load(const std::string& path) { return from_json(read_regular_file(path), path); }
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& source) {
-  json root;
-  try {
-    root = json::parse(json_text.begin(), json_text.end());
-  } catch (const json::exception& e) {
-    throw_bad_input(source, std::string("invalid JSON: ") + e.what());
-  }
+  // nlohmann ends the input at a NUL and ignores what follows.
+  if (const size_t nul = json_text.find('\0'); nul != std::string_view::npos)
+    throw_bad_input(path_for_message(source), "invalid JSON (NUL byte at byte " + std::to_string(nul) + ")");
+  const json root = parse_json_input(json_text, path_for_message(source));
   auto impl = std::make_unique<Impl>();
   impl->parse(root, Reader(source));
   return Tokenizer(std::move(impl));

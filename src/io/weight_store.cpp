@@ -3,13 +3,14 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string_view>
 
+#include "core/json_input.h"
+#include "core/mapped_file.h"
 #include "indexcache/error.h"
+#include "io/json_duplicates.h"
 
 namespace indexcache {
 
@@ -21,21 +22,28 @@ using nlohmann::json;
 constexpr char kIndexName[] = "model.safetensors.index.json";
 constexpr char kSingleName[] = "model.safetensors";
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_bad_input(path.string(), "cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw_bad_input(path.string(), "cannot read");
-  return ss.str();
+// A shard name from the index: a plain file name next to it (a path could point anywhere on the
+// machine), printable, so that every message naming it stays on one line.
+bool plain_file_name(const std::string& name) {
+  if (name.empty() || name == "." || name == "..") return false;
+  return std::none_of(name.begin(), name.end(), [](char ch) {
+    const auto c = static_cast<unsigned char>(ch);
+    return c == '/' || c < 0x20 || c == 0x7f;
+  });
 }
 
 // tensor name -> shard file name, from the index's "weight_map".
 std::map<std::string, std::string> read_weight_map(const fs::path& index_path) {
-  const std::string what = index_path.string();
-  json index = json::parse(read_text(index_path), nullptr, /*allow_exceptions=*/false);
-  if (index.is_discarded()) throw_bad_input(what, "not valid JSON");
+  const std::string what = path_for_message(index_path.string());
+  const std::string text = read_regular_file(index_path.string());
+  // nlohmann ends the input at a NUL and ignores what follows.
+  if (const size_t nul = text.find('\0'); nul != std::string::npos)
+    throw_bad_input(what, "invalid JSON (NUL byte at byte " + std::to_string(nul) + ")");
+  const json index = parse_json_input(text, what);
   if (!index.is_object()) throw_bad_input(what, "not a JSON object");
+  // A tensor listed twice would be read from whichever shard nlohmann kept.
+  if (auto dup = find_duplicate_json_key(text))
+    throw_bad_input(what, quote_for_message(dup->key) + ": listed twice");
   auto it = index.find("weight_map");
   if (it == index.end()) throw_bad_input(what, "missing 'weight_map'");
   if (!it->is_object()) throw_bad_input(what, "'weight_map' is not a JSON object");
@@ -45,10 +53,9 @@ std::map<std::string, std::string> read_weight_map(const fs::path& index_path) {
       throw_bad_input(what, "weight_map entry for " + quote_for_message(tensor) + " is not a string");
     }
     const auto& name = shard.get_ref<const std::string&>();
-    // Shards live next to the index; a path could point anywhere on the machine.
-    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
-      throw_bad_input(what,
-                      "weight_map entry for " + quote_for_message(tensor) + " is not a plain file name");
+    if (!plain_file_name(name)) {
+      throw_bad_input(what, "weight_map entry for " + quote_for_message(tensor) + " is not a plain file name: " +
+                                quote_for_message(name));
     }
     map.emplace(tensor, name);
   }
@@ -60,9 +67,14 @@ std::vector<fs::path> list_safetensors(const fs::path& dir) {
   std::vector<fs::path> paths;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().extension() == ".safetensors" && e.is_regular_file()) paths.push_back(e.path());
+    if (e.path().extension() != ".safetensors" || !e.is_regular_file()) continue;
+    // Its path goes into messages unquoted (the loader's among them): printable names only.
+    if (!plain_file_name(e.path().filename().string()))
+      throw_bad_input(path_for_message(dir.string()),
+                      "shard " + quote_for_message(e.path().filename().string()) + " has control bytes in its name");
+    paths.push_back(e.path());
   }
-  if (ec) throw_bad_input(dir.string(), "cannot list directory: " + ec.message());
+  if (ec) throw_bad_input(path_for_message(dir.string()), "cannot list directory: " + ec.message());
   std::sort(paths.begin(), paths.end());
   return paths;
 }
@@ -72,10 +84,11 @@ std::vector<fs::path> list_safetensors(const fs::path& dir) {
 WeightStore WeightStore::open_dir(const std::string& dir_name) {
   const fs::path dir(dir_name);
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw_bad_input(dir_name, "not a directory");
+  if (!fs::is_directory(dir, ec)) throw_bad_input(path_for_message(dir_name), "not a directory");
 
   WeightStore store;
-  if (fs::exists(dir / kIndexName)) {
+  // exists() on the name only: a FIFO or directory there is refused by read_regular_file.
+  if (fs::exists(fs::symlink_status(dir / kIndexName, ec))) {
     const auto weight_map = read_weight_map(dir / kIndexName);
     std::map<std::string, const SafetensorsFile*> shards;  // opened once each
     for (const auto& [tensor, shard] : weight_map) {
@@ -86,10 +99,20 @@ WeightStore WeightStore::open_dir(const std::string& dir_name) {
       }
       const TensorInfo* info = it->second->find(tensor);
       if (!info) {
-        throw_bad_input(it->second->path() + ": tensor " + quote_for_message(tensor),
+        throw_bad_input(path_for_message(it->second->path()) + ": tensor " + quote_for_message(tensor),
                         std::string("listed in ") + kIndexName + " but missing from the shard");
       }
       store.sorted_.push_back({tensor, Entry{info, it->second}});
+    }
+    // A shard holding a tensor the index places in another shard: two copies, one of them unread.
+    for (const auto& file : store.files_) {
+      for (const TensorInfo& t : file->tensors()) {
+        auto listed = weight_map.find(t.name);
+        if (listed == weight_map.end() || (dir / listed->second).string() == file->path()) continue;
+        throw_bad_input(path_for_message(file->path()) + ": tensor " + quote_for_message(t.name),
+                        "also present in " + path_for_message((dir / listed->second).string()) + " (where " +
+                            std::string(kIndexName) + " places it)");
+      }
     }
   } else {
     std::vector<fs::path> paths;
@@ -98,7 +121,7 @@ WeightStore WeightStore::open_dir(const std::string& dir_name) {
     } else {
       paths = list_safetensors(dir);
     }
-    if (paths.empty()) throw_bad_input(dir_name, "no .safetensors files found");
+    if (paths.empty()) throw_bad_input(path_for_message(dir_name), "no .safetensors files found");
     for (const auto& p : paths) {
       store.files_.push_back(SafetensorsFile::open(p.string()));
       const SafetensorsFile* f = store.files_.back().get();
@@ -111,8 +134,8 @@ WeightStore WeightStore::open_dir(const std::string& dir_name) {
   for (size_t i = 1; i < store.sorted_.size(); ++i) {
     const auto& [name, entry] = store.sorted_[i];
     if (name == store.sorted_[i - 1].first) {
-      throw_bad_input(entry.file->path() + ": tensor " + quote_for_message(name),
-                      "also present in " + store.sorted_[i - 1].second.file->path());
+      throw_bad_input(path_for_message(entry.file->path()) + ": tensor " + quote_for_message(name),
+                      "also present in " + path_for_message(store.sorted_[i - 1].second.file->path()));
     }
   }
   return store;

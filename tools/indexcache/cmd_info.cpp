@@ -4,14 +4,18 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "commands.h"
 #include "indexcache/dtype.h"
+#include "indexcache/error.h"
 #include "indexcache/index_plan.h"
 #include "indexcache/model_spec.h"
 #include "indexcache/session.h"
 #include "indexcache/weight_store.h"
+#include "io/checkpoint_schema.h"
 
 namespace indexcache::cli {
 
@@ -38,10 +42,35 @@ int run_info(const InfoFlags& f) {
   const IndexPlan plan = resolve_plan(f.plan, s, dir);
   const WeightStore store = WeightStore::open_dir(dir);
 
+  // What the loader reads: the schema's tensors (each layer's experts in the layout it has) and
+  // their FP8 block scales. Anything else in the files is stored but never read: counted in the
+  // totals and noted, not an error (the loader ignores it the same way).
+  std::map<std::string, const TensorSpec*> schema;
+  std::vector<TensorSpec> specs;
+  for_each_global_tensor(s, [&](const TensorSpec& t) { specs.push_back(t); });
+  for (int l = 0; l < s.num_layers; ++l) {
+    LayerSchemaOptions o;
+    o.experts = store.has(packed_experts_name(l)) ? ExpertLayout::kPacked : ExpertLayout::kPerExpert;
+    for_each_layer_tensor(s, l, o, [&](const TensorSpec& t) { specs.push_back(t); });
+  }
+  for (const TensorSpec& t : specs) schema.emplace(t.name, &t);
+  auto schema_tensor = [&](const std::string& name) -> const TensorSpec* {
+    if (auto it = schema.find(name); it != schema.end()) return it->second;
+    constexpr std::string_view kScale = "_scale_inv";
+    if (name.size() > kScale.size() && name.compare(name.size() - kScale.size(), kScale.size(), kScale) == 0)
+      if (auto it = schema.find(name.substr(0, name.size() - kScale.size())); it != schema.end()) return it->second;
+    return nullptr;
+  };
+  auto is_mtp = [&](const std::string& name) {
+    const auto l = tensor_layer_index(name);
+    return l && *l >= s.num_layers && *l - s.num_layers < s.num_mtp_layers;
+  };
+
   std::set<int> indexer_layers;
   size_t bytes = 0, indexer_bytes = 0;
   int64_t params = 0, indexer_params = 0;
   std::map<std::string, std::pair<int, size_t>> by_dtype;  // tensors and bytes per stored dtype
+  std::vector<std::string> unread;                        // outside the schema (MTP layers aside)
   for (const auto& name : store.names()) {
     const TensorInfo& t = *store.find(name).info;
     bytes += t.nbytes;
@@ -49,11 +78,15 @@ int run_info(const InfoFlags& f) {
     auto& d = by_dtype[std::string(dtype_name(t.dtype))];
     ++d.first;
     d.second += t.nbytes;
-    const auto pos = name.find(".self_attn.indexer.");
-    if (pos != std::string::npos) {
+    const TensorSpec* spec = schema_tensor(name);
+    if (!spec) {
+      if (!is_mtp(name)) unread.push_back(name);
+      continue;
+    }
+    if (spec->role == TensorRole::kIndexer) {
       indexer_bytes += t.nbytes;
       indexer_params += t.numel();
-      indexer_layers.insert(std::stoi(name.substr(13, pos - 13)));  // "model.layers."
+      indexer_layers.insert(spec->layer);
     }
   }
   int moe_layers = 0;
@@ -100,6 +133,10 @@ int run_info(const InfoFlags& f) {
   if (s.quant.fp8)
     fmt::print("quantized    block FP8 (e4m3, {} x {} blocks{})\n", s.quant.block_rows, s.quant.block_cols,
                s.quant.ue8m0 ? ", ue8m0 power-of-two scales" : "");
+  if (!unread.empty())
+    fmt::print("not loaded   {} tensor(s) outside the schema, not loaded: {}{}\n", unread.size(),
+               quote_for_message(unread.front()),
+               unread.size() > 1 ? fmt::format(" and {} more", unread.size() - 1) : std::string());
   if (s.num_mtp_layers > 0)
     fmt::print("MTP          {} layer(s) after the {} main ones: stored, not run, not in the plan\n", s.num_mtp_layers,
                s.num_layers);
