@@ -8,6 +8,7 @@
 #include <map>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/progress.h"
@@ -42,7 +43,7 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
       used = 0;
     }
     if (used != tok.size() || v < 0 || v > INT32_MAX)
-      throw_bad_input(path, "'" + tok + "' is not a token id (non-negative integer)");
+      throw_bad_input(path, quote_for_message(tok.substr(0, 40)) + " is not a token id (non-negative integer)");
     ids.push_back(static_cast<int32_t>(v));
   }
   if (ids.empty()) throw_bad_input(path, "no token ids");
@@ -51,14 +52,17 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
 
 void add_device_flags(CLI::App& app, DeviceFlags& f) {
   app.add_option("--device", f.device, "where the model runs: cpu (f32, exact) or cuda (default cpu)");
-  app.add_option("--gpu", f.gpu, "CUDA device ordinal with --device cuda (default 0)");
-  app.add_option("--threads", f.threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)");
+  app.add_option("--gpu", f.gpu, "CUDA device ordinal with --device cuda (default 0)")->check(integer_in(0, kMaxGpuFlag));
+  app.add_option("--threads", f.threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)")
+      ->check(integer_in(1, kMaxThreadsFlag));
   app.add_option("--precision", f.precision,
                  "with --device cuda: bf16 (weights and activations bf16, f32 accumulation; default) or f32 "
                  "(the exact path, for parity checks)");
 }
 
 Device resolve_device(const DeviceFlags& f) {
+  if (f.device != "cpu" && f.device != "cuda")
+    throw_bad_input("--device " + quote_for_message(f.device), "unknown device (cpu or cuda)");
   Device d;
   d.kind = parse_device_kind(f.device);
   d.gpu = f.gpu;
@@ -68,7 +72,7 @@ Device resolve_device(const DeviceFlags& f) {
   else if (f.precision == "f32")
     d.precision = Precision::kF32;
   else
-    throw_bad_input("--precision " + f.precision, "unknown precision (bf16 or f32)");
+    throw_bad_input("--precision " + quote_for_message(f.precision), "unknown precision (bf16 or f32)");
   if (d.kind == DeviceKind::kCpu && f.gpu != 0) throw_bad_input("--gpu", "needs --device cuda");
   return d;
 }
