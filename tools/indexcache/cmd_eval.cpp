@@ -81,7 +81,8 @@ Runner register_eval(CLI::App& app) {
                  ".txt, .jsonl ({\"text\"} or {\"prompt\",\"answer\"} lines) or .ids files "
                  "(default: data/heldout*.txt and data/retrieval*.jsonl)");
   app.add_option("--plan", f->plans, "plans to compare (repeatable): full, 1/N, an F/S string, a config/report JSON "
-                                     "(default: the config's)");
+                                     "(default: the config's)")
+      ->check(non_empty());
   app.add_option("--ctx", f->ctx, "LM window length in tokens (default: min(1024, max_position_embeddings))")
       ->check(integer_in(2, kMaxTokensFlag));
   app.add_option("--max-windows", f->max_windows, "LM windows per file (default 16; 0: all)")

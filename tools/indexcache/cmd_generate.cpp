@@ -124,7 +124,7 @@ Runner register_generate(CLI::App& app) {
   app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)");
   app.add_option("--ids", f->ids, "prompt as a file of token ids (prints generated ids)");
   app.add_option("-n", f->n, "tokens to generate (default 64)")->check(integer_in(0, kMaxTokensFlag));
-  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
+  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON")->check(non_empty());
   app.add_option("--chunk", f->chunk, "prefill chunk size in tokens (0: whole prompt)")
       ->check(integer_in(0, kMaxTokensFlag));
   app.add_option("--temp", f->temp, "sampling temperature (0: greedy)");

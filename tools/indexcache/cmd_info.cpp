@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/dtype.h"
 #include "indexcache/index_plan.h"
 #include "indexcache/model_spec.h"
@@ -111,7 +112,7 @@ int run_info(const InfoFlags& f) {
 Runner register_info(CLI::App& app) {
   auto f = std::make_shared<InfoFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
-  app.add_option("--plan", f->plan, "plan to report (default: the config's)");
+  app.add_option("--plan", f->plan, "plan to report (default: the config's)")->check(non_empty());
   add_device_flags(app, f->device);
   return [f] { return run_info(*f); };
 }

@@ -67,4 +67,9 @@ inline CLI::Validator seed_value() {
       [](std::string& v) { return flags_detail::integer_error(v, 0, std::numeric_limits<uint64_t>::max()); }, "");
 }
 
+// A text flag that, when given, must not be empty (`--plan ''` is an error, not "the default").
+inline CLI::Validator non_empty() {
+  return CLI::Validator([](std::string& v) { return v.empty() ? std::string("needs a value, got ''") : std::string(); }, "");
+}
+
 }  // namespace indexcache::cli

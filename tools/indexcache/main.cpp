@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 #include <map>
 
@@ -84,6 +85,26 @@ std::shared_ptr<Backend> open_backend(const DeviceFlags& f, const Model& model) 
   return be;
 }
 
+// The last guard of the one-line contract: a control byte that reached a message unquoted (a file
+// name read from hostile input) is written as \xNN; UTF-8 text stays as it is.
+std::string one_line(std::string_view message) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(message.size());
+  for (unsigned char c : message) {
+    if (c >= 0x20 && c != 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+void print_error(std::string_view message) { std::fprintf(stderr, "error: %s\n", one_line(message).c_str()); }
+
 }  // namespace indexcache::cli
 
 int main(int argc, char** argv) {
@@ -114,7 +135,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    cli::print_error(e.what());
     return 2;
   }
   try {
@@ -122,13 +143,13 @@ int main(int argc, char** argv) {
       if (sub->parsed()) return run();
     return 2;
   } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    cli::print_error(e.what());
     return e.exit_code();
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: internal: %s\n", e.what());
+    cli::print_error(std::string("internal: ") + e.what());
     return 1;
   }
 }
