@@ -49,6 +49,31 @@ struct QuantSpec {
   bool ue8m0 = false;                      // scale_fmt "ue8m0": every scale a power of two
 };
 
+// Sanity limits on the sizes config.json declares, far above every shipped DSA model (GLM-5: 78
+// layers, hidden 6144, vocab 154880, 202752 positions; DeepSeek-V3.2: 61 layers, hidden 7168, 128
+// heads, 256 experts, vocab 129280, 163840 positions) yet small enough that no single value makes
+// an allocation that cannot be met or an int product that overflows. A value outside is bad input
+// naming its key. Every tensor size is also checked against the checkpoint when the weights load.
+namespace spec_limits {
+inline constexpr int kMaxLayers = 1024;              // num_hidden_layers, first_k_dense_replace
+inline constexpr int kMaxMtpLayers = 16;             // num_nextn_predict_layers
+inline constexpr int kMaxHiddenSize = 1 << 17;       // hidden_size (131072)
+inline constexpr int kMaxHeads = 1024;               // num_attention_heads, index_n_heads
+inline constexpr int kMaxLoraRank = 1 << 16;         // q_lora_rank, kv_lora_rank
+inline constexpr int kMaxHeadDim = 4096;             // qk_nope/qk_rope/v_head_dim, index_head_dim
+inline constexpr int kMaxIntermediate = 1 << 18;     // intermediate_size, moe_intermediate_size
+inline constexpr int kMaxExperts = 1 << 14;          // n_routed_experts, n_shared_experts, n_group...
+inline constexpr int kMaxVocab = 1 << 22;            // vocab_size (4194304)
+inline constexpr int kMaxPositions = 1 << 24;        // max_position_embeddings (16777216)
+inline constexpr int kMaxIndexTopk = 1 << 16;        // index_topk (buffers are clamped by the context)
+inline constexpr int64_t kMaxTokenId = INT32_MAX;    // eos_token_id, bos_token_id
+// RoPE: theta in (1, kMaxRopeTheta]; YaRN factor in [1, kMaxRopeFactor]; mscale, mscale_all_dim in
+// [0, kMaxMscale]; attention_factor in (0, kMaxMscale].
+inline constexpr double kMaxRopeTheta = 1e15;
+inline constexpr double kMaxRopeFactor = 1e4;
+inline constexpr double kMaxMscale = 100;
+}  // namespace spec_limits
+
 struct ModelSpec {
   Family family = Family::kGlmMoeDsa;
   std::string model_type;
@@ -99,7 +124,9 @@ struct ModelSpec {
 };
 
 // Parses config.json text. `source` names the file in errors. Throws Error(kBadInput) for invalid
-// JSON, an unknown model_type, a missing or mistyped key, or a config without `q_lora_rank`.
+// or too deeply nested JSON, an unknown model_type, a missing or mistyped key, a size outside
+// spec_limits, inconsistent dims, RoPE parameters that would not give finite tables, or a config
+// without `q_lora_rank`.
 ModelSpec parse_model_spec(const std::string& json_text, const std::string& source);
 // Reads `dir`/config.json.
 ModelSpec load_model_spec(const std::string& dir);

@@ -52,7 +52,7 @@ class LayerObserver {
   virtual ~LayerObserver() = default;
   virtual Wants wants() const = 0;
   virtual void on_input(int layer, std::span<const float> hidden) {}         // [tokens, hidden]
-  virtual void on_selection(int layer, std::span<const int32_t> indices) {}  // [tokens, index_topk], -1 unused
+  virtual void on_selection(int layer, std::span<const int32_t> indices) {}  // [tokens, k], -1 unused (k: ChunkResult::k)
   virtual void on_index_scores(int layer, std::span<const float> scores) {}  // [tokens, first_position + tokens]
   virtual void on_attention(int layer, const AttentionInputs& inputs) {}
 };
@@ -98,7 +98,7 @@ struct ChunkResult {
   int tokens = 0;             // tokens in the chunk
   int first_position = 0;     // position of the chunk's first token
   int vocab = 0;
-  int k = 0;                  // selection width (index_topk)
+  int k = 0;                  // selection width: min(index_topk, the cache rows the chunk saw)
   std::vector<float> logits;  // [tokens or 1, vocab] per `logits`
 };
 

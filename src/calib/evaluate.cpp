@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/logits_check.h"
+
 namespace indexcache {
 
 LossSum next_token_loss(std::span<const float> logits, std::span<const int32_t> ids, int vocab) {
@@ -10,6 +12,7 @@ LossSum next_token_loss(std::span<const float> logits, std::span<const int32_t> 
   const int T = static_cast<int>(ids.size());
   for (int t = 0; t + 1 < T; ++t) {
     const float* row = logits.data() + static_cast<size_t>(t) * vocab;
+    check_logits_finite(std::span(row, static_cast<size_t>(vocab)), vocab, t);  // logits of any source
     const float mx = *std::max_element(row, row + vocab);
     double z = 0;
     for (int v = 0; v < vocab; ++v) z += std::exp(static_cast<double>(row[v]) - mx);

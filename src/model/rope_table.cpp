@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <string>
+
+#include "indexcache/error.h"
 
 namespace indexcache {
 
@@ -46,6 +49,11 @@ std::vector<float> rope_inv_freq(const ModelSpec& spec) {
     // the table is the same on every CPU whatever the compiler targets.
     inv[i] = std::fma(inv_inter, 1.0f - extrapolation, inv_extra * extrapolation);
   }
+  // parse_model_spec refuses parameters that lead here; a spec built in code is checked too.
+  for (int i = 0; i < half; ++i)
+    if (!std::isfinite(inv[i]) || inv[i] < 0)
+      throw_bad_input("rope parameters", "give a non-finite inverse frequency at pair " + std::to_string(i) +
+                                             " (theta, factor, beta_fast, beta_slow)");
   return inv;
 }
 
@@ -54,6 +62,9 @@ RopeTable make_rope_table(const ModelSpec& spec, int positions) {
   const std::vector<float> inv = rope_inv_freq(spec);
   t.half = static_cast<int>(inv.size());
   const float scale = static_cast<float>(spec.rope_attention_factor());
+  if (!std::isfinite(scale) || scale <= 0)
+    throw_bad_input("rope parameters", "give a RoPE attention factor that is not finite and > 0 (mscale, "
+                                       "mscale_all_dim, attention_factor)");
   t.cos.resize(static_cast<size_t>(positions) * t.half);
   t.sin.resize(t.cos.size());
   for (int p = 0; p < positions; ++p) {

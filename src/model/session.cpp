@@ -13,6 +13,7 @@
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/session.h"
+#include "model/logits_check.h"
 #include "model/placed_weights.h"
 #include "model/rope_table.h"
 #include "model/weights.h"
@@ -140,6 +141,7 @@ struct SessionState {
     int p0 = 0;     // first position
     int total = 0;  // tokens in the cache after the chunk
     int keys = 0;   // the caches' rows the ops see (total, or more for a recorded decode step)
+    int k = 0;      // selection width: min(index_topk, keys), no query has more candidates
     std::vector<int32_t> positions, valid;  // valid = positions + 1 (keys a query may select from)
     TensorView ids_t, positions_t, valid_t;  // ids, positions, valid in backend memory
   };
@@ -278,6 +280,8 @@ SessionState::Chunk SessionState::begin_chunk(int p0, int n, int keys) {
   c.p0 = p0;
   c.total = p0 + n;
   c.keys = std::max(keys, c.total);
+  // An index_topk past the context selects nothing more: the buffers are as wide as the keys.
+  c.k = std::min(s.index_topk, c.keys);
   c.positions.resize(n);
   std::iota(c.positions.begin(), c.positions.end(), c.p0);
   c.valid.resize(n);
@@ -298,7 +302,7 @@ void SessionState::upload_inputs(const Chunk& c, std::span<const int32_t> ids) {
 
 TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
                                     const ForwardOptions& o) {
-  const int n = c.n, H = s.hidden_size, k = s.index_topk;
+  const int n = c.n, H = s.hidden_size, k = c.k;
   const LayerObserver::Wants wants = o.observer ? o.observer->wants() : LayerObserver::Wants{};
   std::vector<float> input(wants.inputs ? static_cast<size_t>(n) * H : 0);
   const TensorView hn = arena.take(act, n, H);
@@ -347,7 +351,7 @@ ChunkResult SessionState::finish(const Chunk& c, const ForwardOptions& o, std::v
   r.tokens = c.n;
   r.first_position = c.p0;
   r.vocab = s.vocab_size;
-  r.k = s.index_topk;
+  r.k = c.k;
   if (o.observer && o.observer->wants().selections) {
     std::vector<int32_t> host(static_cast<size_t>(c.n) * r.k);
     for (int l = 0; l < static_cast<int>(sel.size()); ++l) {
@@ -359,6 +363,9 @@ ChunkResult SessionState::finish(const Chunk& c, const ForwardOptions& o, std::v
   if (!logits.empty()) {
     r.logits.resize(static_cast<size_t>(logits.numel()));
     be.download(logits, r.logits.data());
+    // The rows are the chunk's last ones (one for LogitsWanted::kLast).
+    const int64_t rows = static_cast<int64_t>(r.logits.size()) / s.vocab_size;
+    check_logits_finite(r.logits, s.vocab_size, int64_t{c.p0} + c.n - rows);
   }
   length = c.total;
   return r;
@@ -434,9 +441,9 @@ ChunkResult SessionState::forward_from(int first_layer, std::span<const int32_t>
   std::vector<TensorView> sel(s.num_layers);
   for (int l = 0; l < first_layer; ++l)
     if (plan.is_full(l)) {
-      if (!from.selections || (*from.selections)[l].size() != static_cast<size_t>(c.n) * s.index_topk)
+      if (!from.selections || (*from.selections)[l].size() != static_cast<size_t>(c.n) * c.k)
         throw_runtime("forward_from", "missing the selection of layer " + std::to_string(l));
-      sel[l] = arena.take(DType::kI32, c.n, s.index_topk);
+      sel[l] = arena.take(DType::kI32, c.n, c.k);
       be.upload(sel[l], (*from.selections)[l].data());
     }
   const TensorView logits = run_layers(c, first_layer, x, sel, o);
@@ -481,8 +488,7 @@ PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const
   if (T == 0) throw_bad_input("input ids", "empty sequence");
   Session session(model, plan, be);
   const int L = model.spec().num_layers;
-  const int k = model.spec().index_topk;
-  const int kept = std::min(k, T);  // columns reported: transformers' width min(index_topk, T)
+  const int kept = std::min(model.spec().index_topk, T);  // columns reported: transformers' width min(index_topk, T)
   PrefillResult r;
   r.tokens = T;
   r.vocab = model.spec().vocab_size;
@@ -499,9 +505,11 @@ PrefillResult prefill(const Model& model, const IndexPlan& plan, std::span<const
     fo.observer = &cap;
     ChunkResult c = session.forward(ids.subspan(p0, n), fo);
     r.logits.insert(r.logits.end(), c.logits.begin(), c.logits.end());
+    // This chunk's selections are min(index_topk, p0 + n) wide; the columns past are -1 anyway.
+    const int k = c.k, cols = std::min(k, kept);
     for (int l = 0; l < L; ++l) {
       for (int t = 0; t < n; ++t)
-        std::copy_n(cap.selections[l].data() + static_cast<size_t>(t) * k, kept,
+        std::copy_n(cap.selections[l].data() + static_cast<size_t>(t) * k, cols,
                     r.topk[l].data() + static_cast<size_t>(p0 + t) * kept);
       if (options.capture_index_scores && plan.is_full(l))
         for (int t = 0; t < n; ++t)

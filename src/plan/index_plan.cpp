@@ -1,14 +1,32 @@
 #include "indexcache/index_plan.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_input.h"
 #include "indexcache/error.h"
 
 namespace indexcache {
+
+namespace {
+
+// Longer plan text is cut in messages (a 100 000-letter --plan stays a short line).
+constexpr size_t kPlanTextShown = 80;
+// The most layers a pattern may name, and the largest N of --plan 1/N: the config limit.
+constexpr int kMaxPlanLayers = spec_limits::kMaxLayers;
+
+// User text (a --plan value, a path, a pattern letter) quoted for a one-line message.
+std::string shown(const std::string& text) {
+  if (text.size() <= kPlanTextShown) return quote_for_message(text);
+  return quote_for_message(text.substr(0, kPlanTextShown)) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
+}  // namespace
 
 void IndexPlan::validate(const std::vector<bool>& full, int num_layers, const std::string& source) {
   if (static_cast<int>(full.size()) != num_layers)
@@ -30,7 +48,7 @@ IndexPlan IndexPlan::from_pattern(const std::string& pattern, int num_layers,
     else if (c == 'S')
       full.push_back(false);
     else
-      throw_bad_input(source, std::string("unknown letter '") + c + "' at position " +
+      throw_bad_input(source, "unknown letter " + quote_for_message(std::string(1, c)) + " at position " +
                                   std::to_string(i) + " (only F and S)");
   }
   validate(full, num_layers, source);
@@ -39,8 +57,12 @@ IndexPlan IndexPlan::from_pattern(const std::string& pattern, int num_layers,
 
 IndexPlan IndexPlan::from_freq(int freq, int offset, int num_layers) {
   if (freq < 1) freq = 1;  // transformers: max(freq, 1)
+  if (num_layers < 0 || num_layers > kMaxPlanLayers)
+    throw_bad_input("index_topk_freq", std::to_string(num_layers) + " layers is outside [0, " +
+                                           std::to_string(kMaxPlanLayers) + "]");
   std::vector<bool> full(num_layers);
-  for (int i = 0; i < num_layers; ++i) full[i] = std::max(i - offset + 1, 0) % freq == 0;
+  // In 64 bits: any int offset (INT_MIN included) is defined behaviour.
+  for (int i = 0; i < num_layers; ++i) full[i] = std::max<int64_t>(int64_t{i} - offset + 1, 0) % freq == 0;
   validate(full, num_layers, "index_topk_freq");
   return IndexPlan(std::move(full));
 }
@@ -58,7 +80,7 @@ IndexPlan IndexPlan::from_config(const ModelSpec& spec, const std::string& sourc
         full.push_back(false);
       else
         throw_bad_input(source + ": key 'indexer_types'",
-                        "unknown entry '" + t + "' at layer " + std::to_string(i) + " (full or shared)");
+                        "unknown entry " + shown(t) + " at layer " + std::to_string(i) + " (full or shared)");
     }
     validate(full, n, source + ": key 'indexer_types'");
     return IndexPlan(std::move(full));
@@ -71,48 +93,71 @@ IndexPlan IndexPlan::from_config(const ModelSpec& spec, const std::string& sourc
 
 namespace {
 
-// A plan stored in a JSON file: a config.json (its IndexCache keys) or a report with "plan".
+// A plan stored in a JSON file: a config.json (its IndexCache keys) or a report with "plan". A key
+// that is present must have its type: a wrong one is an error, not a fall-through to the next key.
 IndexPlan plan_from_json_file(const std::string& path, const ModelSpec& spec) {
+  const std::string where = shown(path);
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw_bad_input(path, "cannot open plan file");
+  if (!f) throw_bad_input(where, "cannot open plan file");
   std::ostringstream ss;
   ss << f.rdbuf();
-  auto j = nlohmann::json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw_bad_input(path, "invalid JSON");
-  if (j.contains("plan") && j["plan"].is_string())
-    return IndexPlan::from_pattern(j["plan"].get<std::string>(), spec.num_layers, path + ": key 'plan'");
+  const nlohmann::json j = parse_json_input(ss.str(), where);
+  if (!j.is_object()) throw_bad_input(where, "expected a JSON object, got " + json_for_message(j));
+  auto present = [&](const char* key) { return j.contains(key) && !j.at(key).is_null(); };
+  auto key_what = [&](const char* key) { return where + ": key '" + key + "'"; };
+  auto wrong_type = [&](const char* key, const std::string& expected) {
+    throw_bad_input(key_what(key), "expected " + expected + ", got " + json_for_message(j.at(key)));
+  };
+  auto integer = [&](const char* key) {
+    const auto v = json_integer_in(j.at(key), 0, INT32_MAX);
+    if (!v) wrong_type(key, "an integer in [0, " + std::to_string(INT32_MAX) + "]");
+    return static_cast<int>(*v);
+  };
+  if (present("plan")) {
+    if (!j["plan"].is_string()) wrong_type("plan", "a string of F/S");
+    return IndexPlan::from_pattern(j["plan"].get<std::string>(), spec.num_layers, key_what("plan"));
+  }
   ModelSpec with_keys = spec;
   with_keys.plan_keys = {};
-  if (j.contains("indexer_types") && j["indexer_types"].is_array()) {
+  if (present("indexer_types")) {
+    const auto& v = j["indexer_types"];
+    if (!v.is_array()) wrong_type("indexer_types", "a list of \"full\"/\"shared\"");
+    if (v.size() > static_cast<size_t>(kMaxPlanLayers))
+      throw_bad_input(key_what("indexer_types"), std::to_string(v.size()) + " entries, the model has " +
+                                                     std::to_string(spec.num_layers) + " layers");
     std::vector<std::string> types;
-    for (const auto& e : j["indexer_types"]) {
-      if (!e.is_string()) throw_bad_input(path + ": key 'indexer_types'", "expected strings");
+    for (const auto& e : v) {
+      if (!e.is_string())
+        throw_bad_input(key_what("indexer_types"), "expected strings, got " + json_for_message(e));
       types.push_back(e.get<std::string>());
     }
     with_keys.plan_keys.indexer_types = std::move(types);
-  } else if (j.contains("index_topk_pattern") && j["index_topk_pattern"].is_string()) {
+  } else if (present("index_topk_pattern")) {
+    if (!j["index_topk_pattern"].is_string()) wrong_type("index_topk_pattern", "a string of F/S");
     with_keys.plan_keys.index_topk_pattern = j["index_topk_pattern"].get<std::string>();
-  } else if (j.contains("index_topk_freq") && j["index_topk_freq"].is_number_integer()) {
-    with_keys.plan_keys.index_topk_freq = j["index_topk_freq"].get<int>();
-    if (j.contains("index_skip_topk_offset") && j["index_skip_topk_offset"].is_number_integer())
-      with_keys.plan_keys.index_skip_topk_offset = j["index_skip_topk_offset"].get<int>();
+  } else if (present("index_topk_freq")) {
+    with_keys.plan_keys.index_topk_freq = integer("index_topk_freq");
+    if (present("index_skip_topk_offset")) with_keys.plan_keys.index_skip_topk_offset = integer("index_skip_topk_offset");
   } else {
-    throw_bad_input(path, "no plan found (indexer_types, index_topk_pattern, index_topk_freq or plan)");
+    throw_bad_input(where, "no plan found (indexer_types, index_topk_pattern, index_topk_freq or plan)");
   }
-  return IndexPlan::from_config(with_keys, path);
+  return IndexPlan::from_config(with_keys, where);
 }
 
 }  // namespace
 
 IndexPlan IndexPlan::parse(const std::string& text, const ModelSpec& spec) {
   const int n = spec.num_layers;
+  const std::string what = "--plan " + shown(text);
   if (text == "full") return full(n);
   if (text.size() > 2 && text.rfind("1/", 0) == 0) {
     const std::string denom = text.substr(2);
-    if (denom.find_first_not_of("0123456789") != std::string::npos || denom.size() > 4)
-      throw_bad_input("--plan '" + text + "'", "expected 1/N with N a positive integer");
-    int freq = std::stoi(denom);
-    if (freq < 1) throw_bad_input("--plan '" + text + "'", "N must be at least 1");
+    if (denom.find_first_not_of("0123456789") != std::string::npos || denom.size() > 9)
+      throw_bad_input(what, "expected 1/N with N a positive integer");
+    const int freq = std::stoi(denom);
+    // N past the layer count is layer 0 alone F (as index_topk_freq N is); past the layer limit, a typo.
+    if (freq < 1 || freq > kMaxPlanLayers)
+      throw_bad_input(what, "N must be in [1, " + std::to_string(kMaxPlanLayers) + "]");
     return from_freq(freq, /*offset=*/1, n);
   }
   std::error_code ec;
@@ -120,10 +165,9 @@ IndexPlan IndexPlan::parse(const std::string& text, const ModelSpec& spec) {
   // Letters only: an F/S string (unknown letters are reported by from_pattern).
   bool letters = !text.empty();
   for (char c : text) letters = letters && std::isalpha(static_cast<unsigned char>(c));
-  if (letters && text != "full") return from_pattern(text, n, "--plan '" + text + "'");
-  throw_bad_input("--plan '" + text + "'",
-                  "expected full, 1/N, an F/S string of " + std::to_string(n) +
-                      " letters, or a config/report JSON file");
+  if (letters && text != "full") return from_pattern(text, n, what);
+  throw_bad_input(what, "expected full, 1/N, an F/S string of " + std::to_string(n) +
+                            " letters, or a config/report JSON file");
 }
 
 int IndexPlan::num_full() const {

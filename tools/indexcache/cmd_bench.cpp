@@ -6,6 +6,7 @@
 
 #include "bench/bench_run.h"
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/error.h"
 
 namespace indexcache::cli {
@@ -104,14 +105,6 @@ Runner register_bench(CLI::App& app) {
   // A flag given a value (--json=yes) is an error, not a boolean.
   const CLI::Validator no_value([](const std::string& v) { return v == "true" ? std::string() : "takes no value"; }, "");
   const CLI::Validator not_empty([](const std::string& v) { return v.empty() ? "needs a value" : std::string(); }, "");
-  const CLI::Validator non_negative(
-      [](const std::string& v) {
-        const bool digits = !v.empty() && v.size() <= 18 &&
-                            std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
-        return digits ? std::string() : "expected a non-negative integer";
-      },
-      "");
-  auto range = [](int lo, int hi) { return CLI::Range(lo, hi).description(""); };
 
   add_device_flags(app, f->device);
   std::string names;
@@ -119,10 +112,10 @@ Runner register_bench(CLI::App& app) {
   app.add_option("--synthetic", f->preset, "the preset: " + names + " (default: dsa-mini on the cpu, glm47flash-dsa on cuda)")
       ->type_name("PRESET")
       ->check(not_empty);
-  app.add_option("--layers", f->layers, "keep the first N layers of the preset")->type_name("N")->check(range(1, 100000));
+  app.add_option("--layers", f->layers, "keep the first N layers of the preset")->type_name("N")->check(integer_in(1, kMaxLayersFlag));
   app.add_option("--experts", f->experts, "keep E routed experts per MoE layer (so a preset fits one device)")
       ->type_name("E")
-      ->check(range(1, 100000));
+      ->check(integer_in(1, spec_limits::kMaxExperts));
   app.add_option("--ctx", f->ctx,
                  "context lengths, e.g. 10K,60K or 4096 (K = 1024; default 1024); calibrate: one, the window length")
       ->type_name("LIST");
@@ -134,20 +127,20 @@ Runner register_bench(CLI::App& app) {
       ->type_name("LIST");
   app.add_option("--windows", f->windows, "calibrate: random token windows of ctx tokens (default 2)")
       ->type_name("N")
-      ->check(range(1, 100000));
+      ->check(integer_in(1, kMaxCountFlag));
   app.add_option("--keep-layers", f->keep_layers,
                  "calibrate: stop at this many F layers (default: a quarter of the layers, rounded up)")
       ->type_name("N")
-      ->check(range(1, 100000));
+      ->check(integer_in(1, kMaxLayersFlag));
   app.add_option("--decode-steps", f->decode_steps, "timed decode steps after the context (default cpu 16, cuda 32)")
       ->type_name("N")
-      ->check(range(1, 1000000));
+      ->check(integer_in(1, kMaxTokensFlag));
   app.add_option("--chunk", f->chunk, "prefill chunk in tokens, K = 1024 (default cpu 2048, cuda 8192)")
       ->type_name("N")
       ->check(not_empty);
   app.add_option("--repeat", f->repeat, "timed runs per cell, median reported (default 1)")
       ->type_name("N")
-      ->check(range(1, 1000));
+      ->check(integer_in(1, 1000));
   app.add_flag("--no-graphs", f->no_graphs, "cuda: decode without CUDA graphs")->check(no_value);
   app.add_option("--engine", f->engine,
                  "cuda, prefill/decode: runner (the GPU runner, default), session (the one Session on the CUDA "
@@ -161,7 +154,7 @@ Runner register_bench(CLI::App& app) {
       ->type_name("KIND");
   app.add_option("--seed", f->seed, "seed of the random weights and token ids (default 1)")
       ->type_name("S")
-      ->check(non_negative);
+      ->check(seed_value());
   app.add_flag("--json", f->json, "print JSON instead of the markdown report")->check(no_value);
   app.add_option("--json-out", f->json_out, "also write the JSON report to FILE")->type_name("FILE")->check(not_empty);
   app.add_flag("--quiet", f->quiet, "no progress lines on stderr")->check(no_value);

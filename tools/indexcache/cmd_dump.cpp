@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/safetensors.h"
@@ -48,7 +49,7 @@ Runner register_dump(CLI::App& app) {
   add_device_flags(app, f->device);
   app.add_option("--ids", f->ids, "file of whitespace-separated token ids")->required();
   app.add_option("--out", f->out, "output .safetensors file")->required();
-  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
+  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON")->check(non_empty());
   return [f] { return run_dump(*f); };
 }
 

@@ -7,6 +7,7 @@
 #include "indexcache/report.h"
 #include "indexcache/progress.h"
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
@@ -80,10 +81,14 @@ Runner register_eval(CLI::App& app) {
                  ".txt, .jsonl ({\"text\"} or {\"prompt\",\"answer\"} lines) or .ids files "
                  "(default: data/heldout*.txt and data/retrieval*.jsonl)");
   app.add_option("--plan", f->plans, "plans to compare (repeatable): full, 1/N, an F/S string, a config/report JSON "
-                                     "(default: the config's)");
-  app.add_option("--ctx", f->ctx, "LM window length in tokens (default: min(1024, max_position_embeddings))");
-  app.add_option("--max-windows", f->max_windows, "LM windows per file (default 16; 0: all)");
-  app.add_option("--max-items", f->max_items, "retrieval items per file (default: all)");
+                                     "(default: the config's)")
+      ->check(non_empty());
+  app.add_option("--ctx", f->ctx, "LM window length in tokens (default: min(1024, max_position_embeddings))")
+      ->check(integer_in(2, kMaxTokensFlag));
+  app.add_option("--max-windows", f->max_windows, "LM windows per file (default 16; 0: all)")
+      ->check(integer_in(0, kMaxCountFlag));
+  app.add_option("--max-items", f->max_items, "retrieval items per file (default: all)")
+      ->check(integer_in(0, kMaxCountFlag));
   app.add_flag("--json", f->json, "print the results as JSON");
   return [f] { return run_eval(*f); };
 }

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/error.h"
 #include "indexcache/generate.h"
 #include "indexcache/model.h"
@@ -122,13 +123,15 @@ Runner register_generate(CLI::App& app) {
   add_device_flags(app, f->device);
   app.add_option("-p,--prompt", f->prompt, "prompt text (UTF-8)");
   app.add_option("--ids", f->ids, "prompt as a file of token ids (prints generated ids)");
-  app.add_option("-n", f->n, "tokens to generate (default 64)");
-  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON");
-  app.add_option("--chunk", f->chunk, "prefill chunk size in tokens (0: whole prompt)");
+  app.add_option("-n", f->n, "tokens to generate (default 64)")->check(integer_in(0, kMaxTokensFlag));
+  app.add_option("--plan", f->plan, "full, 1/N, an F/S string, or a config/report JSON")->check(non_empty());
+  app.add_option("--chunk", f->chunk, "prefill chunk size in tokens (0: whole prompt)")
+      ->check(integer_in(0, kMaxTokensFlag));
   app.add_option("--temp", f->temp, "sampling temperature (0: greedy)");
-  app.add_option("--top-k", f->top_k, "keep the k most likely tokens (0: all)");
+  app.add_option("--top-k", f->top_k, "keep the k most likely tokens (0: all)")
+      ->check(integer_in(0, spec_limits::kMaxVocab));
   app.add_option("--top-p", f->top_p, "nucleus sampling mass (1: all)");
-  app.add_option("--seed", f->seed, "random seed");
+  app.add_option("--seed", f->seed, "random seed, in [0, 2^64 - 1]")->check(seed_value());
   app.add_flag("--chat", f->chat, "wrap the prompt in the family's chat format");
   return [f] { return run_generate(*f); };
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/dtype.h"
 #include "indexcache/error.h"
 #include "indexcache/index_plan.h"
@@ -148,7 +149,7 @@ int run_info(const InfoFlags& f) {
 Runner register_info(CLI::App& app) {
   auto f = std::make_shared<InfoFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
-  app.add_option("--plan", f->plan, "plan to report (default: the config's)");
+  app.add_option("--plan", f->plan, "plan to report (default: the config's)")->check(non_empty());
   add_device_flags(app, f->device);
   return [f] { return run_info(*f); };
 }

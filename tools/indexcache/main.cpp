@@ -4,10 +4,12 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 #include <map>
 
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/progress.h"
@@ -42,7 +44,7 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
       used = 0;
     }
     if (used != tok.size() || v < 0 || v > INT32_MAX)
-      throw_bad_input(path, "'" + tok + "' is not a token id (non-negative integer)");
+      throw_bad_input(path, quote_for_message(tok.substr(0, 40)) + " is not a token id (non-negative integer)");
     ids.push_back(static_cast<int32_t>(v));
   }
   if (ids.empty()) throw_bad_input(path, "no token ids");
@@ -51,14 +53,17 @@ std::vector<int32_t> read_token_ids(const std::string& path) {
 
 void add_device_flags(CLI::App& app, DeviceFlags& f) {
   app.add_option("--device", f.device, "where the model runs: cpu (f32, exact) or cuda (default cpu)");
-  app.add_option("--gpu", f.gpu, "CUDA device ordinal with --device cuda (default 0)");
-  app.add_option("--threads", f.threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)");
+  app.add_option("--gpu", f.gpu, "CUDA device ordinal with --device cuda (default 0)")->check(integer_in(0, kMaxGpuFlag));
+  app.add_option("--threads", f.threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)")
+      ->check(integer_in(1, kMaxThreadsFlag));
   app.add_option("--precision", f.precision,
                  "with --device cuda: bf16 (weights and activations bf16, f32 accumulation; default) or f32 "
                  "(the exact path, for parity checks)");
 }
 
 Device resolve_device(const DeviceFlags& f) {
+  if (f.device != "cpu" && f.device != "cuda")
+    throw_bad_input("--device " + quote_for_message(f.device), "unknown device (cpu or cuda)");
   Device d;
   d.kind = parse_device_kind(f.device);
   d.gpu = f.gpu;
@@ -68,7 +73,7 @@ Device resolve_device(const DeviceFlags& f) {
   else if (f.precision == "f32")
     d.precision = Precision::kF32;
   else
-    throw_bad_input("--precision " + f.precision, "unknown precision (bf16 or f32)");
+    throw_bad_input("--precision " + quote_for_message(f.precision), "unknown precision (bf16 or f32)");
   if (d.kind == DeviceKind::kCpu && f.gpu != 0) throw_bad_input("--gpu", "needs --device cuda");
   return d;
 }
@@ -79,6 +84,26 @@ std::shared_ptr<Backend> open_backend(const DeviceFlags& f, const Model& model) 
   model.place(*be, &progress);
   return be;
 }
+
+// The last guard of the one-line contract: a control byte that reached a message unquoted (a file
+// name read from hostile input) is written as \xNN; UTF-8 text stays as it is.
+std::string one_line(std::string_view message) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(message.size());
+  for (unsigned char c : message) {
+    if (c >= 0x20 && c != 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+void print_error(std::string_view message) { std::fprintf(stderr, "error: %s\n", one_line(message).c_str()); }
 
 }  // namespace indexcache::cli
 
@@ -110,7 +135,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    cli::print_error(e.what());
     return 2;
   }
   try {
@@ -118,13 +143,13 @@ int main(int argc, char** argv) {
       if (sub->parsed()) return run();
     return 2;
   } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    cli::print_error(e.what());
     return e.exit_code();
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: internal: %s\n", e.what());
+    cli::print_error(std::string("internal: ") + e.what());
     return 1;
   }
 }
