@@ -1,12 +1,14 @@
 // config.json -> ModelSpec. Defaults follow the transformers 5.17 config classes of each family,
 // so a config that omits a key means what it means there.
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/json_input.h"
+#include "core/mapped_file.h"
 #include "indexcache/error.h"
 #include "indexcache/model_spec.h"
 
@@ -379,11 +381,9 @@ ModelSpec parse_model_spec(const std::string& json_text, const std::string& sour
 std::vector<int64_t> load_eos_ids(const std::string& dir, const ModelSpec& spec) {
   std::vector<int64_t> ids = spec.eos_token_ids;
   const std::string path = dir + "/generation_config.json";
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return ids;
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  const json j = parse_json_input(ss.str(), path);
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) return ids;
+  const json j = parse_json_input(read_regular_file(path), path);
   if (!j.is_object()) throw_bad_input(path, "expected a JSON object, got " + json_for_message(j));
   ConfigReader r(j, path);
   for (int64_t id : read_token_ids(j, r, "eos_token_id"))
@@ -392,12 +392,8 @@ std::vector<int64_t> load_eos_ids(const std::string& dir, const ModelSpec& spec)
 }
 
 ModelSpec load_model_spec(const std::string& dir) {
-  std::string path = dir + "/config.json";
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw_bad_input(path, "cannot open");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return parse_model_spec(ss.str(), path);
+  const std::string path = dir + "/config.json";
+  return parse_model_spec(read_regular_file(path), path);
 }
 
 }  // namespace indexcache

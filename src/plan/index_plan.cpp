@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/json_input.h"
+#include "core/mapped_file.h"
 #include "indexcache/error.h"
 
 namespace indexcache {
@@ -97,11 +98,7 @@ namespace {
 // that is present must have its type: a wrong one is an error, not a fall-through to the next key.
 IndexPlan plan_from_json_file(const std::string& path, const ModelSpec& spec) {
   const std::string where = shown(path);
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw_bad_input(where, "cannot open plan file");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  const nlohmann::json j = parse_json_input(ss.str(), where);
+  const nlohmann::json j = parse_json_input(read_regular_file(path), where);
   if (!j.is_object()) throw_bad_input(where, "expected a JSON object, got " + json_for_message(j));
   auto present = [&](const char* key) { return j.contains(key) && !j.at(key).is_null(); };
   auto key_what = [&](const char* key) { return where + ": key '" + key + "'"; };
