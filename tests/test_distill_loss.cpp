@@ -42,10 +42,10 @@ struct Teacher {
     session.forward(ids, fo);
   }
   const ModelSpec& spec() const { return model->spec(); }
-  IndexerTensors student(int layer) const {
-    return IndexerTensors::from(model->weights().layers[layer].indexer, spec());
+  IndexerParams student(int layer) const {
+    return IndexerParams::from(model->weights().layers[layer].indexer, spec());
   }
-  GroupLoss loss(const IndexerTensors& p, int layer, int served, Stage stage, int block = 7) const {
+  GroupLoss loss(const IndexerParams& p, int layer, int served, Stage stage, int block = 7) const {
     std::vector<const TeacherLayer*> js;
     for (int j = layer; j < layer + served; ++j) js.push_back(&cap->layers[j]);
     return indexer_group_loss(spec(), rope, p, cap->layers[layer], js, T, stage, block);
@@ -59,7 +59,7 @@ std::vector<int32_t> random_ids(int n, int vocab, uint32_t seed) {
   return ids;
 }
 
-double dot(const IndexerTensors& a, const IndexerTensors& b) {
+double dot(const IndexerParams& a, const IndexerParams& b) {
   double d = 0;
   auto x = a.all();
   auto y = b.all();
@@ -68,8 +68,8 @@ double dot(const IndexerTensors& a, const IndexerTensors& b) {
   return d;
 }
 
-IndexerTensors axpy(const IndexerTensors& p, double eps, const IndexerTensors& v) {
-  IndexerTensors out = p;
+IndexerParams axpy(const IndexerParams& p, double eps, const IndexerParams& v) {
+  IndexerParams out = p;
   auto o = out.all();
   auto d = v.all();
   for (size_t i = 0; i < o.size(); ++i)
@@ -78,7 +78,7 @@ IndexerTensors axpy(const IndexerTensors& p, double eps, const IndexerTensors& v
 }
 
 // Layer `layer`'s top-k set per query under `p` (the sparse stage's keys), as the student scores it.
-std::vector<std::vector<int>> selection(const Teacher& t, const IndexerTensors& p, int layer) {
+std::vector<std::vector<int>> selection(const Teacher& t, const IndexerParams& p, int layer) {
   const std::vector<float> sc = indexer_scores(t.spec(), t.rope, p, t.cap->layers[layer], t.T);
   std::vector<std::vector<int>> out(t.T);
   for (int i = 0; i < t.T; ++i) {
@@ -104,7 +104,7 @@ TEST(DistillLoss, GradientMatchesFiniteDifferences) {
   for (const std::string name : {"glm_a", "dsv_a"}) {
     Teacher t(name, random_ids(40, 256, 7));  // 40 tokens > index_topk 16: the sparse stage selects
     ASSERT_GT(t.T, t.spec().index_topk);
-    const IndexerTensors p = t.student(0);
+    const IndexerParams p = t.student(0);
     const auto centre = selection(t, p, 0);
     std::mt19937 rng(3);
     std::normal_distribution<float> nd;
@@ -115,7 +115,7 @@ TEST(DistillLoss, GradientMatchesFiniteDifferences) {
         for (int which = -1; which < 5; ++which) {
           // Along the gradient of one tensor (the projection is then |g_i|, far above the f32
           // noise, and a wrong g_i cannot match it), and along one random direction over all.
-          IndexerTensors v = IndexerTensors::zeros(t.spec());
+          IndexerParams v = IndexerParams::zeros(t.spec());
           auto vs = v.all();
           const auto gs = g.grad.all();
           for (int i = 0; i < 5; ++i) {
@@ -145,7 +145,7 @@ TEST(DistillLoss, GradientMatchesFiniteDifferences) {
 // The query block only tiles the work: any block size gives the same loss and gradient.
 TEST(DistillLoss, QueryBlockDoesNotChangeTheResult) {
   Teacher t("glm_a", random_ids(33, 256, 11));
-  const IndexerTensors p = t.student(1);
+  const IndexerParams p = t.student(1);
   for (Stage stage : {Stage::kDense, Stage::kSparse}) {
     const GroupLoss a = t.loss(p, 1, 2, stage, 1), b = t.loss(p, 1, 2, stage, 64);
     EXPECT_NEAR(a.loss, b.loss, 1e-6 * a.loss);
@@ -211,7 +211,7 @@ TEST(DistillLoss, MatchesTorchAutograd) {
       if (!plan.is_full(l)) continue;
       int m = 1;
       while (l + m < t.spec().num_layers && !plan.is_full(l + m)) ++m;
-      const IndexerTensors p = t.student(l);
+      const IndexerParams p = t.student(l);
       for (Stage stage : {Stage::kDense, Stage::kSparse}) {
         for (const std::string target : {"multi", "single"}) {
           const std::string key = std::string(stage == Stage::kDense ? "dense." : "sparse.") + target + "." +

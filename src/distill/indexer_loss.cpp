@@ -62,7 +62,7 @@ struct Forward {
   std::vector<float> w;      // [T, Hi] head weights (times Hi^-0.5)
 };
 
-Forward student_forward(const ModelSpec& s, const RopeTable& rope, const IndexerTensors& p, const TeacherLayer& f,
+Forward student_forward(const ModelSpec& s, const RopeTable& rope, const IndexerParams& p, const TeacherLayer& f,
                         int T) {
   const int hi = s.index_n_heads, di = s.index_head_dim, H = s.hidden_size, qlr = s.q_lora_rank;
   Forward fw;
@@ -129,9 +129,9 @@ void query_keys(const float* scores, int t, int topk, Stage stage, std::vector<i
 
 }  // namespace
 
-IndexerTensors IndexerTensors::zeros(const ModelSpec& s) {
+IndexerParams IndexerParams::zeros(const ModelSpec& s) {
   const size_t hi = s.index_n_heads, di = s.index_head_dim, H = s.hidden_size, qlr = s.q_lora_rank;
-  IndexerTensors t;
+  IndexerParams t;
   t.wq_b.assign(hi * di * qlr, 0.0f);
   t.wk.assign(di * H, 0.0f);
   t.k_norm_w.assign(di, 0.0f);
@@ -140,11 +140,11 @@ IndexerTensors IndexerTensors::zeros(const ModelSpec& s) {
   return t;
 }
 
-IndexerTensors IndexerTensors::from(const IndexerWeights& w, const ModelSpec& s) {
+IndexerParams IndexerParams::from(const IndexerWeights& w, const ModelSpec& s) {
   const int64_t hi = s.index_n_heads, di = s.index_head_dim, H = s.hidden_size, qlr = s.q_lora_rank;
   if (!w.wq_b || !w.wk || !w.k_norm_w || !w.k_norm_b || !w.weights_proj)
     throw_bad_input("distill", "the layer has no indexer weights to train");
-  IndexerTensors t;
+  IndexerParams t;
   t.wq_b = to_f32(w.wq_b, hi * di * qlr);
   t.wk = to_f32(w.wk, di * H);
   t.k_norm_w = to_f32(w.k_norm_w, di);
@@ -153,8 +153,8 @@ IndexerTensors IndexerTensors::from(const IndexerWeights& w, const ModelSpec& s)
   return t;
 }
 
-std::vector<std::vector<float>*> IndexerTensors::all() { return {&wq_b, &wk, &k_norm_w, &k_norm_b, &weights_proj}; }
-std::vector<const std::vector<float>*> IndexerTensors::all() const {
+std::vector<std::vector<float>*> IndexerParams::all() { return {&wq_b, &wk, &k_norm_w, &k_norm_b, &weights_proj}; }
+std::vector<const std::vector<float>*> IndexerParams::all() const {
   return {&wq_b, &wk, &k_norm_w, &k_norm_b, &weights_proj};
 }
 
@@ -166,7 +166,7 @@ void TeacherCapture::on_attention(int layer, const AttentionInputs& in) {
   t.keys.assign(in.keys.begin(), in.keys.end());
 }
 
-std::vector<float> indexer_scores(const ModelSpec& s, const RopeTable& rope, const IndexerTensors& student,
+std::vector<float> indexer_scores(const ModelSpec& s, const RopeTable& rope, const IndexerParams& student,
                                   const TeacherLayer& f, int T) {
   const Forward fw = student_forward(s, rope, student, f, T);
   std::vector<float> dots, block, out(static_cast<size_t>(T) * T, -std::numeric_limits<float>::infinity());
@@ -180,7 +180,7 @@ std::vector<float> indexer_scores(const ModelSpec& s, const RopeTable& rope, con
   return out;
 }
 
-GroupLoss indexer_group_loss(const ModelSpec& s, const RopeTable& rope, const IndexerTensors& student,
+GroupLoss indexer_group_loss(const ModelSpec& s, const RopeTable& rope, const IndexerParams& student,
                              const TeacherLayer& f, std::span<const TeacherLayer* const> served, int T, Stage stage,
                              int query_block) {
   const int hi = s.index_n_heads, di = s.index_head_dim, H = s.hidden_size, qlr = s.q_lora_rank;
@@ -194,7 +194,7 @@ GroupLoss indexer_group_loss(const ModelSpec& s, const RopeTable& rope, const In
   const Forward fw = student_forward(s, rope, student, f, T);
 
   GroupLoss out;
-  out.grad = IndexerTensors::zeros(s);
+  out.grad = IndexerParams::zeros(s);
   std::vector<float> dq(static_cast<size_t>(T) * hi * di, 0.0f), dk(static_cast<size_t>(T) * di, 0.0f);
   std::vector<float> dw(static_cast<size_t>(T) * hi, 0.0f);
   std::vector<float> dots, scores, logits, pbar, dI;
@@ -277,7 +277,7 @@ GroupLoss indexer_group_loss(const ModelSpec& s, const RopeTable& rope, const In
   // Through RoPE (its transpose), then the projections and the key LayerNorm.
   rope_heads(s, rope, dq.data(), T, hi, di, true);
   rope_heads(s, rope, dk.data(), T, 1, di, true);
-  IndexerTensors& g = out.grad;
+  IndexerParams& g = out.grad;
   gemm_tn(dq.data(), f.query_latent.data(), g.wq_b.data(), hi * di, qlr, T);
   std::vector<float> dkraw(dk.size());
   for (int t = 0; t < T; ++t) {

@@ -24,15 +24,15 @@ namespace indexcache::distill {
 enum class Stage { kDense, kSparse };
 
 // One F layer's trainable indexer tensors in f32, shaped as the checkpoint's.
-struct IndexerTensors {
+struct IndexerParams {
   std::vector<float> wq_b;          // [Hi * Di, q_lora_rank]
   std::vector<float> wk;            // [Di, hidden]
   std::vector<float> k_norm_w;      // [Di]
   std::vector<float> k_norm_b;      // [Di]
   std::vector<float> weights_proj;  // [Hi, hidden]
 
-  static IndexerTensors zeros(const ModelSpec& spec);
-  static IndexerTensors from(const IndexerWeights& w, const ModelSpec& spec);
+  static IndexerParams zeros(const ModelSpec& spec);
+  static IndexerParams from(const IndexerWeights& w, const ModelSpec& spec);
   // The five tensors in the order above (optimisers and tests walk them alike).
   std::vector<std::vector<float>*> all();
   std::vector<const std::vector<float>*> all() const;
@@ -54,19 +54,19 @@ class TeacherCapture final : public LayerObserver {
 
 struct GroupLoss {
   double loss = 0;
-  IndexerTensors grad;
+  IndexerParams grad;
 };
 
 // The loss of the indexer `student` of the F layer captured in `f` against the layers `served`
 // (the F layer's own capture first), over `tokens` tokens at positions 0..tokens-1, and its
 // gradient. `rope` covers the positions; `query_block` queries are scored at a time.
-GroupLoss indexer_group_loss(const ModelSpec& spec, const RopeTable& rope, const IndexerTensors& student,
+GroupLoss indexer_group_loss(const ModelSpec& spec, const RopeTable& rope, const IndexerParams& student,
                              const TeacherLayer& f, std::span<const TeacherLayer* const> served, int tokens,
                              Stage stage, int query_block = 64);
 
 // The indexer's scores I[t, s] of `student` on `f` (s <= t; -inf above the diagonal), [tokens, tokens]:
 // the same forward as the loss uses (tests compare it with the engine's own indexer).
-std::vector<float> indexer_scores(const ModelSpec& spec, const RopeTable& rope, const IndexerTensors& student,
+std::vector<float> indexer_scores(const ModelSpec& spec, const RopeTable& rope, const IndexerParams& student,
                                   const TeacherLayer& f, int tokens);
 
 }  // namespace indexcache::distill

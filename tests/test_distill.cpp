@@ -1,0 +1,133 @@
+// indexcache::distill_indexers and write_distilled_checkpoint (include/indexcache/distill.h) on a
+// golden model: training lowers the loss it optimises, the written checkpoint loads under its plan
+// with the trained indexers, no S-layer indexers, and every other tensor byte for byte unchanged.
+#include "indexcache/distill.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "backend/backend.h"
+#include "distill/indexer_loss.h"
+#include "indexcache/error.h"
+#include "indexcache/model.h"
+#include "indexcache/safetensors.h"
+#include "indexcache/session.h"
+#include "indexcache/weight_store.h"
+#include "io/checkpoint_schema.h"
+#include "model/weights.h"
+#include "test_util.h"
+
+namespace indexcache {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::vector<int32_t>> windows(int count, int tokens, int vocab) {
+  std::mt19937 rng(17);
+  std::vector<std::vector<int32_t>> w(count, std::vector<int32_t>(tokens));
+  for (auto& v : w)
+    for (auto& id : v) id = static_cast<int32_t>(rng() % vocab);
+  return w;
+}
+
+std::unique_ptr<Model> golden(const std::string& name) {
+  LoadOptions lo;
+  return Model::load(test::test_data_dir() + "/golden/" + name, lo);
+}
+
+TEST(Distill, TrainingLowersTheLossItOptimises) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  for (DistillStage stage : {DistillStage::kDense, DistillStage::kSparse}) {
+    DistillOptions o;
+    o.steps = 25;  // two windows: steps 1 and 25 both see window 0
+    o.lr = 5e-3;
+    o.stage = stage;
+    const DistillResult r = distill_indexers(*model, *be, plan, windows(2, 40, 256), o);
+    ASSERT_EQ(r.steps.size(), 25u);
+    ASSERT_EQ(r.indexers.size(), 3u);
+    EXPECT_EQ(r.steps.front().window, 0);
+    EXPECT_EQ(r.steps.back().window, 0);
+    EXPECT_LT(r.steps.back().loss, 0.8 * r.steps.front().loss) << "stage " << static_cast<int>(stage);
+  }
+}
+
+TEST(Distill, WrittenCheckpointLoadsWithTheTrainedIndexers) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  DistillOptions o;
+  o.steps = 3;
+  o.lr = 1e-2;
+  const DistillResult r = distill_indexers(*model, *be, plan, windows(1, 24, 256), o);
+  const std::string out = test::make_temp_dir("distill") + "/distilled";
+  write_distilled_checkpoint(*model, plan, r, out);
+
+  auto trained = Model::load(out);
+  EXPECT_EQ(trained->config_plan().pattern(), "FSSFSF");
+  const WeightStore before = WeightStore::open_dir(model->dir()), after = WeightStore::open_dir(out);
+  int unchanged = 0;
+  for (const std::string& name : before.names()) {
+    const bool indexer = name.find(".self_attn.indexer.") != std::string::npos;
+    const int layer = tensor_layer_index(name).value_or(-1);
+    const auto a = before.find(name), b = after.find(name);
+    if (indexer && !plan.is_full(layer)) {
+      EXPECT_EQ(b.info, nullptr) << name << " (an S layer's indexer) was written";
+      continue;
+    }
+    ASSERT_NE(b.info, nullptr) << name;
+    ASSERT_EQ(a.info->dtype, b.info->dtype) << name;
+    ASSERT_EQ(a.info->shape, b.info->shape) << name;
+    const bool same = std::memcmp(a.file->data(*a.info), b.file->data(*b.info), a.info->nbytes) == 0;
+    if (indexer) {
+      EXPECT_FALSE(same) << name << " was not trained";
+    } else {
+      EXPECT_TRUE(same) << name << " changed";
+      ++unchanged;
+    }
+  }
+  EXPECT_GT(unchanged, 50);
+  // The trained wq_b of layer 3 is what the trainer returned (f32 checkpoint: exactly).
+  const auto wq = after.find("model.layers.3.self_attn.indexer.wq_b.weight");
+  ASSERT_NE(wq.info, nullptr);
+  ASSERT_EQ(r.indexers[1].layer, 3);
+  EXPECT_EQ(std::memcmp(wq.file->data(*wq.info), r.indexers[1].wq_b.data(), wq.info->nbytes), 0);
+  // The engine runs it under its own plan.
+  Session s(*trained, trained->config_plan(), *be);
+  const ChunkResult res = s.forward(windows(1, 20, 256)[0]);
+  for (float v : res.logits) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST(Distill, BadInputIsAClearError) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  auto error_of = [&](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.exit_code(), 2);
+      return e.what();
+    }
+    return "no error";
+  };
+  DistillOptions o;
+  o.steps = 0;
+  EXPECT_EQ(error_of([&] { distill_indexers(*model, *be, plan, windows(1, 8, 256), o); }),
+            "--steps: must be at least 1");
+  o.steps = 1;
+  EXPECT_EQ(error_of([&] { distill_indexers(*model, *be, plan, {}, o); }), "distill data: no windows to train on");
+  EXPECT_EQ(error_of([&] { distill_indexers(*model, *be, plan, {{5}}, o); }),
+            "distill data: a window needs at least 2 tokens");
+  const DistillResult r = distill_indexers(*model, *be, plan, windows(1, 8, 256), o);
+  EXPECT_EQ(error_of([&] { write_distilled_checkpoint(*model, plan, r, model->dir()); }),
+            "--out: is the input model's directory");
+}
+
+}  // namespace
+}  // namespace indexcache
