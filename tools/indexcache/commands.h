@@ -38,6 +38,7 @@ std::shared_ptr<Backend> open_backend(const DeviceFlags& f, const Model& model);
 Runner register_info(CLI::App& app);
 Runner register_dump(CLI::App& app);
 Runner register_generate(CLI::App& app);
+Runner register_distill(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_overlap(CLI::App& app);
 Runner register_calibrate(CLI::App& app);

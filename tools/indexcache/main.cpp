@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
     runners[ov] = cli::register_overlap(*ov);
     auto* cal = app.add_subcommand("calibrate", "greedy IndexCache search: plan, report, config export");
     runners[cal] = cli::register_calibrate(*cal);
+    auto* dist = app.add_subcommand("distill", "train the F layers' indexers to serve the S layers (multi-layer distillation)");
+    runners[dist] = cli::register_distill(*dist);
     auto* bench = app.add_subcommand("bench", "prefill and decode speed of a synthetic model per context and plan");
     runners[bench] = cli::register_bench(*bench);
   }

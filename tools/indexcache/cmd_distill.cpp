@@ -1,0 +1,128 @@
+// `indexcache distill`: trains the F layers' indexers of a plan to serve the S layers after them
+// (the multi-layer distillation of the IndexCache paper; the model frozen), and writes the result
+// as a Hugging Face directory with no S-layer indexers and the plan in its config.json.
+#include <fmt/core.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "commands.h"
+#include "flags.h"
+#include "indexcache/dataset.h"
+#include "indexcache/distill.h"
+#include "indexcache/error.h"
+#include "indexcache/model.h"
+#include "indexcache/progress.h"
+#include "indexcache/report.h"
+
+namespace indexcache::cli {
+
+namespace {
+
+struct DistillFlags {
+  DeviceFlags device;
+  std::string model, plan, out, stage = "dense", loss = "multi";
+  std::vector<std::string> data;
+  int ctx = 0, max_windows = 0, steps = 100, query_block = 64;
+  double lr = 1e-3, weight_decay = 0.0, clip = 1.0;
+};
+
+int run_distill(const DistillFlags& f) {
+  const std::string dir = resolve_model_dir(f.model);
+  const ModelSpec spec = load_model_spec(dir);
+  const IndexPlan plan = IndexPlan::parse(f.plan, spec);
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(f.out, ec) && fs::equivalent(f.out, dir, ec)) throw_bad_input("--out", "is the input model's directory");
+  if (fs::exists(f.out, ec) && !(fs::is_directory(f.out, ec) && fs::is_empty(f.out, ec)))
+    throw_bad_input("--out", "exists and is not an empty directory (a distilled model goes into a new one)");
+  report::ensure_dir(f.out);  // unwritable: found now, before the training
+
+  DistillOptions o;
+  o.steps = f.steps;
+  o.lr = f.lr;
+  o.weight_decay = f.weight_decay;
+  o.clip = f.clip;
+  o.query_block = f.query_block;
+  o.stage = f.stage == "sparse" ? DistillStage::kSparse : f.stage == "both" ? DistillStage::kBoth : DistillStage::kDense;
+  o.target = f.loss == "single" ? DistillTarget::kSingle : DistillTarget::kMulti;
+
+  const int ctx = resolve_ctx(f.ctx, spec.max_position_embeddings, 1024);
+  const auto files = load_model_data(dir, f.data, DataUse::kCalibration, embedded_data_dir(INDEXCACHE_DEFAULT_MODEL),
+                                     {.ctx = ctx, .max_windows = f.max_windows, .vocab_size = spec.vocab_size});
+  std::vector<std::vector<int32_t>> windows;
+  for (const auto& d : files) windows.insert(windows.end(), d.windows.begin(), d.windows.end());
+  if (windows.empty()) throw_bad_input("--data", "no LM windows of --ctx tokens in the data");
+
+  LoadOptions lo;
+  lo.require_indexer.assign(spec.num_layers, false);
+  for (int l = 0; l < spec.num_layers; ++l) lo.require_indexer[l] = plan.is_full(l);
+  auto model = Model::load(dir, lo);
+  auto backend = open_backend(f.device, *model);
+
+  fmt::print("model  {} ({}, {} layers, index_topk {})\n", dir, spec.model_type, spec.num_layers, spec.index_topk);
+  fmt::print("plan   {} ({} F layers), stage {}, loss {}, {} steps, lr {}\n", plan.pattern(), plan.num_full(),
+             f.stage, f.loss, f.steps, f.lr);
+  fmt::print("data   {} windows of up to {} tokens\n", windows.size(), ctx);
+  Progress progress;
+  const auto t0 = std::chrono::steady_clock::now();
+  double first = 0;
+  const DistillResult r = distill_indexers(*model, *backend, plan, windows, o, [&](const DistillStep& s) {
+    if (s.step == 1) first = s.loss;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    progress.update(fmt::format("distill: step {}/{} | loss {:.5f} (step 1: {:.5f}) | grad norm {:.3g} | elapsed {} | ETA {}",
+                                s.step, f.steps, s.loss, first, s.grad_norm, report::format_duration(el),
+                                report::format_duration(el / s.step * (f.steps - s.step))));
+  });
+  progress.done();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_distilled_checkpoint(*model, plan, r, f.out);
+
+  report::ordered_json j;
+  j["model"] = dir;
+  j["plan"] = plan.pattern();
+  j["stage"] = f.stage;
+  j["loss"] = f.loss;
+  j["steps"] = f.steps;
+  j["lr"] = f.lr;
+  j["ctx"] = ctx;
+  j["windows"] = windows.size();
+  j["seconds"] = seconds;
+  j["curve"] = report::ordered_json::array();
+  for (const auto& s : r.steps)
+    j["curve"].push_back({{"step", s.step}, {"window", s.window}, {"sparse", s.sparse}, {"loss", s.loss},
+                          {"grad_norm", s.grad_norm}});
+  report::write_file(f.out + "/report.json", j.dump(1) + "\n");
+  fmt::print("loss   {:.5f} -> {:.5f} (summed over F layers, per token)\n", r.steps.front().loss, r.steps.back().loss);
+  fmt::print("wrote  {} (model.safetensors, config.json, report.json) in {}\n", f.out, report::format_duration(seconds));
+  return 0;
+}
+
+}  // namespace
+
+Runner register_distill(CLI::App& app) {
+  auto f = std::make_shared<DistillFlags>();
+  app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
+  add_device_flags(app, f->device);
+  app.add_option("--plan", f->plan, "the plan to distill for: 1/N, an F/S string, a config/report JSON")
+      ->required()
+      ->check(non_empty());
+  app.add_option("--out", f->out, "output directory (new or empty)")->required()->check(non_empty());
+  app.add_option("--data", f->data, ".txt, .jsonl or .ids training data (default: data/calibration*.txt)");
+  app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))")
+      ->check(integer_in(2, kMaxTokensFlag));
+  app.add_option("--max-windows", f->max_windows, "windows per file (default: all)")->check(integer_in(0, kMaxCountFlag));
+  app.add_option("--steps", f->steps, "optimiser steps, one window each (default 100)")->check(integer_in(1, 1 << 24));
+  app.add_option("--lr", f->lr, "AdamW learning rate (default 1e-3)")->check(CLI::Range(1e-12, 10.0));
+  app.add_option("--weight-decay", f->weight_decay, "AdamW decoupled weight decay (default 0)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--clip", f->clip, "global gradient-norm clip, 0: none (default 1)")->check(CLI::Range(0.0, 1e6));
+  app.add_option("--stage", f->stage, "dense, sparse (KL over the selected set) or both (dense, then sparse)")
+      ->check(CLI::IsMember({"dense", "sparse", "both"}));
+  app.add_option("--loss", f->loss, "multi (the served layers' mean, default) or single (the F layer alone)")
+      ->check(CLI::IsMember({"multi", "single"}));
+  app.add_option("--query-block", f->query_block, "queries per block (bounds memory; default 64)")
+      ->check(integer_in(1, 1 << 16));
+  return [f] { return run_distill(*f); };
+}
+
+}  // namespace indexcache::cli
