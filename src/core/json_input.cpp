@@ -2,6 +2,9 @@
 
 #include "indexcache/error.h"
 
+#include <unordered_set>
+#include <vector>
+
 namespace indexcache {
 
 int json_nesting_depth(std::string_view text, int stop_after) {
@@ -32,6 +35,9 @@ namespace {
 
 template <class Json>
 Json parse_bounded(std::string_view text, const std::string& source, int max_depth) {
+  // nlohmann ends the input at a NUL byte and ignores what follows; JSON text has none.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw_bad_input(source, "invalid JSON (NUL byte at byte " + std::to_string(nul) + ")");
   if (json_nesting_depth(text, max_depth) > max_depth)
     throw_bad_input(source, "JSON nests deeper than " + std::to_string(max_depth) + " levels");
   try {
@@ -118,6 +124,47 @@ std::string for_message(const Json& v, std::size_t max_chars) {
 }
 
 }  // namespace
+
+std::optional<DuplicateKey> find_duplicate_json_key(std::string_view text) {
+  using json = nlohmann::json;
+  struct Finder : nlohmann::json_sax<json> {
+    std::vector<std::unordered_set<std::string>> open;  // one per open container (arrays: empty)
+    std::optional<DuplicateKey> found;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+      open.emplace_back();
+      return true;
+    }
+    bool key(string_t& k) override {
+      if (!open.back().insert(k).second) {
+        found = DuplicateKey{k, static_cast<int>(open.size())};
+        return false;  // stop here
+      }
+      return true;
+    }
+    bool end_object() override {
+      open.pop_back();
+      return true;
+    }
+    bool start_array(std::size_t) override {
+      open.emplace_back();
+      return true;
+    }
+    bool end_array() override {
+      open.pop_back();
+      return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+  } finder;
+  json::sax_parse(text.begin(), text.end(), &finder, nlohmann::detail::input_format_t::json, /*strict=*/true);
+  return finder.found;
+}
 
 nlohmann::json parse_json_input(std::string_view text, const std::string& source, int max_depth) {
   return parse_bounded<nlohmann::json>(text, source, max_depth);

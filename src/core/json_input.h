@@ -17,12 +17,23 @@ namespace indexcache {
 // tokenizers nest < 10 levels; a safetensors header needs 3.
 inline constexpr int kMaxJsonInputDepth = 64;
 
-// Parses `text`; a syntax error, nesting deeper than `max_depth` or an empty text throws bad input
-// "<source>: ..." on one line (the byte offset of a syntax error included).
+// Parses `text`; a syntax error, a NUL byte, nesting deeper than `max_depth` or an empty text
+// throws bad input "<source>: ..." on one line (the byte offset of a syntax error included).
 nlohmann::json parse_json_input(std::string_view text, const std::string& source,
                                 int max_depth = kMaxJsonInputDepth);
 nlohmann::ordered_json parse_ordered_json_input(std::string_view text, const std::string& source,
                                                 int max_depth = kMaxJsonInputDepth);
+
+// Duplicate object keys: nlohmann keeps the last of two equal keys without a word; in a
+// safetensors header or a shard index that silently replaces a tensor, so those readers refuse
+// them. The first key that appears twice in one object of `text` (depth: of the object holding it,
+// 1 for the root's keys), or nullopt. Run it on text parse_json_input has accepted (bounded
+// nesting, no syntax error); one SAX pass, memory the keys of the objects open at a time.
+struct DuplicateKey {
+  std::string key;
+  int depth = 0;
+};
+std::optional<DuplicateKey> find_duplicate_json_key(std::string_view text);
 
 // The deepest nesting of arrays/objects in `text` (strings skipped), stopping early once it passes
 // `stop_after`; no allocation, no recursion.

@@ -11,7 +11,6 @@
 #include "core/json_input.h"
 #include "core/mapped_file.h"
 #include "indexcache/error.h"
-#include "io/json_duplicates.h"
 
 namespace indexcache {
 
@@ -44,9 +43,6 @@ std::optional<uint64_t> as_u64(const json& v) {
 }
 
 json parse_header_json(std::string_view text, const std::string& source) {
-  // nlohmann ends the input at a NUL and ignores what follows; the spec pads with spaces only.
-  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
-    throw_bad_input(source, "invalid JSON (NUL byte at byte " + std::to_string(nul) + " of the header)");
   json header = parse_json_input(text, source, kMaxJsonDepth);
   if (!header.is_object()) throw_bad_input(source, "header is not a JSON object");
   // Two entries of one name: nlohmann keeps the last, which would hide the first's bytes.

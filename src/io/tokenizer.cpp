@@ -779,9 +779,6 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer Tokenizer::load(const std::string& path) { return from_json(read_regular_file(path), path); }
 
 Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& source) {
-  // nlohmann ends the input at a NUL and ignores what follows.
-  if (const size_t nul = json_text.find('\0'); nul != std::string_view::npos)
-    throw_bad_input(path_for_message(source), "invalid JSON (NUL byte at byte " + std::to_string(nul) + ")");
   const json root = parse_json_input(json_text, path_for_message(source));
   auto impl = std::make_unique<Impl>();
   impl->parse(root, Reader(source));

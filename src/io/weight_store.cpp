@@ -10,7 +10,6 @@
 #include "core/json_input.h"
 #include "core/mapped_file.h"
 #include "indexcache/error.h"
-#include "io/json_duplicates.h"
 
 namespace indexcache {
 
@@ -36,9 +35,6 @@ bool plain_file_name(const std::string& name) {
 std::map<std::string, std::string> read_weight_map(const fs::path& index_path) {
   const std::string what = path_for_message(index_path.string());
   const std::string text = read_regular_file(index_path.string());
-  // nlohmann ends the input at a NUL and ignores what follows.
-  if (const size_t nul = text.find('\0'); nul != std::string::npos)
-    throw_bad_input(what, "invalid JSON (NUL byte at byte " + std::to_string(nul) + ")");
   const json index = parse_json_input(text, what);
   if (!index.is_object()) throw_bad_input(what, "not a JSON object");
   // A tensor listed twice would be read from whichever shard nlohmann kept.
