@@ -210,8 +210,8 @@ class Loader {
                           (tok[0] == '-' && tok.size() > 1 && tok.find_first_not_of("0123456789", 1) == std::string_view::npos);
       if (!digits || (ec != std::errc() && ec != std::errc::result_out_of_range) || end != tok.data() + tok.size())
         throw_bad_input(where, "token " + token_for_message(tok) + " is not a token id (a non-negative integer)");
-      if (ec == std::errc::result_out_of_range || v > hi || v < 0) {
-        if (tok[0] == '-') throw_bad_input(where, "token " + token_for_message(tok) + " is negative, not a token id");
+      if (tok[0] == '-') throw_bad_input(where, "token " + token_for_message(tok) + " is negative, not a token id");
+      if (ec == std::errc::result_out_of_range || v > hi) {
         if (o_.vocab_size > 0)
           throw_bad_input(where, "token id " + token_for_message(tok) + " is outside the model's vocabulary [0, " +
                                      std::to_string(o_.vocab_size) + ")");
