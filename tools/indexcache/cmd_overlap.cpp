@@ -85,7 +85,7 @@ Runner register_overlap(CLI::App& app) {
   auto f = std::make_shared<OverlapFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   add_device_flags(app, f->device);
-  app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"} lines) or .ids (default: data/calibration.txt)");
+  app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"}, {\"ids\"} or chat {\"messages\"} lines) or .ids (default: data/calibration.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
   app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");
   app.add_option("--out", f->out,
