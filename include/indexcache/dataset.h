@@ -11,18 +11,32 @@
 //             {"prompt": "...", "answer": "..."}   a retrieval item (prompt tokenized; answer
 //                                                  tokenized unless "answer_ids" is given)
 //             {"prompt_ids": [...], "answer_ids": [...]}   a retrieval item, already tokenized
-//           Other keys ("task", "context", ...) are kept as metadata ("task" groups accuracy).
+//             {"messages": [{"role": "user", "content": "..."},
+//                           {"role": "assistant", "content": "..."}]}
+//                                                  a chat document: the user message wrapped in
+//                                                  the model's chat format (wrap_chat, as
+//                                                  `generate --chat`), the optional assistant
+//                                                  reply after it; tokenized, cut into windows.
+//                                                  One user turn only (the chat format has no
+//                                                  system prompt or history).
+//           Other keys ("context", ...) are ignored; "task", when given, must be a string (it
+//           groups accuracy). Each line is parsed with the bounded JSON reader.
 // Token ids must be below the model's vocab_size. Text needs a tokenizer; a text file given for a
-// model without one is bad input naming the file.
+// model without one is bad input naming the file. Errors name the file and, for .jsonl and .ids,
+// the line ("data.ids:3: token 'x1' is not a token id"); bytes from the file are quoted
+// (quote_for_message / json_for_message), never printed raw.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
-namespace indexcache {
+#include "indexcache/model_spec.h"
+#include "indexcache/tokenizer.h"
 
-class Tokenizer;
+namespace indexcache {
 
 struct RetrievalItem {
   std::string task;    // "task" key, or "" when absent
@@ -46,13 +60,20 @@ struct DataOptions {
   int max_windows = 0;    // per file, 0: all
   int max_items = 0;      // retrieval items per file, 0: all
   int vocab_size = 0;     // ids must be below this (0: unchecked)
+  std::optional<ChatFormat> chat = std::nullopt;  // for {"messages": ...} lines (unset: such lines are refused)
 };
+
+// The chat format of a model family: the one `generate --chat` uses.
+ChatFormat chat_format_for(Family family);
 
 // Loads one file. `tokenizer` may be null (then only .ids files and *_ids JSONL entries load).
 // Errors (kBadInput) name the file and, for JSONL, the line: a missing or unreadable file, an
 // unknown extension, invalid JSON, an entry of no known shape, an id out of range, a file that
 // yields neither windows nor items.
 DataFile load_data_file(const std::string& path, const Tokenizer* tokenizer, const DataOptions& options);
+// The same from the file's contents already in memory (`path` gives the kind and names it).
+DataFile load_data_text(std::string_view text, const std::string& path, const Tokenizer* tokenizer,
+                        const DataOptions& options);
 std::vector<DataFile> load_data_files(const std::vector<std::string>& paths, const Tokenizer* tokenizer,
                                       const DataOptions& options);
 
@@ -69,7 +90,8 @@ std::string embedded_data_dir(const std::string& embedded_model_dir);
 
 // What the CLI commands load: `paths`, or when empty the default files of `use` in `default_dir`,
 // tokenized with `model_dir`/tokenizer.json when the model has one (without it only token-id data
-// loads), ids checked against `vocab_size`.
+// loads), chat lines in the chat format of the model's family (unless options.chat is set), ids
+// checked against `vocab_size`.
 std::vector<DataFile> load_model_data(const std::string& model_dir, std::vector<std::string> paths, DataUse use,
                                       const std::string& default_dir, const DataOptions& options);
 // The window length: `flag` when > 0 (kBadInput "--ctx" when above `max_positions`), else

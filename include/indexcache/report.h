@@ -29,7 +29,8 @@ using ordered_json = nlohmann::ordered_json;
 // ---- files -------------------------------------------------------------------------------------
 // Creates `dir` (and parents); kBadInput naming it when that fails or it is a file.
 void ensure_dir(const std::string& dir);
-// Writes `text` to `path` through a temporary file and a rename (a reader never sees half a file).
+// Writes `text` to `path` atomically and durably: write_file_atomic (indexcache/output_dir.h). The
+// commands write through their OutputDir, which also checks and claims the directory first.
 void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);  // kBadInput naming the file when unreadable
 
@@ -78,8 +79,10 @@ struct StateMeta {
   int64_t windows = 0;
 };
 std::string state_to_json(const CalibrationState& state, const StateMeta& meta);
-// Parses a state file and checks it belongs to `expected` (layers and data fingerprint). Every
-// problem is kBadInput naming `path`.
+// Parses a state file (bounded JSON) and checks it belongs to `expected` (layers and data
+// fingerprint). Every problem is kBadInput naming `path` and the key ("steps[2].loss"): integers
+// range-checked without wrapping (layers in [0, num_layers), counts >= 0), losses and seconds
+// finite and >= 0, each step's plan following from the one before.
 CalibrationState state_from_json(const std::string& text, const std::string& path, const StateMeta& expected);
 // Reads and parses the state file at `path` (kBadInput when it is missing or unreadable).
 CalibrationState load_state(const std::string& path, const StateMeta& expected);

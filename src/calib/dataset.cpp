@@ -1,14 +1,18 @@
 #include "indexcache/dataset.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_input.h"
 #include "indexcache/error.h"
 #include "indexcache/evaluate.h"
+#include "indexcache/model_spec.h"
 #include "indexcache/tokenizer.h"
 
 namespace indexcache {
@@ -30,14 +34,22 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 std::string read_whole(const std::string& path) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw_bad_input(path, "data file not found");
-  if (fs::is_directory(path, ec)) throw_bad_input(path, "is a directory, expected a data file");
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) throw_bad_input(path, "data file not found");
+  if (fs::is_directory(st)) throw_bad_input(path, "is a directory, expected a data file");
+  if (!fs::is_regular_file(st)) throw_bad_input(path, "is not a regular file (a pipe or device?), expected a data file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw_bad_input(path, "cannot open data file");
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw_bad_input(path, "read error");
   return ss.str();
+}
+
+// A token of an .ids file for a message: quoted (escapes never reach the terminal), cut when long.
+std::string token_for_message(std::string_view tok) {
+  constexpr size_t kMax = 24;
+  return tok.size() > kMax ? quote_for_message(tok.substr(0, kMax)) + "..." : quote_for_message(tok);
 }
 
 class Loader {
@@ -69,38 +81,79 @@ class Loader {
   }
 
   std::vector<int32_t> id_array(const json& v, const std::string& where) {
-    if (!v.is_array()) throw_bad_input(where, "expected an array of token ids");
+    if (!v.is_array()) throw_bad_input(where, "expected an array of token ids, found " + json_for_message(v));
+    const int64_t hi = o_.vocab_size > 0 ? o_.vocab_size - 1 : INT32_MAX;
     std::vector<int32_t> ids;
     ids.reserve(v.size());
-    for (const auto& e : v) {
-      if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > INT32_MAX)
-        throw_bad_input(where, "expected non-negative integer token ids, found " + e.dump());
-      ids.push_back(static_cast<int32_t>(e.get<int64_t>()));
+    for (size_t i = 0; i < v.size(); ++i) {
+      const auto id = json_integer_in(v[i], 0, hi);
+      if (!id)
+        throw_bad_input(where, "entry " + std::to_string(i) + ": expected a token id in [0, " + std::to_string(hi) +
+                                   "], found " + json_for_message(v[i]));
+      ids.push_back(static_cast<int32_t>(*id));
     }
-    check_ids(ids, where);
     return ids;
   }
 
-  void load_jsonl(DataFile& d, const std::string& text) {
-    std::istringstream in(text);
-    std::string line;
+  // {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}: the
+  // user turn wrapped in the model's chat format (wrap_chat, as `generate --chat` does), then the
+  // assistant's reply, if any, as the continuation.
+  std::string render_chat(const json& messages, const std::string& where) {
+    const std::string key = where + ": key 'messages'";
+    if (!messages.is_array()) throw_bad_input(key, "expected an array of messages, found " + json_for_message(messages));
+    if (messages.empty()) throw_bad_input(key, "no messages");
+    if (!o_.chat) throw_bad_input(key, "chat data needs the model's chat format (no tokenizer?)");
+    std::vector<std::string> roles, contents;
+    for (size_t i = 0; i < messages.size(); ++i) {
+      const std::string mk = where + ": key 'messages[" + std::to_string(i) + "]";
+      const json& m = messages[i];
+      if (!m.is_object()) throw_bad_input(mk + "'", "expected {\"role\": ..., \"content\": ...}, found " + json_for_message(m));
+      const auto role = m.find("role"), content = m.find("content");
+      if (role == m.end() || !role->is_string())
+        throw_bad_input(mk + ".role'", "expected a string, found " + (role == m.end() ? "nothing" : json_for_message(*role)));
+      if (content == m.end() || !content->is_string())
+        throw_bad_input(mk + ".content'",
+                        "expected a string, found " + (content == m.end() ? "nothing" : json_for_message(*content)));
+      const std::string& r = role->get_ref<const std::string&>();
+      if (r != "user" && r != "assistant" && r != "system")
+        throw_bad_input(mk + ".role'", "unknown role " + quote_for_message(r) + " (user, assistant)");
+      roles.push_back(r);
+      contents.push_back(content->get<std::string>());
+    }
+    // The model's chat format frames one user turn (ChatFormat, indexcache/tokenizer.h): no system
+    // prompt, no history.
+    if (roles[0] != "user" || roles.size() > 2 || (roles.size() == 2 && roles[1] != "assistant"))
+      throw_bad_input(key, "the chat format renders one user message, optionally followed by the assistant's reply "
+                           "(system prompts and multi-turn chats are not supported)");
+    std::string text = wrap_chat(contents[0], *o_.chat);
+    if (roles.size() == 2) text += contents[1];
+    return text;
+  }
+
+  void load_jsonl(DataFile& d, std::string_view text) {
     int lineno = 0;
-    while (std::getline(in, line)) {
+    for (size_t pos = 0; pos < text.size();) {
+      size_t nl = text.find('\n', pos);
+      if (nl == std::string_view::npos) nl = text.size();
+      const std::string_view line = text.substr(pos, nl - pos);
+      pos = nl + 1;
       ++lineno;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
       const std::string where = path_ + ":" + std::to_string(lineno);
-      json j = json::parse(line, nullptr, false);
-      if (j.is_discarded()) throw_bad_input(where, "invalid JSON");
-      if (!j.is_object()) throw_bad_input(where, "expected a JSON object");
+      const json j = parse_json_input(line, where);
+      if (!j.is_object()) throw_bad_input(where, "expected a JSON object, found " + json_for_message(j));
       auto str = [&](const char* key) -> std::string {
-        if (!j[key].is_string()) throw_bad_input(where + ": key '" + key + "'", "expected a string");
-        return j[key].get<std::string>();
+        const auto it = j.find(key);
+        if (it == j.end() || !it->is_string())
+          throw_bad_input(where + ": key '" + key + "'",
+                          "expected a string, found " + (it == j.end() ? "nothing" : json_for_message(*it)));
+        return it->get<std::string>();
       };
       if (j.contains("prompt") || j.contains("prompt_ids")) {
         if (o_.max_items > 0 && static_cast<int>(d.items.size()) >= o_.max_items) continue;
         RetrievalItem it;
         it.line = lineno;
-        if (j.contains("task") && j["task"].is_string()) it.task = j["task"].get<std::string>();
+        if (j.contains("task")) it.task = str("task");
         if (j.contains("prompt_ids"))
           it.prompt_ids = id_array(j["prompt_ids"], where + ": key 'prompt_ids'");
         else
@@ -123,52 +176,80 @@ class Loader {
         auto ids = encode(str("text"), where + ": key 'text'");
         check_ids(ids, where + ": key 'text'");
         add_stream(d, ids);
+      } else if (j.contains("messages")) {
+        auto ids = encode(render_chat(j["messages"], where), where + ": key 'messages'");
+        check_ids(ids, where + ": key 'messages'");
+        add_stream(d, ids);
       } else {
-        throw_bad_input(where, "expected {\"text\": ...}, {\"ids\": [...]} or {\"prompt\": ..., \"answer\": ...}");
+        throw_bad_input(where, "expected {\"text\": ...}, {\"ids\": [...]}, {\"messages\": [...]} or "
+                               "{\"prompt\": ..., \"answer\": ...}");
       }
     }
   }
 
-  std::vector<int32_t> parse_ids(const std::string& text) {
+  // Whitespace-separated ids; an error names the file, the line and the token.
+  std::vector<int32_t> parse_ids(std::string_view text) {
     std::vector<int32_t> ids;
-    std::istringstream in(text);
-    std::string tok;
-    while (in >> tok) {
-      size_t used = 0;
-      long long v = -1;
-      try {
-        v = std::stoll(tok, &used);
-      } catch (const std::exception&) {
-        used = 0;
+    const int64_t hi = o_.vocab_size > 0 ? o_.vocab_size - 1 : INT32_MAX;
+    int line = 1;
+    for (size_t p = 0; p < text.size();) {
+      const char c = text[p];
+      if (c == '\n') ++line;
+      if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+        ++p;
+        continue;
       }
-      if (used != tok.size() || v < 0 || v > INT32_MAX)
-        throw_bad_input(path_, "'" + tok + "' is not a token id (non-negative integer)");
+      size_t e = p;
+      while (e < text.size() && !std::strchr(" \t\n\r\f\v", text[e])) ++e;
+      const std::string_view tok = text.substr(p, e - p);
+      p = e;
+      const std::string where = path_ + ":" + std::to_string(line);
+      int64_t v = 0;
+      const auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
+      const bool digits = tok.find_first_not_of("0123456789") == std::string_view::npos ||
+                          (tok[0] == '-' && tok.size() > 1 && tok.find_first_not_of("0123456789", 1) == std::string_view::npos);
+      if (!digits || (ec != std::errc() && ec != std::errc::result_out_of_range) || end != tok.data() + tok.size())
+        throw_bad_input(where, "token " + token_for_message(tok) + " is not a token id (a non-negative integer)");
+      if (tok[0] == '-') throw_bad_input(where, "token " + token_for_message(tok) + " is negative, not a token id");
+      if (ec == std::errc::result_out_of_range || v > hi) {
+        if (o_.vocab_size > 0)
+          throw_bad_input(where, "token id " + token_for_message(tok) + " is outside the model's vocabulary [0, " +
+                                     std::to_string(o_.vocab_size) + ")");
+        throw_bad_input(where, "token id " + token_for_message(tok) + " is too large (at most " + std::to_string(hi) + ")");
+      }
       ids.push_back(static_cast<int32_t>(v));
     }
-    check_ids(ids, path_);
     return ids;
   }
 
-  DataFile load() {
+  DataFile load(std::string_view text) {
     if (o_.ctx < 2) throw_bad_input("--ctx", "must be at least 2 tokens");
     DataFile d;
     d.path = path_;
     d.name = fs::path(path_).filename().string();
     const bool jsonl = ends_with(path_, ".jsonl"), ids = ends_with(path_, ".ids"), txt = ends_with(path_, ".txt");
-    if (!jsonl && !ids && !txt) throw_bad_input(path_, "unknown data file kind (expected .txt, .jsonl or .ids)");
-    const std::string text = read_whole(path_);
     if (ids)
       add_stream(d, parse_ids(text));
     else if (txt) {
-      auto t = encode(text, path_);
+      auto t = encode(std::string(text), path_);
       check_ids(t, path_);
       add_stream(d, t);
-    } else {
+    } else if (jsonl) {
       load_jsonl(d, text);
+    } else {
+      throw_bad_input(path_, "unknown data file kind (expected .txt, .jsonl or .ids)");
     }
-    if (d.windows.empty() && d.items.empty())
+    if (d.windows.empty() && d.items.empty()) {
+      if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) throw_bad_input(path_, "empty data file");
       throw_bad_input(path_, "no data: no window of at least 2 tokens and no retrieval item");
+    }
     return d;
+  }
+
+  DataFile load() {
+    if (!ends_with(path_, ".jsonl") && !ends_with(path_, ".ids") && !ends_with(path_, ".txt"))
+      throw_bad_input(path_, "unknown data file kind (expected .txt, .jsonl or .ids)");
+    return load(read_whole(path_));
   }
 
  private:
@@ -183,11 +264,21 @@ DataFile load_data_file(const std::string& path, const Tokenizer* tokenizer, con
   return Loader(path, tokenizer, options).load();
 }
 
+DataFile load_data_text(std::string_view text, const std::string& path, const Tokenizer* tokenizer,
+                        const DataOptions& options) {
+  return Loader(path, tokenizer, options).load(text);
+}
+
 std::vector<DataFile> load_data_files(const std::vector<std::string>& paths, const Tokenizer* tokenizer,
                                       const DataOptions& options) {
   std::vector<DataFile> out;
   for (const auto& p : paths) out.push_back(load_data_file(p, tokenizer, options));
   return out;
+}
+
+ChatFormat chat_format_for(Family family) {
+  // As `generate --chat` chooses (tools/indexcache/cmd_generate.cpp).
+  return family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3();
 }
 
 std::vector<std::string> default_data_files(const std::string& data_dir, DataUse use) {
@@ -230,8 +321,12 @@ std::vector<DataFile> load_model_data(const std::string& model_dir, std::vector<
   std::optional<Tokenizer> tok;
   std::error_code ec;
   const bool need_tok = std::any_of(paths.begin(), paths.end(), [](const std::string& p) { return !ends_with(p, ".ids"); });
-  if (need_tok && fs::exists(tok_path, ec)) tok = Tokenizer::load(tok_path);
-  return load_data_files(paths, tok ? &*tok : nullptr, options);
+  DataOptions o = options;
+  if (need_tok && fs::exists(tok_path, ec)) {
+    tok = Tokenizer::load(tok_path);
+    if (!o.chat) o.chat = chat_format_for(load_model_spec(model_dir).family);
+  }
+  return load_data_files(paths, tok ? &*tok : nullptr, o);
 }
 
 int resolve_ctx(int flag, int max_positions, int default_ctx) {

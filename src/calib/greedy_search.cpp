@@ -162,10 +162,6 @@ class Search {
 
 }  // namespace
 
-std::string CalibrationState::plan() const {
-  return steps.empty() ? std::string(num_layers, 'F') : steps.back().plan;
-}
-
 CalibrationState calibrate(const Model& model, const std::vector<std::vector<int32_t>>& batches, Backend& backend,
                            const CalibrateOptions& options, std::optional<CalibrationState> resume) {
   if (batches.empty()) throw_bad_input("calibration data", "no batches");

@@ -12,6 +12,7 @@
 
 #include "calib/svg.h"
 #include "indexcache/error.h"
+#include "indexcache/output_dir.h"
 #include "indexcache/model.h"
 #include "indexcache/overlap.h"
 #include "indexcache/session.h"
@@ -30,19 +31,7 @@ void ensure_dir(const std::string& dir) {
   if (ec || !fs::is_directory(dir)) throw_bad_input(dir, "cannot create output directory: " + ec.message());
 }
 
-void write_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw_runtime(path, "cannot write");
-    f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    f.flush();
-    if (!f) throw_runtime(path, "write failed");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw_runtime(path, "cannot replace: " + ec.message());
-}
+void write_file(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
 
 std::string read_file(const std::string& path) {
   std::error_code ec;
@@ -148,93 +137,7 @@ std::string sglang_override_arg(const IndexPlan& plan) {
   return "--json-model-override-args '" + override_keys(plan, false).dump() + "'";
 }
 
-// ---- calibration state -------------------------------------------------------------------------
-
-std::string state_to_json(const CalibrationState& s, const StateMeta& m) {
-  ordered_json j;
-  j["version"] = 1;
-  j["model"] = m.model_dir;
-  j["num_layers"] = s.num_layers;
-  j["data_fingerprint"] = m.data_fingerprint;
-  j["windows"] = m.windows;
-  j["full_loss"] = s.full_loss;
-  j["layer_forwards"] = s.layer_forwards;
-  j["naive_layer_forwards"] = s.naive_layer_forwards;
-  j["plan"] = s.plan();
-  j["steps"] = ordered_json::array();
-  for (const auto& st : s.steps) {
-    ordered_json e;
-    e["flipped"] = st.flipped;
-    e["loss"] = st.loss;
-    e["plan"] = st.plan;
-    e["seconds"] = st.seconds;
-    e["candidates"] = ordered_json::array();
-    for (const auto& c : st.candidates) e["candidates"].push_back({{"layer", c.layer}, {"loss", c.loss}});
-    j["steps"].push_back(std::move(e));
-  }
-  return j.dump(1) + "\n";
-}
-
-CalibrationState state_from_json(const std::string& text, const std::string& path, const StateMeta& expected) {
-  const json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw_bad_input(path, "unreadable calibration state (invalid JSON)");
-  auto need = [&](const char* key, bool ok) {
-    if (!j.contains(key) || !ok) throw_bad_input(path + ": key '" + key + "'", "missing or of the wrong type");
-  };
-  need("version", j.contains("version") && j["version"].is_number_integer());
-  if (j["version"].get<int>() != 1) throw_bad_input(path + ": key 'version'", "unsupported state version");
-  need("num_layers", j.contains("num_layers") && j["num_layers"].is_number_integer());
-  need("data_fingerprint", j.contains("data_fingerprint") && j["data_fingerprint"].is_string());
-  need("full_loss", j.contains("full_loss") && j["full_loss"].is_number());
-  need("layer_forwards", j.contains("layer_forwards") && j["layer_forwards"].is_number_integer());
-  need("naive_layer_forwards", j.contains("naive_layer_forwards") && j["naive_layer_forwards"].is_number_integer());
-  need("steps", j.contains("steps") && j["steps"].is_array());
-  CalibrationState s;
-  s.num_layers = j["num_layers"].get<int>();
-  if (s.num_layers != expected.num_layers)
-    throw_bad_input(path, fmt::format("state is for a model with {} layers, this one has {}", s.num_layers,
-                                      expected.num_layers));
-  if (j["data_fingerprint"].get<std::string>() != expected.data_fingerprint)
-    throw_bad_input(path, "state was made on other calibration data (files, --ctx or --max-windows differ)");
-  s.full_loss = j["full_loss"].get<double>();
-  s.layer_forwards = j["layer_forwards"].get<int64_t>();
-  s.naive_layer_forwards = j["naive_layer_forwards"].get<int64_t>();
-  std::string prev(s.num_layers, 'F');
-  for (size_t i = 0; i < j["steps"].size(); ++i) {
-    const json& e = j["steps"][i];
-    const std::string where = fmt::format("{}: steps[{}]", path, i);
-    if (!e.is_object() || !e.contains("flipped") || !e["flipped"].is_number_integer() || !e.contains("loss") ||
-        !e["loss"].is_number() || !e.contains("plan") || !e["plan"].is_string() || !e.contains("candidates") ||
-        !e["candidates"].is_array())
-      throw_bad_input(where, "expected flipped, loss, plan and candidates");
-    CalibrationStep st;
-    st.flipped = e["flipped"].get<int>();
-    st.loss = e["loss"].get<double>();
-    st.plan = e["plan"].get<std::string>();
-    st.seconds = e.contains("seconds") && e["seconds"].is_number() ? e["seconds"].get<double>() : 0.0;
-    IndexPlan::from_pattern(st.plan, s.num_layers, where + ": key 'plan'");  // validates
-    std::string want = prev;
-    if (st.flipped < 1 || st.flipped >= s.num_layers || prev[st.flipped] != 'F')
-      throw_bad_input(where, "flipped layer " + std::to_string(st.flipped) + " is not an F layer of the previous plan");
-    want[st.flipped] = 'S';
-    if (want != st.plan) throw_bad_input(where, "plan does not follow from the previous step");
-    for (const auto& c : e["candidates"]) {
-      if (!c.is_object() || !c.contains("layer") || !c["layer"].is_number_integer() || !c.contains("loss") ||
-          !c["loss"].is_number())
-        throw_bad_input(where + ": key 'candidates'", "expected {layer, loss} entries");
-      st.candidates.push_back({c["layer"].get<int>(), c["loss"].get<double>()});
-    }
-    prev = st.plan;
-    s.steps.push_back(std::move(st));
-  }
-  return s;
-}
-
-CalibrationState load_state(const std::string& path, const StateMeta& expected) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw_bad_input(path, "no saved search to resume (run without --resume first)");
-  return state_from_json(read_file(path), path, expected);
-}
+// ---- calibration state: calib_state.cpp -------------------------------------------------------
 
 // ---- calibration report ------------------------------------------------------------------------
 

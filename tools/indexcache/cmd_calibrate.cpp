@@ -14,6 +14,7 @@
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
+#include "indexcache/output_dir.h"
 
 namespace indexcache::cli {
 
@@ -26,7 +27,7 @@ struct CalibrateFlags {
   int ctx = 0, max_windows = 4;
   std::optional<double> keep, max_loss_increase;
   std::optional<int> keep_layers;
-  bool resume = false, naive = false;
+  bool resume = false, naive = false, force = false;
   int stop_after_steps = 0;  // hidden, for tests: stop as if interrupted after N committed steps
 };
 
@@ -54,16 +55,24 @@ int run_calibrate(const CalibrateFlags& f) {
   if (!f.keep && !f.keep_layers && !f.max_loss_increase) stop.keep_fraction = 0.25;
 
   const int ctx = resolve_ctx(f.ctx, spec.max_position_embeddings, 1024);
+  // The output directory is checked and claimed before anything is loaded or computed.
+  const std::string state_name = "state.json";
+  std::error_code ec;
+  if (f.resume && !std::filesystem::is_directory(f.out, ec))
+    throw_bad_input(f.out + "/" + state_name, "no saved search to resume (run without --resume first)");
+  const OutputDir out = OutputDir::open(
+      f.out, {.command = "calibrate", .force = f.force, .model_dir = dir,
+              .adoptable = f.resume ? std::vector<std::string>{state_name} : std::vector<std::string>{}});
+  const std::string state_path = out.file(state_name);
+
   const auto files = load_model_data(dir, f.data, DataUse::kCalibration, embedded_data_dir(INDEXCACHE_DEFAULT_MODEL),
                                      {.ctx = ctx, .max_windows = f.max_windows, .max_items = 0, .vocab_size = spec.vocab_size});
   const auto batches = all_windows(files);
   if (batches.empty()) throw_bad_input("--data", "no text windows to calibrate on (retrieval items are not used)");
 
-  const std::string state_path = f.out + "/state.json";
   const report::StateMeta meta{dir, spec.num_layers, windows_fingerprint(batches), static_cast<int64_t>(batches.size())};
   std::optional<CalibrationState> resume;
   if (f.resume) resume = report::load_state(state_path, meta);
-  report::ensure_dir(f.out);
   const int resumed_steps = resume ? static_cast<int>(resume->steps.size()) : -1;
 
   LoadOptions lo;
@@ -84,7 +93,7 @@ int run_calibrate(const CalibrateFlags& f) {
                                 report::format_duration(p.eta_seconds)));
   };
   opt.on_step = [&](const CalibrationState& s) {
-    report::write_file(state_path, report::state_to_json(s, meta));
+    out.write(state_name, report::state_to_json(s, meta));
     const CalibrationStep& st = s.steps.back();
     progress.note(fmt::format("step {}: layer {} -> S, loss {:.5f} ({:+.2f} % over all-F), {}", s.steps.size(), st.flipped,
                               st.loss, 100.0 * (st.loss - s.full_loss) / s.full_loss, report::format_duration(st.seconds)));
@@ -103,7 +112,7 @@ int run_calibrate(const CalibrateFlags& f) {
     return 0;
   }
   const double search_seconds = since(t_search);
-  report::write_file(state_path, report::state_to_json(state, meta));
+  out.write(state_name, report::state_to_json(state, meta));
 
   const auto t_cmp = std::chrono::steady_clock::now();
   const auto comparison = report::score_comparison(*model, batches, *backend, state, [&](const std::string& name) {
@@ -126,16 +135,16 @@ int run_calibrate(const CalibrateFlags& f) {
   run.load_seconds = load_seconds;
   run.search_seconds = search_seconds;
   run.comparison_seconds = since(t_cmp);
-  const std::string plan_path = f.out + "/plan.txt", report_path = f.out + "/report.json",
-                    svg_path = f.out + "/loss_curve.svg", config_path = f.out + "/config.indexcache.json";
-  run.files = {{"plan", plan_path}, {"report", report_path}, {"loss_curve", svg_path}, {"config", config_path},
-               {"state", state_path}};
+  const std::string plan_name = "plan.txt", report_name = "report.json", svg_name = "loss_curve.svg",
+                    config_name = "config.indexcache.json";
+  run.files = {{"plan", out.file(plan_name)}, {"report", out.file(report_name)}, {"loss_curve", out.file(svg_name)},
+               {"config", out.file(config_name)}, {"state", state_path}};
   const IndexPlan plan = IndexPlan::from_pattern(state.plan(), spec.num_layers);
-  report::write_file(plan_path, plan.pattern() + "\n");
-  report::write_file(config_path, report::export_config(report::read_file(dir + "/config.json"), plan, dir + "/config.json"));
-  report::write_file(svg_path, report::loss_curve_svg(run));
+  out.write(plan_name, plan.pattern() + "\n");
+  out.write(config_name, report::export_config(report::read_file(dir + "/config.json"), plan, dir + "/config.json"));
+  out.write(svg_name, report::loss_curve_svg(run));
   run.total_seconds = since(t_start);
-  report::write_file(report_path, report::calibration_report(run).dump(2) + "\n");
+  out.write(report_name, report::calibration_report(run).dump(2) + "\n");
   fmt::print("{}", report::calibration_summary(run));
   return 0;
 }
@@ -146,7 +155,7 @@ Runner register_calibrate(CLI::App& app) {
   auto f = std::make_shared<CalibrateFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   add_device_flags(app, f->device);
-  app.add_option("--data", f->data, "calibration files: .txt, .jsonl ({\"text\"} lines) or .ids (default: data/calibration.txt)");
+  app.add_option("--data", f->data, "calibration files: .txt, .jsonl ({\"text\"}, {\"ids\"} or chat {\"messages\"} lines) or .ids (default: data/calibration.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
   app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");
   auto* keep = app.add_option("--keep", f->keep, "stop at this fraction of F layers, in (0, 1] (default 0.25)");
@@ -155,8 +164,11 @@ Runner register_calibrate(CLI::App& app) {
                                  "stop before a flip raising the loss more than X % over all-F");
   keep->excludes(keep_layers)->excludes(max_inc);
   keep_layers->excludes(max_inc);
-  app.add_option("--out", f->out, "output directory (default: indexcache-calibrate)");
+  app.add_option("--out", f->out,
+                 "output directory (default: indexcache-calibrate); a new, empty or earlier calibrate directory");
   app.add_flag("--resume", f->resume, "continue the search saved in OUT/state.json");
+  app.add_flag("--force", f->force,
+               "write into an existing non-empty directory not made by calibrate (its same-named files are replaced)");
   app.add_flag("--naive", f->naive, "score every candidate with a full forward (slow; for comparison)");
   app.add_option("--stop-after-steps", f->stop_after_steps)->group("");  // tests: simulate an interruption
   return [f] { return run_calibrate(*f); };

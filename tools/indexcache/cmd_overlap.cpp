@@ -10,6 +10,7 @@
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
+#include "indexcache/output_dir.h"
 
 namespace indexcache::cli {
 
@@ -20,6 +21,7 @@ struct OverlapFlags {
   std::string model, out = "indexcache-overlap";
   std::vector<std::string> data;
   int ctx = 0, max_windows = 4;
+  bool force = false;
 };
 
 int run_overlap(const OverlapFlags& f) {
@@ -27,11 +29,12 @@ int run_overlap(const OverlapFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
   const ModelSpec spec = load_model_spec(dir);
   const int ctx = resolve_ctx(f.ctx, spec.max_position_embeddings, 1024);
+  // The output directory is checked and claimed before anything is loaded or computed.
+  const OutputDir out = OutputDir::open(f.out, {.command = "overlap", .force = f.force, .model_dir = dir, .adoptable = {}});
   const auto files = load_model_data(dir, f.data, DataUse::kCalibration, embedded_data_dir(INDEXCACHE_DEFAULT_MODEL),
                                      {.ctx = ctx, .max_windows = f.max_windows, .max_items = 0, .vocab_size = spec.vocab_size});
   const auto windows = all_windows(files);
   if (windows.empty()) throw_bad_input("--data", "no text windows (retrieval items are not used)");
-  report::ensure_dir(f.out);
 
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, true);
@@ -47,11 +50,11 @@ int run_overlap(const OverlapFlags& f) {
   progress.done();
 
   const auto data = report::summarize(files);
-  const std::string json_path = f.out + "/overlap.json", csv_path = f.out + "/overlap.csv",
-                    svg_path = f.out + "/overlap.svg";
-  report::write_file(json_path, report::overlap_json(r, dir, data).dump(2) + "\n");
-  report::write_file(csv_path, report::overlap_csv(r));
-  report::write_file(svg_path, report::overlap_svg(r, fmt::format("Cross-layer top-k overlap ({}, k = {}, {} queries)",
+  const std::string json_path = out.file("overlap.json"), csv_path = out.file("overlap.csv"),
+                    svg_path = out.file("overlap.svg");
+  out.write("overlap.json", report::overlap_json(r, dir, data).dump(2) + "\n");
+  out.write("overlap.csv", report::overlap_csv(r));
+  out.write("overlap.svg", report::overlap_svg(r, fmt::format("Cross-layer top-k overlap ({}, k = {}, {} queries)",
                                                                   spec.model_type, r.k, r.queries)));
 
   fmt::print("model     {} ({}, {} layers, index_topk {})\n", dir, spec.model_type, spec.num_layers, spec.index_topk);
@@ -82,10 +85,13 @@ Runner register_overlap(CLI::App& app) {
   auto f = std::make_shared<OverlapFlags>();
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   add_device_flags(app, f->device);
-  app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"} lines) or .ids (default: data/calibration.txt)");
+  app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"}, {\"ids\"} or chat {\"messages\"} lines) or .ids (default: data/calibration.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
   app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");
-  app.add_option("--out", f->out, "output directory (default: indexcache-overlap)");
+  app.add_option("--out", f->out,
+                 "output directory (default: indexcache-overlap); a new, empty or earlier overlap directory");
+  app.add_flag("--force", f->force,
+               "write into an existing non-empty directory not made by overlap (its same-named files are replaced)");
   return [f] { return run_overlap(*f); };
 }
 
