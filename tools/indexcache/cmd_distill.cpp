@@ -4,7 +4,6 @@
 #include <fmt/core.h>
 
 #include <chrono>
-#include <filesystem>
 
 #include "commands.h"
 #include "flags.h"
@@ -12,6 +11,7 @@
 #include "indexcache/distill.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
+#include "indexcache/output_dir.h"
 #include "indexcache/progress.h"
 #include "indexcache/report.h"
 
@@ -25,18 +25,15 @@ struct DistillFlags {
   std::vector<std::string> data;
   int ctx = 0, max_windows = 0, steps = 100, query_block = 64;
   double lr = 1e-3, weight_decay = 0.0, clip = 1.0;
+  bool force = false;
 };
 
 int run_distill(const DistillFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
   const ModelSpec spec = load_model_spec(dir);
   const IndexPlan plan = IndexPlan::parse(f.plan, spec);
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::exists(f.out, ec) && fs::equivalent(f.out, dir, ec)) throw_bad_input("--out", "is the input model's directory");
-  if (fs::exists(f.out, ec) && !(fs::is_directory(f.out, ec) && fs::is_empty(f.out, ec)))
-    throw_bad_input("--out", "exists and is not an empty directory (a distilled model goes into a new one)");
-  report::ensure_dir(f.out);  // unwritable: found now, before the training
+  // Checked and claimed now, before the training (never the model's or a user's directory).
+  const OutputDir out = OutputDir::open(f.out, {.command = "distill", .force = f.force, .model_dir = dir, .adoptable = {}});
 
   DistillOptions o;
   o.steps = f.steps;
@@ -76,7 +73,7 @@ int run_distill(const DistillFlags& f) {
   });
   progress.done();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_distilled_checkpoint(*model, plan, r, f.out);
+  write_distilled_checkpoint(*model, plan, r, out.path());
 
   report::ordered_json j;
   j["model"] = dir;
@@ -92,7 +89,7 @@ int run_distill(const DistillFlags& f) {
   for (const auto& s : r.steps)
     j["curve"].push_back({{"step", s.step}, {"window", s.window}, {"sparse", s.sparse}, {"loss", s.loss},
                           {"grad_norm", s.grad_norm}});
-  report::write_file(f.out + "/report.json", j.dump(1) + "\n");
+  out.write("report.json", j.dump(1) + "\n");
   fmt::print("loss   {:.5f} -> {:.5f} (summed over F layers, per token)\n", r.steps.front().loss, r.steps.back().loss);
   fmt::print("wrote  {} (model.safetensors, config.json, report.json) in {}\n", f.out, report::format_duration(seconds));
   return 0;
@@ -107,7 +104,10 @@ Runner register_distill(CLI::App& app) {
   app.add_option("--plan", f->plan, "the plan to distill for: 1/N, an F/S string, a config/report JSON")
       ->required()
       ->check(non_empty());
-  app.add_option("--out", f->out, "output directory (new or empty)")->required()->check(non_empty());
+  app.add_option("--out", f->out, "output directory (new, empty, or an earlier distill output)")
+      ->required()
+      ->check(non_empty());
+  app.add_flag("--force", f->force, "write into an existing non-empty directory that is not an indexcache output");
   app.add_option("--data", f->data, ".txt, .jsonl or .ids training data (default: data/calibration*.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))")
       ->check(integer_in(2, kMaxTokensFlag));
