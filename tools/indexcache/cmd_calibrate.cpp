@@ -10,6 +10,7 @@
 #include "indexcache/report.h"
 #include "indexcache/progress.h"
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/calibrate.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
@@ -156,10 +157,13 @@ Runner register_calibrate(CLI::App& app) {
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   add_device_flags(app, f->device);
   app.add_option("--data", f->data, "calibration files: .txt, .jsonl ({\"text\"}, {\"ids\"} or chat {\"messages\"} lines) or .ids (default: data/calibration.txt)");
-  app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
-  app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");
+  app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))")
+      ->check(integer_in(2, kMaxTokensFlag));
+  app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)")
+      ->check(integer_in(0, kMaxCountFlag));
   auto* keep = app.add_option("--keep", f->keep, "stop at this fraction of F layers, in (0, 1] (default 0.25)");
-  auto* keep_layers = app.add_option("--keep-layers", f->keep_layers, "stop at this many F layers");
+  auto* keep_layers = app.add_option("--keep-layers", f->keep_layers, "stop at this many F layers")
+                          ->check(integer_in(1, kMaxLayersFlag));
   auto* max_inc = app.add_option("--max-loss-increase", f->max_loss_increase,
                                  "stop before a flip raising the loss more than X % over all-F");
   keep->excludes(keep_layers)->excludes(max_inc);
@@ -170,7 +174,7 @@ Runner register_calibrate(CLI::App& app) {
   app.add_flag("--force", f->force,
                "write into an existing non-empty directory not made by calibrate (its same-named files are replaced)");
   app.add_flag("--naive", f->naive, "score every candidate with a full forward (slow; for comparison)");
-  app.add_option("--stop-after-steps", f->stop_after_steps)->group("");  // tests: simulate an interruption
+  app.add_option("--stop-after-steps", f->stop_after_steps)->check(integer_in(0, 1000000))->group("");  // tests: simulate an interruption
   return [f] { return run_calibrate(*f); };
 }
 

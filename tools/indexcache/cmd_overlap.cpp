@@ -7,6 +7,7 @@
 #include "indexcache/report.h"
 #include "indexcache/progress.h"
 #include "commands.h"
+#include "flags.h"
 #include "indexcache/dataset.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
@@ -86,8 +87,10 @@ Runner register_overlap(CLI::App& app) {
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   add_device_flags(app, f->device);
   app.add_option("--data", f->data, "data files: .txt, .jsonl ({\"text\"}, {\"ids\"} or chat {\"messages\"} lines) or .ids (default: data/calibration.txt)");
-  app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))");
-  app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)");
+  app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))")
+      ->check(integer_in(2, kMaxTokensFlag));
+  app.add_option("--max-windows", f->max_windows, "windows per data file (default 4; 0: all)")
+      ->check(integer_in(0, kMaxCountFlag));
   app.add_option("--out", f->out,
                  "output directory (default: indexcache-overlap); a new, empty or earlier overlap directory");
   app.add_flag("--force", f->force,
