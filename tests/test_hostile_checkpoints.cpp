@@ -37,16 +37,9 @@ const std::string kModel = test::test_data_dir() + "/golden/dsv_b";  // 4 layers
 
 // ---- Building blocks for the files of a case -----------------------------------------------
 
-std::string le64(uint64_t n) {
-  std::string s(8, '\0');
-  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(n >> (8 * i));
-  return s;
-}
-
-// A safetensors image: length prefix, header text, data block.
-std::string image(const std::string& header, const std::string& data = "") {
-  return le64(header.size()) + header + data;
-}
+// The 8-byte little-endian length prefix alone (for headers whose length lies).
+std::string le64(uint64_t n) { return std::string(reinterpret_cast<const char*>(&n), 8); }
+std::string image(const std::string& header, const std::string& data = "") { return test::safetensors_image(header, data); }
 
 std::string entry(const std::string& dtype, const std::string& shape, uint64_t begin, uint64_t end) {
   return R"({"dtype":")" + dtype + R"(","shape":)" + shape + R"(,"data_offsets":[)" + std::to_string(begin) + "," +
@@ -456,25 +449,6 @@ std::vector<HostileCase> cases() {
 
 // ---- Running a case ----------------------------------------------------------------------------
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Runs the CLI with `args` under a 20 s timeout (exit 124 when it hangs), stdout and stderr apart.
-CliRun run_cli_split(const std::string& dir, const std::string& args) {
-  const std::string out = dir + ".stdout", err = dir + ".stderr";
-  const std::string cmd = "timeout -k 5 20 " + std::string(INDEXCACHE_CLI) + " " + args + " >" + out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = test::read_file(out);
-  r.err = test::read_file(err);
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
-
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
   for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size()) s.replace(p, from.size(), to);
   return s;
@@ -487,7 +461,7 @@ TEST_P(Hostile, OneLineErrorAndExitCode) {
   const std::string dir = test::make_temp_dir("hostile-" + hc.name);
   fs::copy_file(kModel + "/config.json", dir + "/config.json");
   hc.build(dir);
-  const CliRun r = run_cli_split(dir, replace_all(hc.args, "{dir}", dir));
+  const test::SplitResult r = test::run_cli_split(replace_all(hc.args, "{dir}", dir), fs::path(dir).parent_path().string());
   ASSERT_NE(r.exit_code, 124) << "timed out (hung)";
   EXPECT_EQ(r.exit_code, hc.exit_code) << "stderr: " << r.err;
   if (hc.exit_code == 0) {

@@ -80,23 +80,9 @@ std::string sh_quote(const std::string& s) {
   return out + "'";
 }
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Runs the CLI with `args` (already shell text) under a 4 GiB address-space limit, so that a
-// regression that allocates topk-sized buffers fails fast instead of swapping the machine.
-CliRun run(const std::string& args, const std::string& dir) {
-  const std::string out = dir + "/stdout.txt", err = dir + "/stderr.txt";
-  const std::string cmd = "ulimit -v 4194304; " + std::string(INDEXCACHE_CLI) + " " + args + " >" + out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = test::read_file(out);
-  r.err = test::read_file(err);
-  return r;
-}
+// The CLI with `args` (already shell text), its streams kept in `dir` (memory- and time-limited:
+// test::run_cli_split).
+test::SplitResult run(const std::string& args, const std::string& dir) { return test::run_cli_split(args, dir); }
 
 struct CliCase {
   std::string name;
@@ -323,7 +309,7 @@ TEST_P(HostileCli, OneLineErrorOrCleanRun) {
   const CliCase& c = GetParam();
   const std::string dir = copy_model(c.name.substr(0, 20));
   if (c.setup) c.setup(dir);
-  const CliRun r = run(expand(c.args, dir), dir);
+  const test::SplitResult r = run(expand(c.args, dir), dir);
   EXPECT_EQ(r.exit_code, c.exit_code) << "stderr: " << r.err << "\nstdout: " << r.out.substr(0, 400);
   if (c.exit_code == 0) {
     EXPECT_NE(r.out.find(c.needle), std::string::npos) << r.out;

@@ -43,24 +43,8 @@ std::string ids_text(int n, uint32_t seed) {
 
 // ---- running the CLI with stdout and stderr apart ------------------------------------------------
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-CliRun run_split(const std::string& args, const std::string& scratch) {
-  const std::string err_path = scratch + "/stderr.txt";
-  const std::string cmd = std::string(INDEXCACHE_CLI) + " " + args + " 2>" + err_path;
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("popen failed");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.err = test::read_file(err_path);
-  return r;
+test::SplitResult run_split(const std::string& args, const std::string& scratch) {
+  return test::run_cli_split(args, scratch);
 }
 
 // ---- state files -----------------------------------------------------------------------------------
@@ -380,7 +364,7 @@ TEST_P(HostileOutputs, Case) {
   for (const auto& p : k.untouched) before[p] = test::read_file(d + "/" + p);
 
   const std::string args = expand(k.command, d);
-  const CliRun r = run_split(args, scratch);
+  const test::SplitResult r = run_split(args, scratch);
   EXPECT_EQ(r.exit_code, k.exit_code) << args << "\nstdout: " << r.out << "\nstderr: " << r.err;
   if (k.exit_code != 0) {
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;

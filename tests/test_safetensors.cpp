@@ -24,16 +24,8 @@ using test::make_temp_dir;
 using test::read_file;
 using test::write_file;
 
-std::string le64(uint64_t n) {
-  std::string s(8, '\0');
-  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(n >> (8 * i));
-  return s;
-}
-
-// A safetensors image: length prefix, header text, data block.
-std::string image(const std::string& header, const std::string& data = "") {
-  return le64(header.size()) + header + data;
-}
+std::string le64(uint64_t n) { return std::string(reinterpret_cast<const char*>(&n), 8); }  // little-endian x86-64
+std::string image(const std::string& header, const std::string& data = "") { return test::safetensors_image(header, data); }
 
 std::string entry(const std::string& dtype, const std::string& shape, uint64_t begin,
                   uint64_t end) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -64,6 +65,31 @@ CommandResult run_cli(const std::string& args) {
   int status = pclose(p);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+SplitResult run_cli_split(const std::string& args, const std::string& scratch) {
+  const std::string tag = std::to_string(::getpid());
+  const std::string out = scratch + "/.cli-stdout-" + tag, err = scratch + "/.cli-stderr-" + tag;
+#ifdef INDEXCACHE_SANITIZED
+  const std::string limit = "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}hard_rss_limit_mb=4096 ";
+#else
+  const std::string limit = "ulimit -v 4194304; ";
+#endif
+  const std::string cmd = limit + "timeout -k 5 30 " + std::string(INDEXCACHE_CLI) + " " + args + " >" + out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  SplitResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_file(out);
+  r.err = read_file(err);
+  std::remove(out.c_str());
+  std::remove(err.c_str());
+  return r;
+}
+
+std::string safetensors_image(const std::string& header, const std::string& data) {
+  std::string len(8, '\0');
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  return len + header + data;
 }
 
 }  // namespace indexcache::test
