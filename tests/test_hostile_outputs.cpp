@@ -343,9 +343,16 @@ std::vector<Case> cases() {
   c.push_back({"chat_unknown_role",
                files({{"c.jsonl", chat_line({{{"role", "robot\x1b"}, {"content", "hi"}}})}}), kChat, 2,
                "unknown role 'robot\\x1b'", {}, {"\x1b"}});
-  c.push_back({"chat_system_prompt",
-               files({{"c.jsonl", chat_line({{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi"}}})}}),
-               kChat, 2, "c.jsonl:1: key 'messages': the chat format renders one user message", {}, {}});
+  c.push_back({"chat_system_prompt_and_turns_ok",
+               files({{"c.jsonl", chat_line({{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi"}},
+                                             {{"role", "assistant"}, {"content", "hello"}}, {{"role", "user"}, {"content", "bye"}}})}}),
+               kChat, 0, "", {}, {}});
+  c.push_back({"chat_system_not_first",
+               files({{"c.jsonl", chat_line({{{"role", "user"}, {"content", "hi"}}, {{"role", "system"}, {"content", "late"}}})}}),
+               kChat, 2, "c.jsonl:1: key 'messages[1].role': a system message comes first only", {}, {}});
+  c.push_back({"chat_no_user",
+               files({{"c.jsonl", chat_line({{{"role", "assistant"}, {"content", "hi"}}})}}),
+               kChat, 2, "c.jsonl:1: key 'messages': no user message", {}, {}});
   c.push_back({"chat_ok", files({{"c.jsonl", chat_line({{{"role", "user"}, {"content", "What is two plus two?"}},
                                                          {{"role", "assistant"}, {"content", "Four, as it happens."}}})}}),
                kChat, 0, "", {}, {}});
@@ -437,8 +444,8 @@ TEST(HostileData, ChatLinesUseTheModelsChatFormat) {
   if (!fs::exists(kGlmTokenizer)) GTEST_SKIP() << "no " << kGlmTokenizer;
   const Tokenizer tok = Tokenizer::load(kGlmTokenizer);
   const ChatFormat glm = chat_format_for(Family::kGlmMoeDsa);
-  EXPECT_EQ(glm.prefix, ChatFormat::glm().prefix);
-  EXPECT_EQ(chat_format_for(Family::kDeepseekV32).prefix, ChatFormat::deepseek_v3().prefix);
+  EXPECT_EQ(glm.begin, ChatFormat::glm().begin);
+  EXPECT_EQ(chat_format_for(Family::kDeepseekV32).begin, ChatFormat::deepseek_v3().begin);
   const std::string text = chat_line({{{"role", "user"}, {"content", "What is two plus two?"}},
                                       {{"role", "assistant"}, {"content", " Four."}}}) +
                            chat_line({{{"role", "user"}, {"content", "Hi"}}});
@@ -448,7 +455,8 @@ TEST(HostileData, ChatLinesUseTheModelsChatFormat) {
   ASSERT_EQ(f.windows.size(), 2u);
   const auto want = tok.encode(wrap_chat("What is two plus two?", glm) + " Four.");
   EXPECT_EQ(f.windows[0], want);
-  EXPECT_EQ(f.windows[1], tok.encode(wrap_chat("Hi", glm)));
+  const ChatMessage hi{"user", "Hi"};
+  EXPECT_EQ(f.windows[1], tok.encode(render_chat({&hi, 1}, glm, /*generation_prompt=*/false)));
   // The framing's special tokens are single ids, as in `generate --chat`.
   EXPECT_EQ(f.windows[0][0], *tok.token_id("[gMASK]"));
   // Without a chat format (no model family known) a chat line is refused, naming the line.

@@ -235,7 +235,16 @@ TEST(Tokenizer, SpecialTokensGlm) {
 }
 
 TEST(Tokenizer, WrapChatMatchesGoldenChatPrompts) {
-  EXPECT_EQ(wrap_chat("Hi", ChatFormat{"<a>", "</a>"}), "<a>Hi</a>");
+  EXPECT_EQ(wrap_chat("Hi", ChatFormat{.begin = "<a>", .assistant = "</a>"}), "<a>Hi</a>");
+  // A conversation: the markers by role, the reply closed, the generation prompt when asked.
+  const ChatFormat f{.begin = "B", .system = "S:", .user = "U:", .assistant = "A:", .end_assistant = "."};
+  const ChatMessage chat[] = {{"system", "be brief"}, {"user", "hi"}, {"assistant", "hello"}, {"user", "bye"}};
+  EXPECT_EQ(render_chat(chat, f, true), "BS:be briefU:hiA:hello.U:byeA:");
+  EXPECT_EQ(render_chat(chat, f, false), "BS:be briefU:hiA:hello.U:bye");
+  const ChatMessage bad[] = {{"tool", "x"}};
+  EXPECT_THROW(render_chat(bad, f, false), Error);
+  EXPECT_EQ(wrap_chat("Hi", ChatFormat::glm()), "[gMASK]<sop><|user|>\nHi<|assistant|>\n");
+  EXPECT_EQ(wrap_chat("Hi", ChatFormat::deepseek_v3()), "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>");
   const std::string q = "What is 17 * 24?";
   const std::string glm = wrap_chat(q, ChatFormat::glm());
   EXPECT_EQ(glm, "[gMASK]<sop><|user|>\n" + q + "<|assistant|>\n");

@@ -34,27 +34,40 @@
 
 namespace indexcache {
 
-// A chat prompt's framing: the text before and after the user's message. The special tokens in
-// it (e.g. "[gMASK]", "<|user|>") are recognised by encode() like any added token in the text.
-// This is no chat-template engine: one user turn, no system prompt, no history. Plain completion
-// (no wrapping at all) is the default everywhere; wrap only when asked.
+// A chat's framing: the markers before each role's message. The special tokens in them (e.g.
+// "[gMASK]", "<|user|>") are recognised by encode() like any added token in the text. This is no
+// Jinja engine: the families' templates reduced to their turn markers (system prompt, history and
+// the assistant's replies included; no tools, no thinking markup). Plain completion (no wrapping
+// at all) is the default everywhere; wrap only when asked.
 struct ChatFormat {
-  std::string prefix;
-  std::string suffix;
+  std::string begin;          // once, before the first message
+  std::string system;         // before a system message
+  std::string user;           // before a user message
+  std::string assistant;      // before an assistant message, and the generation prompt
+  std::string end_assistant;  // after an assistant message
 
-  // GLM-4.x / GLM-5 (`glm_moe_dsa`): "[gMASK]<sop><|user|>\n" + prompt + "<|assistant|>\n".
-  // The official chat templates then add thinking markup after "<|assistant|>" in some versions
-  // ("<think>" or "<think></think>\n"); append it to `suffix` if your model expects it.
+  // GLM-4.x / GLM-5 (`glm_moe_dsa`): "[gMASK]<sop>", then "<|system|>\n", "<|user|>\n",
+  // "<|assistant|>\n" before each message. Some versions' templates add thinking markup after
+  // "<|assistant|>" ("<think>" or "<think></think>\n"); append it to `assistant` if yours does.
   static ChatFormat glm();
-  // DeepSeek-V3 / V3.2 (`deepseek_v32`):
-  // "<｜begin▁of▁sentence｜><｜User｜>" + prompt + "<｜Assistant｜>" (fullwidth bars U+FF5C,
-  // U+2581). V3.2's template appends "</think>" (non-thinking) or "<think>" (thinking) to the
-  // suffix.
+  // DeepSeek-V3 / V3.2 (`deepseek_v32`): "<｜begin▁of▁sentence｜>", the system prompt as it is,
+  // "<｜User｜>" before a user message, "<｜Assistant｜>" before a reply and
+  // "<｜end▁of▁sentence｜>" after it (fullwidth bars U+FF5C, U+2581). V3.2's template appends
+  // "</think>" (non-thinking) or "<think>" (thinking) to the assistant marker.
   static ChatFormat deepseek_v3();
 };
 
-// prefix + user_prompt + suffix.
+// One message of a chat: role "system", "user" or "assistant".
+struct ChatMessage {
+  std::string_view role;
+  std::string_view content;
+};
+
+// begin + user + user_prompt + assistant: one user turn, ready for the reply.
 std::string wrap_chat(std::string_view user_prompt, const ChatFormat& format);
+// begin, then each message after its role's marker (an assistant message then end_assistant), then
+// the assistant marker when `generation_prompt`. A role other than the three is a bad input.
+std::string render_chat(std::span<const ChatMessage> messages, const ChatFormat& format, bool generation_prompt);
 
 class Tokenizer {
  public:

@@ -116,18 +116,19 @@ class Loader {
                         "expected a string, found " + (content == m.end() ? "nothing" : json_for_message(*content)));
       const std::string& r = role->get_ref<const std::string&>();
       if (r != "user" && r != "assistant" && r != "system")
-        throw_bad_input(mk + ".role'", "unknown role " + quote_for_message(r) + " (user, assistant)");
+        throw_bad_input(mk + ".role'", "unknown role " + quote_for_message(r) + " (system, user, assistant)");
       roles.push_back(r);
       contents.push_back(content->get<std::string>());
     }
-    // The model's chat format frames one user turn (ChatFormat, indexcache/tokenizer.h): no system
-    // prompt, no history.
-    if (roles[0] != "user" || roles.size() > 2 || (roles.size() == 2 && roles[1] != "assistant"))
-      throw_bad_input(key, "the chat format renders one user message, optionally followed by the assistant's reply "
-                           "(system prompts and multi-turn chats are not supported)");
-    std::string text = wrap_chat(contents[0], *o_.chat);
-    if (roles.size() == 2) text += contents[1];
-    return text;
+    // A system prompt only first; at least one user message; rendered as the conversation it is
+    // (the last assistant reply, if any, is the continuation scored like any text).
+    for (size_t i = 1; i < roles.size(); ++i)
+      if (roles[i] == "system")
+        throw_bad_input(where + ": key 'messages[" + std::to_string(i) + "].role'", "a system message comes first only");
+    if (std::find(roles.begin(), roles.end(), "user") == roles.end()) throw_bad_input(key, "no user message");
+    std::vector<ChatMessage> chat;
+    for (size_t i = 0; i < roles.size(); ++i) chat.push_back({roles[i], contents[i]});
+    return indexcache::render_chat(chat, *o_.chat, /*generation_prompt=*/false);
   }
 
   void load_jsonl(DataFile& d, std::string_view text) {

@@ -884,18 +884,39 @@ bool Tokenizer::is_special(int32_t id) const {
 
 // ---- Chat framing -------------------------------------------------------------------------------
 
-ChatFormat ChatFormat::glm() { return {"[gMASK]<sop><|user|>\n", "<|assistant|>\n"}; }
+ChatFormat ChatFormat::glm() {
+  return {.begin = "[gMASK]<sop>", .system = "<|system|>\n", .user = "<|user|>\n", .assistant = "<|assistant|>\n",
+          .end_assistant = ""};
+}
 
 ChatFormat ChatFormat::deepseek_v3() {
-  return {"<｜begin▁of▁sentence｜><｜User｜>", "<｜Assistant｜>"};
+  return {.begin = "<｜begin▁of▁sentence｜>", .system = "", .user = "<｜User｜>", .assistant = "<｜Assistant｜>",
+          .end_assistant = "<｜end▁of▁sentence｜>"};
 }
 
 std::string wrap_chat(std::string_view user_prompt, const ChatFormat& format) {
-  std::string out;
-  out.reserve(format.prefix.size() + user_prompt.size() + format.suffix.size());
-  out += format.prefix;
-  out += user_prompt;
-  out += format.suffix;
+  const ChatMessage m{"user", user_prompt};
+  return render_chat({&m, 1}, format, /*generation_prompt=*/true);
+}
+
+std::string render_chat(std::span<const ChatMessage> messages, const ChatFormat& format, bool generation_prompt) {
+  std::string out = format.begin;
+  for (const ChatMessage& m : messages) {
+    if (m.role == "system") {
+      out += format.system;
+      out += m.content;
+    } else if (m.role == "user") {
+      out += format.user;
+      out += m.content;
+    } else if (m.role == "assistant") {
+      out += format.assistant;
+      out += m.content;
+      out += format.end_assistant;
+    } else {
+      throw_bad_input("chat message", "unknown role " + quote_for_message(m.role) + " (system, user, assistant)");
+    }
+  }
+  if (generation_prompt) out += format.assistant;
   return out;
 }
 
