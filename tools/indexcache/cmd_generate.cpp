@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "flags.h"
+#include "indexcache/dataset.h"
 #include "indexcache/error.h"
 #include "indexcache/generate.h"
 #include "indexcache/model.h"
@@ -70,8 +71,7 @@ int run_generate(const GenerateFlags& f) {
   std::vector<int32_t> prompt;
   if (!f.prompt.empty()) {
     const std::string text =
-        f.chat ? wrap_chat(f.prompt, spec.family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3())
-               : f.prompt;
+        f.chat ? wrap_chat(f.prompt, chat_format_for(spec.family)) : f.prompt;
     prompt = tok->encode(text);
   } else {
     prompt = read_token_ids(f.ids);
