@@ -92,7 +92,16 @@ struct RopeOp {
   TensorView src{};  // optional
 };
 
-// A chunk's new cache rows, written at their positions: for each t, r = x[t] (f32 [T, w]);
+// A cache kept in pages (the paged KV cache of a batch): a sequence's row s lives at row
+// pages[s / page_rows] * page_rows + s % page_rows of the cache view, the page pool shared by every
+// sequence. pages int32 [ceil(rows / page_rows)] in backend memory. Empty: row s is row s.
+struct PageTable {
+  TensorView pages{};
+  int page_rows = 0;
+  bool empty() const { return pages.empty(); }
+};
+
+// A chunk's new cache rows, written at their positions (through `pages` when set): for each t, r = x[t] (f32 [T, w]);
 // r[0, norm_dim) normalised (RMSNorm with norm_w, or LayerNorm with norm_w and norm_bias), then
 // r[rope_offset, rope_offset + rope_dim) rotated at positions[t] (as RopeOp); cache[positions[t]]
 // = r in the cache's dtype. cache [S, w]; positions int32 [T] in backend memory, each a row of the
@@ -105,13 +114,16 @@ struct CacheRowsOp {
   bool layer_norm = false;
   int rope_offset = 0, rope_dim = 0;
   RopeLayout layout = RopeLayout::kInterleaved;
+  PageTable pages{};  // optional
 };
 
 // Lightning-indexer scores: scores[t, s] = scale * sum_h w[t, h] * relu(q[t, h] . k[s]) for
 // s <= positions[t], -inf for later keys. q [T, H, D]; w f32 [T, H]; k [S, D]; scores f32 [T, S].
+// With pages, k is the page pool ([rows, D], any row count) and key s its row through the table.
 struct IndexerScoresOp {
   TensorView q{}, w{}, k{}, positions{}, scores{};
   float scale = 1.0f;
+  PageTable pages{};  // optional
 };
 
 // Row-wise top-k of scores[t, 0..valid[t]) into indices int32 [T, k] (k = indices' width), the
@@ -122,10 +134,12 @@ struct TopkOp {
 
 // Sparse MLA in absorbed (MQA) form: out[t, h] = sum_j softmax_j(scale * q[t, h] . kv[j, :Dk])
 // * kv[j, :Dv] over j = indices[t, :] (entries < 0 skipped). q [T, H, Dk]; kv [S, >= Dk] (the
-// latent cache); indices int32 [T, K]; out [T, H, Dv].
+// latent cache); indices int32 [T, K]; out [T, H, Dv]. With pages, kv is the page pool and index j
+// its row through the table.
 struct SparseAttentionOp {
   TensorView q{}, kv{}, indices{}, out{};
   float scale = 1.0f;
+  PageTable pages{};  // optional
 };
 
 // SwiGLU MLP weights: gate, up [I, hidden]; down [hidden, I].

@@ -1,7 +1,5 @@
-// One sequence through a DSA model, chunk by chunk. Every layer:
-//   x -> RMSNorm -> MLA in absorbed form (queries folded into the kv latent space, keys/values are
-//   the cached latent + roped key part shared by all heads) over the top-k selection of this
-//   layer's indexer (F) or the nearest preceding F layer's (S) -> residual -> RMSNorm -> MLP/MoE.
+// One sequence through a DSA model, chunk by chunk: its own contiguous cache rows, steps of one
+// segment through the forward pass (model/forward_pass.h), decode steps recorded as graphs.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -13,6 +11,7 @@
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/session.h"
+#include "model/forward_pass.h"
 #include "model/logits_check.h"
 #include "model/placed_weights.h"
 #include "model/rope_table.h"
@@ -22,10 +21,6 @@ namespace indexcache {
 
 namespace {
 
-// transformers builds q_a_layernorm and kv_a_layernorm with the RMSNorm default eps (1e-6), not
-// rms_norm_eps; the indexer's key LayerNorm uses 1e-6 too.
-constexpr float kLatentNormEps = 1e-6f;
-constexpr float kIndexerNormEps = 1e-6f;
 // A recorded decode step sees the caches' first round_up(length + 1, kGraphKeyBlock) rows (keys
 // past a query's position score -inf and are never selected): one recording serves this many steps.
 constexpr int kGraphKeyBlock = 1024;
@@ -77,18 +72,22 @@ struct SessionState {
   Tensor rope_cos, rope_sin;  // f32 [rope_positions, rope_dim / 2] in backend memory
   int rope_positions = 0;
   Arena arena;
+  ForwardPass pass;
+  std::vector<TensorView> latent_views, index_key_views;  // the caches' whole views, per layer
   uint64_t layout_version = 0;  // counts moves of the caches and the RoPE table
   DecodeGraph decode_graph;
   int64_t graph_steps = 0;
 
   SessionState(const Model& m, const IndexPlan& p, Backend& b)
-      : model(m), s(m.spec()), plan(p), be(b), act(b.activation_dtype()), arena(b) {
+      : model(m), s(m.spec()), plan(p), be(b), act(b.activation_dtype()), arena(b), pass(b, s, w, arena) {
     model.check_plan(plan);
     w = place_weights(be, s, model.weights());
     for (int l = 0; l < s.num_layers; ++l) {
       latent.push_back({.width = s.kv_lora_rank + s.qk_rope_head_dim});
       index_keys.push_back({.width = plan.is_full(l) ? s.index_head_dim : 0});  // S layers: nothing
     }
+    latent_views.resize(s.num_layers);
+    index_key_views.resize(s.num_layers);
   }
 
   void grow(CacheRows& c, int64_t rows) {
@@ -107,6 +106,8 @@ struct SessionState {
     for (int l = 0; l < s.num_layers; ++l) {
       grow(latent[l], tokens);
       grow(index_keys[l], tokens);
+      latent_views[l] = latent[l].t.view;
+      index_key_views[l] = index_keys[l].t.view;
     }
     if (tokens > rope_positions) {
       rope_positions = std::max(tokens, std::min(2 * rope_positions, s.max_position_embeddings));
@@ -115,6 +116,7 @@ struct SessionState {
       rope_sin = be.tensor(DType::kF32, rope_positions, rope.half);
       be.upload(rope_cos.view, rope.cos.data());
       be.upload(rope_sin.view, rope.sin.data());
+      pass.set_rope(rope_cos.view, rope_sin.view);
       ++layout_version;
     }
   }
@@ -143,16 +145,15 @@ struct SessionState {
     int keys = 0;   // the caches' rows the ops see (total, or more for a recorded decode step)
     int k = 0;      // selection width: min(index_topk, keys), no query has more candidates
     std::vector<int32_t> positions, valid;  // valid = positions + 1 (keys a query may select from)
-    TensorView ids_t, positions_t, valid_t;  // ids, positions, valid in backend memory
+    Step step;      // the chunk as the forward pass's one segment, its inputs' views in the arena
   };
   void check_ids(std::span<const int32_t> ids) const;
   // The chunk of n tokens at positions p0.., seeing `keys` (>= its total) cache rows: the caches
   // grown to hold them, the arena reset, the inputs' views taken (not uploaded).
   Chunk begin_chunk(int p0, int n, int keys);
   void upload_inputs(const Chunk& c, std::span<const int32_t> ids);
-  // Enqueues the layers first_layer.. of the chunk from x, then the final norm and lm_head per
-  // o.logits (the logits view returned; empty for kNone). Downloads only what o.observer wants
-  // (layer inputs and index scores as they are computed).
+  // Layers first_layer.. of the chunk from x, then the final norm and lm_head per o.logits (the
+  // logits view returned; empty for kNone).
   TensorView run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
                         const ForwardOptions& o);
   // The embedding, then run_layers.
@@ -161,106 +162,7 @@ struct SessionState {
   ChunkResult finish(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel, TensorView logits);
   bool graph_step(std::span<const int32_t> ids, const ForwardOptions& o) const;
   ChunkResult decode_step(std::span<const int32_t> ids, const ForwardOptions& o);
-  void run_indexer(const Chunk& c, int layer, TensorView h, TensorView qr, const ForwardOptions& o,
-                   TensorView sel, LayerObserver* scores_to);
-  void attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o, std::vector<TensorView>& sel,
-                 LayerObserver* scores_to, TensorView x);
-  // A view's elements as f32 on the host (observers see f32 whatever the activation dtype).
-  std::vector<float> host_f32(const TensorView& v) {
-    std::vector<float> out(static_cast<size_t>(v.numel()));
-    if (v.dtype == DType::kF32) {
-      be.download(v, out.data());
-    } else {
-      std::vector<std::byte> raw(out.size() * dtype_size(v.dtype));
-      be.download(v, raw.data());
-      convert_to_f32(v.dtype, raw.data(), out.size(), out.data());
-    }
-    return out;
-  }
-  RopeOp rope_op(const Chunk& c, TensorView x, int offset, RopeLayout layout) const {
-    return {.x = x, .offset = offset, .rope_dim = s.qk_rope_head_dim, .cos = rope_cos.view, .sin = rope_sin.view,
-            .positions = c.positions_t, .layout = layout};
-  }
 };
-
-void SessionState::run_indexer(const Chunk& c, int layer, TensorView h, TensorView qr, const ForwardOptions& o,
-                               TensorView sel, LayerObserver* scores_to) {
-  const PlacedLayer& lw = w.layers[layer];
-  const int n = c.n, hi = s.index_n_heads, di = s.index_head_dim;
-  const TensorView q = arena.take(act, n, int64_t{hi} * di).split_heads(hi);
-  const TensorView wts = arena.take(DType::kF32, n, hi);
-  be.linear({.x = qr, .w = lw.wq_b, .y = view2d(q.data, act, n, int64_t{hi} * di)});
-  // The key projection stays f32 until its LayerNorm writes the roped key into the cache row at
-  // its position (in the cache's dtype).
-  const TensorView raw_keys = arena.take(DType::kF32, n, di);
-  be.linear({.x = h, .w = lw.wk, .y = raw_keys});
-  be.cache_rows({.x = raw_keys, .norm_w = lw.k_norm_w, .norm_bias = lw.k_norm_b, .cache = index_keys[layer].t.view,
-                 .positions = c.positions_t, .cos = rope_cos.view, .sin = rope_sin.view, .norm_dim = di,
-                 .eps = kIndexerNormEps, .layer_norm = true, .rope_offset = 0, .rope_dim = s.qk_rope_head_dim,
-                 .layout = s.indexer_rope_layout()});
-  be.rope(rope_op(c, q, 0, s.indexer_rope_layout()));
-  be.linear({.x = h, .w = lw.weights_proj, .y = wts, .alpha = 1.0f / std::sqrt(static_cast<float>(hi))});
-
-  const int S = c.keys;
-  std::vector<float> captured(scores_to ? static_cast<size_t>(n) * S : 0);
-  const int block = std::max(1, std::min(o.query_block > 0 ? o.query_block : be.indexer_query_block(), n));
-  const TensorView scores = arena.take(DType::kF32, block, S);
-  const TensorView all_keys = index_keys[layer].t.view.rows(0, S);
-  for (int t0 = 0; t0 < n; t0 += block) {
-    const int m = std::min(block, n - t0);
-    be.indexer_scores({.q = q.rows(t0, m), .w = wts.rows(t0, m), .k = all_keys, .positions = c.positions_t.rows(t0, m),
-                       .scores = scores.rows(0, m), .scale = 1.0f / std::sqrt(static_cast<float>(di))});
-    be.topk({.scores = scores.rows(0, m), .valid = c.valid_t.rows(t0, m), .indices = sel.rows(t0, m)});
-    if (scores_to) be.download(scores.rows(0, m), captured.data() + static_cast<size_t>(t0) * S);
-  }
-  if (scores_to) scores_to->on_index_scores(layer, captured);
-}
-
-void SessionState::attention(const Chunk& c, int layer, TensorView h, const ForwardOptions& o,
-                             std::vector<TensorView>& sel, LayerObserver* scores_to, TensorView x) {
-  const PlacedLayer& lw = w.layers[layer];
-  const int n = c.n, H = s.hidden_size, nh = s.num_heads, qlr = s.q_lora_rank, kvlr = s.kv_lora_rank;
-  const int nope = s.qk_nope_head_dim, rd = s.qk_rope_head_dim, qkd = s.qk_head_dim(), vd = s.v_head_dim;
-  const int lat = kvlr + rd;  // one cached token: normed latent, then the roped key part
-
-  // Projections that feed a norm stay f32 until the norm writes them in the activation dtype.
-  const TensorView qr_raw = arena.take(DType::kF32, n, qlr);
-  const TensorView qr = arena.take(act, n, qlr);
-  be.linear({.x = h, .w = lw.q_a, .bias = lw.q_a_bias, .y = qr_raw});
-  be.norm({.x = qr_raw, .w = lw.q_a_norm, .y = qr, .eps = kLatentNormEps});
-  const TensorView q = arena.take(act, n, int64_t{nh} * qkd);
-  be.linear({.x = qr, .w = lw.q_b, .y = q});
-  const TensorView q3 = q.split_heads(nh);
-  // The chunk's latent rows into the cache rows at their positions (read on the device, so that a
-  // recorded step writes where the step is): the normed latent, then the roped key part.
-  const TensorView kv_raw = arena.take(DType::kF32, n, lat);
-  be.linear({.x = h, .w = lw.kv_a, .bias = lw.kv_a_bias, .y = kv_raw});
-  be.cache_rows({.x = kv_raw, .norm_w = lw.kv_a_norm, .cache = latent[layer].t.view, .positions = c.positions_t,
-                 .cos = rope_cos.view, .sin = rope_sin.view, .norm_dim = kvlr, .eps = kLatentNormEps,
-                 .rope_offset = kvlr, .rope_dim = rd, .layout = RopeLayout::kInterleaved});
-
-  if (plan.is_full(layer)) run_indexer(c, layer, h, qr, o, sel[layer], scores_to);
-
-  // Absorbed queries [n, nh, kvlr + rd]: q_nope folded through each head's key rows of kv_b, then
-  // q_rope roped into the rest.
-  const TensorView qa = arena.take(act, n, int64_t{nh} * lat).split_heads(nh);
-  be.linear_heads({.x = q3.cols(0, nope), .w = lw.uk, .y = qa.cols(0, kvlr)});
-  RopeOp qrope = rope_op(c, qa, kvlr, RopeLayout::kInterleaved);
-  qrope.src = q3.cols(nope, rd);
-  be.rope(qrope);
-  if (o.observer && o.observer->wants().attention) {
-    const std::vector<float> hh = host_f32(h), qrh = host_f32(qr), qah = host_f32(qa),
-                             keys = host_f32(latent[layer].t.view.rows(0, c.keys));
-    o.observer->on_attention(layer, {.input = hh, .query_latent = qrh, .queries = qah, .keys = keys});
-  }
-  const TensorView out_latent = arena.take(act, n, int64_t{nh} * kvlr).split_heads(nh);
-  be.sparse_attention({.q = qa, .kv = latent[layer].t.view.rows(0, c.keys), .indices = sel[layer],
-                       .out = out_latent, .scale = static_cast<float>(s.attention_scale())});
-  // Each head's latent output through its value rows of kv_b, then o_proj.
-  const TensorView heads_out = arena.take(act, n, int64_t{nh} * vd);
-  be.linear_heads({.x = out_latent, .w = lw.uv, .y = heads_out.split_heads(nh)});
-  be.linear({.x = heads_out, .w = lw.o, .bias = lw.o_bias, .y = x, .accumulate = true});  // the residual
-}
 
 void SessionState::check_ids(std::span<const int32_t> ids) const {
   const int64_t n = static_cast<int64_t>(ids.size());
@@ -288,59 +190,34 @@ SessionState::Chunk SessionState::begin_chunk(int p0, int n, int keys) {
   std::iota(c.valid.begin(), c.valid.end(), c.p0 + 1);
   ensure_capacity(c.keys);
   arena.reset();
-  c.positions_t = arena.take_1d(DType::kI32, n);
-  c.valid_t = arena.take_1d(DType::kI32, n);
-  c.ids_t = arena.take_1d(DType::kI32, n);
+  c.step.n = n;
+  c.step.positions = arena.take_1d(DType::kI32, n);
+  c.step.valid = arena.take_1d(DType::kI32, n);
+  c.step.ids = arena.take_1d(DType::kI32, n);
+  c.step.segments = {{.t0 = 0, .n = n, .p0 = p0, .keys = c.keys, .k = c.k, .plan = &plan,
+                      .cache = {.latent = &latent_views, .index_keys = &index_key_views}}};
   return c;
 }
 
 void SessionState::upload_inputs(const Chunk& c, std::span<const int32_t> ids) {
-  be.upload(c.positions_t, c.positions.data());
-  be.upload(c.valid_t, c.valid.data());
-  if (!ids.empty()) be.upload(c.ids_t, ids.data());
+  be.upload(c.step.positions, c.positions.data());
+  be.upload(c.step.valid, c.valid.data());
+  if (!ids.empty()) be.upload(c.step.ids, ids.data());
 }
 
 TensorView SessionState::run_layers(const Chunk& c, int first_layer, TensorView x, std::vector<TensorView>& sel,
                                     const ForwardOptions& o) {
-  const int n = c.n, H = s.hidden_size, k = c.k;
-  const LayerObserver::Wants wants = o.observer ? o.observer->wants() : LayerObserver::Wants{};
-  std::vector<float> input(wants.inputs ? static_cast<size_t>(n) * H : 0);
-  const TensorView hn = arena.take(act, n, H);
-  for (int l = first_layer; l < s.num_layers; ++l) {
-    const PlacedLayer& lw = w.layers[l];
-    if (wants.inputs) {
-      be.download(x, input.data());
-      o.observer->on_input(l, input);
-    }
-    be.norm({.x = x, .w = lw.input_norm, .y = hn, .eps = static_cast<float>(s.rms_norm_eps)});
-    const bool full = plan.is_full(l);
-    if (full)
-      sel[l] = arena.take(DType::kI32, n, k);
-    else
-      sel[l] = sel[plan.source_layer(l)];
-    attention(c, l, hn, o, sel, full && wants.index_scores ? o.observer : nullptr, x);
-    be.norm({.x = x, .w = lw.post_attn_norm, .y = hn, .eps = static_cast<float>(s.rms_norm_eps)});
-    if (lw.moe) {  // into the residual
-      be.moe({.x = hn, .y = x, .router = lw.router, .router_bias = lw.router_bias, .experts = lw.experts,
-              .shared = lw.has_shared ? &lw.shared : nullptr, .groups = s.n_group, .topk_group = s.topk_group,
-              .experts_per_token = s.num_experts_per_tok, .norm_topk_prob = s.norm_topk_prob,
-              .routed_scaling = static_cast<float>(s.routed_scaling_factor), .accumulate = true});
-    } else {
-      be.mlp({.x = hn, .y = x, .w = lw.dense, .accumulate = true});
-    }
-  }
-  if (o.logits == LogitsWanted::kNone) return {};
-  const int first = o.logits == LogitsWanted::kLast ? n - 1 : 0;
-  const int rows = n - first;
-  be.norm({.x = x.rows(first, rows), .w = w.final_norm, .y = hn.rows(0, rows), .eps = static_cast<float>(s.rms_norm_eps)});
-  const TensorView logits = arena.take(DType::kF32, rows, s.vocab_size);
-  be.linear({.x = hn.rows(0, rows), .w = w.lm_head, .y = logits});
+  std::vector<std::vector<TensorView>> per_segment{std::move(sel)};
+  std::vector<RowRange> rows;
+  if (o.logits == LogitsWanted::kAll) rows.push_back({0, c.n});
+  if (o.logits == LogitsWanted::kLast) rows.push_back({c.n - 1, 1});
+  const TensorView logits = pass.run_layers(c.step, first_layer, x, per_segment, rows, o);
+  sel = std::move(per_segment[0]);
   return logits;
 }
 
 TensorView SessionState::run_chunk(const Chunk& c, const ForwardOptions& o, std::vector<TensorView>& sel) {
-  const TensorView x = arena.take(DType::kF32, c.n, s.hidden_size);
-  be.embed({.table = w.embed, .ids = c.ids_t, .out = x});
+  const TensorView x = pass.embed(c.step);
   sel.assign(s.num_layers, {});
   return run_layers(c, 0, x, sel, o);
 }

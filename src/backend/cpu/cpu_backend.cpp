@@ -139,9 +139,21 @@ class CpuBackend final : public Backend {
          "indexer_scores", "q must be contiguous [T, H, D]");
     need(p.k.stride[0] == p.k.shape[1] && p.w.stride[0] == p.w.shape[1], "indexer_scores",
          "k and w must be contiguous");
-    cpu::indexer_scores({.q = f32(p.q), .w = f32(p.w), .k = f32(p.k), .positions = p.positions.as<const int32_t>(),
+    const float* keys = f32(p.k);
+    int64_t S = p.k.shape[0];
+    std::vector<float> gathered;
+    if (!p.pages.empty()) {  // the sequence's keys gathered from their pages (the kernel repacks them anyway)
+      S = p.scores.shape[1];
+      const int64_t D = p.k.shape[1];
+      gathered.resize(static_cast<size_t>(S * D));
+      for (int64_t s = 0; s < S; ++s)
+        std::memcpy(gathered.data() + s * D, p.k.at(paged_row(p.pages, s, p.k.shape[0], "indexer_scores")),
+                    static_cast<size_t>(D) * sizeof(float));
+      keys = gathered.data();
+    }
+    cpu::indexer_scores({.q = f32(p.q), .w = f32(p.w), .k = keys, .positions = p.positions.as<const int32_t>(),
                          .scores = f32m(p.scores), .scores_stride = p.scores.stride[0],
-                         .tokens = static_cast<int>(p.q.shape[0]), .keys = static_cast<int>(p.k.shape[0]),
+                         .tokens = static_cast<int>(p.q.shape[0]), .keys = static_cast<int>(S),
                          .heads = static_cast<int>(p.q.shape[1]), .head_dim = static_cast<int>(p.q.shape[2]),
                          .scale = p.scale});
   }
@@ -156,10 +168,18 @@ class CpuBackend final : public Backend {
     for (const TensorView* v : {&p.q, &p.kv, &p.out}) need_dtype(*v, DType::kF32, "sparse_attention", "a tensor");
     need(p.q.rank == 3 && p.out.rank == 3, "sparse_attention", "q and out must be 3-D");
     need(p.indices.stride[0] == p.indices.shape[1], "sparse_attention", "indices must be contiguous [T, K]");
+    const int32_t* indices = p.indices.as<const int32_t>();
+    std::vector<int32_t> rows;
+    if (!p.pages.empty()) {  // each selected index to its row of the page pool (-1 stays -1)
+      rows.assign(indices, indices + p.indices.numel());
+      for (int32_t& r : rows)
+        if (r >= 0) r = static_cast<int32_t>(paged_row(p.pages, r, p.kv.shape[0], "sparse_attention"));
+      indices = rows.data();
+    }
     cpu::sparse_attention({.q = f32(p.q), .q_token_stride = p.q.stride[0], .q_head_stride = p.q.stride[1],
                            .k = f32(p.kv), .k_token_stride = p.kv.stride[0], .k_head_stride = 0, .v = f32(p.kv),
                            .v_token_stride = p.kv.stride[0], .v_head_stride = 0,
-                           .indices = p.indices.as<const int32_t>(), .num_selected = static_cast<int>(p.indices.shape[1]),
+                           .indices = indices, .num_selected = static_cast<int>(p.indices.shape[1]),
                            .out = f32m(p.out), .out_token_stride = p.out.stride[0], .out_head_stride = p.out.stride[1],
                            .tokens = static_cast<int>(p.q.shape[0]), .heads = static_cast<int>(p.q.shape[1]),
                            .kv_heads = 1, .head_dim_k = static_cast<int>(p.q.shape[2]),
@@ -217,7 +237,14 @@ class CpuBackend final : public Backend {
     if (p.norm_dim < w) do_copy({.src = p.x.cols(p.norm_dim, w - p.norm_dim), .dst = rv.cols(p.norm_dim, w - p.norm_dim)});
     do_rope({.x = rv, .offset = p.rope_offset, .rope_dim = p.rope_dim, .cos = p.cos, .sin = p.sin,
              .positions = p.positions, .layout = p.layout});
-    do_copy({.src = rv, .dst = p.cache, .dst_rows = view1d(p.positions.data, DType::kI32, T)});
+    if (p.pages.empty()) {
+      do_copy({.src = rv, .dst = p.cache, .dst_rows = view1d(p.positions.data, DType::kI32, T)});
+      return;
+    }
+    const int32_t* pos = p.positions.as<const int32_t>();
+    std::vector<int32_t> rows(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) rows[t] = static_cast<int32_t>(paged_row(p.pages, pos[t], p.cache.shape[0], op));
+    do_copy({.src = rv, .dst = p.cache, .dst_rows = view1d(rows.data(), DType::kI32, T)});
   }
   void do_embed(const EmbedOp& p) override {
     need_dtype(p.table, DType::kF32, "embed", "table");
@@ -267,6 +294,16 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // The pool row of a sequence's row s through its page table (checked: a bad table is an error,
+  // never a stray write).
+  static int64_t paged_row(const PageTable& t, int64_t s, int64_t pool_rows, const char* op) {
+    need(t.page_rows > 0 && t.pages.dtype == DType::kI32 && t.pages.rank == 1, op, "pages must be int32 [P]");
+    const int64_t page = s / t.page_rows;
+    need(s >= 0 && page < t.pages.shape[0], op, "row " + std::to_string(s) + " past the page table");
+    const int64_t row = int64_t{t.pages.as<const int32_t>()[page]} * t.page_rows + s % t.page_rows;
+    need(row >= 0 && row < pool_rows, op, "page table points outside the pool");
+    return row;
+  }
   // A scratch block of n floats (valid until the next op).
   float* temporary(int64_t n) {
     if (static_cast<int64_t>(temp_.size()) < n) temp_.resize(static_cast<size_t>(n));

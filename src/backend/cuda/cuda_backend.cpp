@@ -455,6 +455,7 @@ void CudaBackend::do_rope(const RopeOp& p) {
 void CudaBackend::do_cache_rows(const CacheRowsOp& p) {
   activate();
   const char* op = "cache_rows";
+  need(p.pages.empty(), op, "paged caches (the batched engine) are not on CUDA yet");
   need_view(p.x, 2, op, "x");
   need_view(p.cache, 2, op, "cache");
   need_view(p.positions, 1, op, "positions");
@@ -563,6 +564,7 @@ void CudaBackend::do_copy(const CopyOp& p) {
 void CudaBackend::do_indexer_scores(const IndexerScoresOp& p) {
   activate();
   const char* op = "indexer_scores";
+  need(p.pages.empty(), op, "paged caches (the batched engine) are not on CUDA yet");
   need_view(p.q, 3, op, "q");
   need_view(p.w, 2, op, "w");
   need_view(p.k, 2, op, "k");
@@ -664,6 +666,7 @@ void CudaBackend::do_topk(const TopkOp& p) {
 void CudaBackend::do_sparse_attention(const SparseAttentionOp& p) {
   activate();
   const char* op = "sparse_attention";
+  need(p.pages.empty(), op, "paged caches (the batched engine) are not on CUDA yet");
   need_view(p.q, 3, op, "q");
   need_view(p.kv, 2, op, "kv");
   need_view(p.indices, 2, op, "indices");
