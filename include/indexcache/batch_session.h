@@ -19,6 +19,12 @@ class Model;
 class Backend;
 struct BatchSessionState;
 
+// Where a profiled step spent its time (the backend synchronises after every op then).
+struct StepProfile {
+  double seconds = 0;          // the whole step
+  double indexer_seconds = 0;  // indexer scores and top-k
+};
+
 struct PagedCacheOptions {
   int page_tokens = 64;   // tokens per page (SGLang's DSA page size)
   int64_t pages = 0;      // pages in the pool; 0: enough for one max_position_embeddings sequence
@@ -30,6 +36,7 @@ class BatchSession {
   BatchSession(const Model& model, std::vector<IndexPlan> plans, Backend& backend,
                const PagedCacheOptions& options = {});
   ~BatchSession();
+  const Model& model() const;
 
   // A new empty sequence under plans()[plan]; returns its id (ids are never reused).
   int64_t open(int plan);
@@ -56,10 +63,11 @@ class BatchSession {
     bool logits = true;            // want its last token's logits
   };
   // Runs every piece in one step (each sequence at most once). Returns, per piece, its last
-  // token's logits [vocab] (empty where not wanted). Throws Error(kBadInput) for a bad id, an
+  // token's logits [vocab] (empty where not wanted; not checked for NaN: the caller's per request). Throws Error(kBadInput) for a bad id, an
   // unknown or repeated sequence or one past max_position_embeddings, and Error(kRuntime) "out of
   // KV pages" when the pool cannot hold the step (nothing is run then; check pages_needed first).
-  std::vector<std::vector<float>> step(std::span<const Piece> pieces);
+  // With `profile`, the step's op times are measured into it.
+  std::vector<std::vector<float>> step(std::span<const Piece> pieces, StepProfile* profile = nullptr);
 
  private:
   std::unique_ptr<BatchSessionState> s_;
