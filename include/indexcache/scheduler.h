@@ -1,8 +1,8 @@
-// Continuous batching over a BatchSession: requests wait in a bounded queue, are admitted while
-// the KV pool has pages for their prompt, and every step spends a token budget on one decode token
-// of each running request, then prefill chunks of admitted ones. Each request's tokens reach its
-// sink as they are sampled. A request that would outgrow the pool mid-decode waits (its pages
-// kept) until others free theirs; when none can progress it is finished with an error.
+// Continuous batching over a BatchSession: requests wait in a bounded queue (first come, first
+// served) and are admitted while the KV pool can reserve pages for their prompt plus max_tokens
+// (so a running request never runs out of pages mid-decode, and nothing is ever preempted); every
+// step spends a token budget on one decode token of each running request, then prefill chunks of
+// admitted ones in arrival order. Each request's tokens reach its sink as they are sampled.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "indexcache/index_plan.h"
 #include "indexcache/sampler.h"
 
 namespace indexcache {
@@ -20,7 +21,7 @@ class BatchSession;
 struct SchedulerOptions {
   int max_step_tokens = 256;  // tokens per step: decode tokens first, then prefill chunks
   int max_running = 16;       // requests holding pages at once
-  int max_waiting = 64;       // the queue: beyond it submit() refuses
+  int max_waiting = 64;       // the queue (>= 1): beyond it submit() refuses
 };
 
 struct Request {
@@ -76,14 +77,17 @@ class Scheduler {
   ~Scheduler();  // stop()
 
   // Thread-safe. Queues a request; returns its id. Throws Error(kBadInput) for an empty prompt,
-  // max_tokens < 1, an unknown plan, a bad sampler setting, or prompt + max_tokens past the
-  // model's context or the whole pool; Error(kRuntime) "queue full" when max_waiting wait already,
-  // and "shutting down" after drain()/stop().
+  // a token id outside the vocabulary, max_tokens < 1, an unknown plan, a bad sampler setting, or
+  // prompt + max_tokens past the model's context or the whole pool; Error(kRuntime) only for
+  // "queue full" (max_waiting wait already) and "shutting down" (after drain() or stop()).
   int64_t submit(Request request, EventSink sink);
   // Thread-safe. Finishes the request with kCancelled and frees its pages (at the next step
   // boundary); unknown or finished ids are ignored.
   void cancel(int64_t id);
+  // Thread-safe: stats as of the last step boundary.
   SchedulerStats stats() const;
+  // Thread-safe BatchSession::add_plan (waits for the step in flight); stats() gets its entry.
+  int add_plan(const IndexPlan& plan);
 
   // Runs steps on a thread of its own until stop().
   void start();
