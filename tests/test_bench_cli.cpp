@@ -254,5 +254,34 @@ TEST(BenchCli, CalibrateOnCudaRunsOrIsAClearError) {
   EXPECT_NE(r.output.find("cuda"), std::string::npos) << r.output;
 }
 
+TEST(BenchCli, BadServe) {
+  expect_bad_input("--synthetic tiny --mode serve,decode", {"--mode serve", "alone"});
+  expect_bad_input("--synthetic tiny --mode serve --clients 0", {"--clients"});
+  expect_bad_input("--synthetic tiny --mode serve --device cuda", {"--mode serve", "CPU-only"});
+}
+
+// Every client's tokens counted once, the pool sized for every client's whole request, and the
+// latency percentiles ordered and within the run.
+TEST(BenchCli, ServeOnCpuOfTinyPreset) {
+  auto r = run_cli("bench --synthetic tiny --mode serve --ctx 100 --plan full,1/2 --clients 3 --decode-steps 5 --json --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  json j = json::parse(r.output, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.output;
+  ASSERT_EQ(j["serve"].size(), 2u) << r.output;
+  for (const json& w : j["serve"]) {
+    EXPECT_EQ(w["clients"], 3);
+    EXPECT_EQ(w["output_tokens"], 5);
+    EXPECT_EQ(w["generated"], 15) << w.dump();
+    EXPECT_EQ(w["pages"], 3 * 2) << w.dump();  // ceil(105 / 64) pages per client
+    const json& t = w["ttft_s"];
+    EXPECT_LE(t["p50"].get<double>(), t["p90"].get<double>());
+    EXPECT_LE(t["p90"].get<double>(), t["p99"].get<double>());
+    EXPECT_LE(t["p99"].get<double>(), w["seconds"].get<double>());
+    EXPECT_GT(t["p50"].get<double>(), 0);
+    EXPECT_NEAR(w["total_tok_s"].get<double>(), 15 / w["seconds"].get<double>(), 1e-6 * w["total_tok_s"].get<double>());
+  }
+  EXPECT_EQ(j["serve"][1]["full_layers"], 2);
+}
+
 }  // namespace
 }  // namespace indexcache

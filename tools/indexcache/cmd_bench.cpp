@@ -18,7 +18,7 @@ struct BenchFlags {
   std::string preset, ctx = "1024", plan = "full,1/2,1/4", mode = "prefill,decode", chunk,
                       engine = "runner", indexer = "bf16", json_out;
   uint64_t seed = 1;
-  int layers = 0, experts = 0, decode_steps = 0, repeat = 1, windows = 2, keep_layers = 0;
+  int layers = 0, experts = 0, decode_steps = 0, repeat = 1, windows = 2, keep_layers = 0, clients = 8;
   bool no_graphs = false, json = false, quiet = false;
 };
 
@@ -62,11 +62,14 @@ bench::BenchOptions to_options(const BenchFlags& f, bool plan_given,
       o.decode = true;
     else if (m == "calibrate")
       o.calibrate = true;
+    else if (m == "serve")
+      o.serve = true;
     else
       throw_bad_input("--mode " + quote_for_message(m),
-                      "expected prefill, decode, prefill,decode or calibrate");
+                      "expected prefill, decode, prefill,decode, calibrate or serve");
   }
   o.windows = f.windows;
+  o.clients = f.clients;
   o.keep_layers = f.keep_layers;
   o.decode_steps = f.decode_steps;
   if (!f.chunk.empty()) o.chunk = bench::parse_token_count(f.chunk, "--chunk");
@@ -123,11 +126,16 @@ Runner register_bench(CLI::App& app) {
       app.add_option("--plan", f->plan, "IndexCache plans: full, 1/N, F/S strings (default full,1/2,1/4)")->type_name("LIST");
   app.add_option("--mode", f->mode,
                  "prefill, decode or both (default prefill,decode); or calibrate (alone): the greedy search on "
-                 "random token windows, on the Session of --device")
+                 "random token windows, on the Session of --device; or serve (alone): --clients concurrent "
+                 "requests through the continuous-batching scheduler (cpu)")
       ->type_name("LIST");
   app.add_option("--windows", f->windows, "calibrate: random token windows of ctx tokens (default 2)")
       ->type_name("N")
       ->check(integer_in(1, kMaxCountFlag));
+  app.add_option("--clients", f->clients,
+                 "serve: concurrent requests of ctx prompt tokens and --decode-steps new tokens each (default 8)")
+      ->type_name("N")
+      ->check(integer_in(1, 4096));
   app.add_option("--keep-layers", f->keep_layers,
                  "calibrate: stop at this many F layers (default: a quarter of the layers, rounded up)")
       ->type_name("N")

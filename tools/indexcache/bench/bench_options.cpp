@@ -63,7 +63,7 @@ int64_t parse_token_count(const std::string& raw, const std::string& flag) {
 int64_t BenchSetup::max_context() const {
   int64_t m = 0;
   for (int64_t c : options.ctx) m = std::max(m, c);
-  return m + (options.decode ? decode_steps : 0);
+  return m + (options.decode || options.serve ? decode_steps : 0);
 }
 
 BenchSetup resolve_bench(const BenchOptions& o) {
@@ -79,6 +79,11 @@ BenchSetup resolve_bench(const BenchOptions& o) {
       throw_bad_input("--ctx", "--mode calibrate takes one context (the window length), not " +
                                    std::to_string(o.ctx.size()));
     if (o.ctx.front() < 2) throw_bad_input("--ctx", "--mode calibrate needs windows of at least 2 tokens");
+  } else if (o.serve) {
+    if (o.prefill || o.decode) throw_bad_input("--mode serve", "runs alone (not with prefill or decode)");
+    if (cuda)
+      throw_bad_input("--mode serve", "the batched engine's paged KV cache is CPU-only so far (CUDA: issue 13)");
+    if (o.clients < 1) throw_bad_input("--clients", "must be >= 1");
   } else if (cuda && o.engine == Engine::kRunner && o.device.precision != Precision::kBf16) {
     throw_bad_input("--precision f32", "the GPU runner is bf16 only; use --engine session for the f32 path");
   }
@@ -92,7 +97,7 @@ BenchSetup resolve_bench(const BenchOptions& o) {
     if (c > max_pos)
       throw_bad_input("--ctx " + std::to_string(c),
                       "longer than the preset's max_position_embeddings " + std::to_string(max_pos));
-    if (o.decode && c + s.decode_steps > max_pos)
+    if ((o.decode || o.serve) && c + s.decode_steps > max_pos)
       throw_bad_input("--ctx " + std::to_string(c),
                       "plus " + std::to_string(s.decode_steps) + " decode steps exceeds max_position_embeddings " +
                           std::to_string(max_pos));

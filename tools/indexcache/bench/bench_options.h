@@ -31,6 +31,8 @@ struct BenchOptions {
   bool prefill = true;
   bool decode = true;
   bool calibrate = false;  // --mode calibrate: the greedy search instead of the ctx x plan matrix
+  bool serve = false;      // --mode serve: concurrent requests through the scheduler, per ctx x plan
+  int clients = 8;         // serve: concurrent requests of ctx prompt tokens, decode_steps new ones each
   int windows = 2;         // calibrate: random token windows of ctx tokens
   int keep_layers = 0;     // calibrate: stop at this many F layers (0: a quarter of the layers, rounded up)
   int decode_steps = 0;  // 0: the device's default (cpu 16, cuda 32)

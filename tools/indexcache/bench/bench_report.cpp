@@ -257,8 +257,12 @@ std::string calibrate_markdown(const BenchReport& r);
 
 }  // namespace
 
+std::string serve_markdown(const BenchReport& r);
+std::string serve_json(const BenchReport& r);
+
 std::string format_markdown(const BenchReport& r) {
   if (r.calibrate) return calibrate_markdown(r);
+  if (!r.serve.empty()) return serve_markdown(r);
   const MachineInfo& m = r.machine;
   std::string o = "## indexcache bench: " + r.preset + " on " + (m.name.empty() ? m.device : m.name) + "\n\n";
   o += markdown_header(r, /*peak=*/true);
@@ -343,6 +347,7 @@ std::string calibrate_json(const BenchReport& r);
 
 std::string format_json(const BenchReport& r) {
   if (r.calibrate) return calibrate_json(r);
+  if (!r.serve.empty()) return serve_json(r);
   std::string o = "{\n" + json_header(r);
   o += "  \"run\": {\"chunk\": " + json_int(r.chunk) + ", \"decode_steps\": " + json_int(r.decode_steps) +
        ", \"repeat\": " + json_int(r.repeat) + ", \"engine\": " + json_str(r.engine) + ", \"cuda_graphs\": " + (r.cuda_graphs ? "true" : "false") +
@@ -444,5 +449,53 @@ std::string calibrate_json(const BenchReport& r) {
 }
 
 }  // namespace
+
+std::string serve_markdown(const BenchReport& r) {
+  const MachineInfo& m = r.machine;
+  std::string o = "## indexcache bench --mode serve: " + r.preset + " on " + (m.name.empty() ? m.device : m.name) + "\n\n";
+  o += markdown_header(r, /*peak=*/false);
+  o += "- run: continuous batching in one process (Scheduler over BatchSession), chunk " + std::to_string(r.chunk) +
+       " tokens per step, repeats " + std::to_string(r.repeat) + " (the median run by wall time), seed " +
+       std::to_string(r.seed) + "\n";
+  o += "- commit " + r.commit + ", " + r.date + ", command `indexcache bench " + r.command + "`\n\n";
+  o += "| ctx | plan | F layers | clients | out tokens | KV pages | wall s | total tok/s | decode tok/s | "
+       "TTFT p50 s | TTFT p90 s | TTFT p99 s | ITL p50 ms | ITL p90 ms | ITL p99 ms | idx+topk |\n";
+  o += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const ServeRow& w : r.serve)
+    o += "| " + ctx_label(w.ctx) + " | " + w.plan + " | " + std::to_string(w.full_layers) + "/" +
+         std::to_string(r.spec.num_layers) + " | " + std::to_string(w.clients) + " | " +
+         std::to_string(w.output_tokens) + " | " + std::to_string(w.pages) + " x " + std::to_string(w.page_tokens) +
+         " | " + num(w.seconds) + " | " + num(w.total_tok_s, "%.1f") + " | " + num(w.decode_tok_s, "%.1f") + " | " +
+         num(w.ttft_p50) + " | " + num(w.ttft_p90) + " | " + num(w.ttft_p99) + " | " + num(w.itl_p50 * 1e3) +
+         " | " + num(w.itl_p90 * 1e3) + " | " + num(w.itl_p99 * 1e3) + " | " + pct(w.indexer_share) + " |\n";
+  o += "\ntotal tok/s: generated tokens over the wall time from the first submission to the last token; decode "
+       "tok/s: tokens generated while every request was decoding (from the last first token to the first last "
+       "token), over that time; TTFT: submission to first token; ITL: between a request's tokens; idx+topk: "
+       "share of the profiled steps' time (one step in 4, every op synchronised) in indexer scores and top-k.\n";
+  return o;
+}
+
+std::string serve_json(const BenchReport& r) {
+  std::string o = "{\n" + json_header(r);
+  o += "  \"run\": {\"mode\": \"serve\", \"chunk\": " + json_int(r.chunk) + ", \"repeat\": " + json_int(r.repeat) +
+       ", \"seed\": " + std::to_string(r.seed) + "},\n";
+  o += "  \"serve\": [";
+  for (size_t i = 0; i < r.serve.size(); ++i) {
+    const ServeRow& w = r.serve[i];
+    o += i ? ",\n    " : "\n    ";
+    o += "{\"ctx\": " + json_int(w.ctx) + ", \"plan\": " + json_str(w.plan) + ", \"pattern\": " + json_str(w.pattern) +
+         ", \"full_layers\": " + json_int(w.full_layers) + ", \"clients\": " + json_int(w.clients) +
+         ", \"output_tokens\": " + json_int(w.output_tokens) + ", \"pages\": " + json_int(w.pages) +
+         ", \"page_tokens\": " + json_int(w.page_tokens) + ", \"seconds\": " + json_num(w.seconds) +
+         ", \"generated\": " + json_int(w.generated) + ", \"total_tok_s\": " + json_num(w.total_tok_s) +
+         ", \"decode_tok_s\": " + json_num(w.decode_tok_s) + ", \"ttft_s\": {\"p50\": " + json_num(w.ttft_p50) +
+         ", \"p90\": " + json_num(w.ttft_p90) + ", \"p99\": " + json_num(w.ttft_p99) + "}, \"itl_s\": {\"p50\": " +
+         json_num(w.itl_p50) + ", \"p90\": " + json_num(w.itl_p90) + ", \"p99\": " + json_num(w.itl_p99) +
+         "}, \"indexer_topk_share\": " + json_num(w.indexer_share) + "}";
+  }
+  o += r.serve.empty() ? "]\n" : "\n  ]\n";
+  o += "}\n";
+  return o;
+}
 
 }  // namespace indexcache::bench

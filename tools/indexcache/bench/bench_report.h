@@ -84,6 +84,23 @@ struct CalibrateResult {
   int64_t host_peak_rss_bytes = 0;       // the process's peak resident set
 };
 
+// `--mode serve`: `clients` concurrent requests of ctx prompt tokens and `output_tokens` new ones
+// each, through the scheduler (continuous batching over the paged KV cache), in one process.
+struct ServeRow {
+  int64_t ctx = 0;
+  std::string plan, pattern;
+  int full_layers = 0;
+  int clients = 0, output_tokens = 0, page_tokens = 0;
+  int64_t pages = 0;
+  double seconds = 0;        // first submission to the last token (median run)
+  int64_t generated = 0;
+  double total_tok_s = 0;    // generated / seconds
+  std::optional<double> decode_tok_s;  // while every request decodes: the last first token to the first last token
+  double ttft_p50 = 0, ttft_p90 = 0, ttft_p99 = 0;  // seconds
+  double itl_p50 = 0, itl_p90 = 0, itl_p99 = 0;     // seconds
+  std::optional<double> indexer_share;  // of the profiled steps' time
+};
+
 struct BenchReport {
   std::string preset, preset_description;
   ModelSpec spec;
@@ -102,6 +119,7 @@ struct BenchReport {
   std::string engine;        // what ran the matrix: "session" (the CPU, or --engine session on cuda) or "runner"
   std::vector<BenchRow> rows;
   std::optional<CalibrateResult> calibrate;  // --mode calibrate: this instead of rows
+  std::vector<ServeRow> serve;               // --mode serve: these instead of rows
 };
 
 std::string format_markdown(const BenchReport& r);

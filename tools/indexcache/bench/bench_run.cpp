@@ -11,6 +11,7 @@ int bench_main(const BenchOptions& opts) {
   const BenchSetup setup = resolve_bench(opts);
   Progress progress(opts.quiet ? nullptr : stderr, 10.0, "[bench] ");
   const BenchReport report = opts.calibrate                            ? run_calibrate_bench(setup, progress)
+                             : opts.serve                          ? run_serve_bench(setup, progress)
                              : opts.device.kind == DeviceKind::kCuda ? run_gpu_bench(setup, progress)
                                                                      : run_cpu_bench(setup, progress);
   const std::string json = format_json(report);

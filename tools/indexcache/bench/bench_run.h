@@ -38,6 +38,8 @@ BenchReport run_gpu_bench(const BenchSetup& setup, Progress& progress);
 // --mode calibrate: the greedy search (calibrate()) on random weights of the preset and random
 // token windows, on the Session of the options' device (calibrate_bench.cpp).
 BenchReport run_calibrate_bench(const BenchSetup& setup, Progress& progress);
+// --mode serve: concurrent clients through the Scheduler on the CPU (serve_bench.cpp).
+BenchReport run_serve_bench(const BenchSetup& setup, Progress& progress);
 
 // The machine facts of the report: the CPU's (model name, OpenMP threads now, RAM) and the CUDA
 // device `gpu`'s (name, SMs, memory, driver; a one-line error in a build without CUDA).
