@@ -57,6 +57,23 @@ TEST(Distill, TrainingLowersTheLossItOptimises) {
   }
 }
 
+// One marker per step, in the series of its stage, and the stages' names in the legend.
+TEST(Distill, CurveSvgHasAMarkerPerStep) {
+  DistillResult r;
+  for (int i = 1; i <= 7; ++i) r.steps.push_back({.step = i, .sparse = i > 4, .loss = 3.0 / i});
+  const std::string svg = distill_curve_svg(r, "curve <test>");
+  auto count = [&](const std::string& what) {
+    int n = 0;
+    for (size_t p = svg.find(what); p != std::string::npos; p = svg.find(what, p + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(svg.rfind("<svg", 0) == 0 || svg.rfind("<?xml", 0) == 0, true) << svg.substr(0, 80);
+  EXPECT_EQ(count("<circle"), 4 + 1);  // dense steps, and the legend's marker
+  EXPECT_EQ(count("width=\"9\""), 3 + 1);  // sparse steps (squares), and the legend's
+  EXPECT_NE(svg.find("curve &lt;test&gt;"), std::string::npos);
+  EXPECT_NE(svg.find(">sparse<"), std::string::npos);
+}
+
 TEST(Distill, WrittenCheckpointLoadsWithTheTrainedIndexers) {
   auto model = golden("glm_a");
   auto be = make_cpu_backend();

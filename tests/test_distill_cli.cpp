@@ -44,6 +44,7 @@ TEST(DistillCli, WritesAModelEveryCommandLoads) {
   r = run_cli("eval -m " + out + " --data " + data + " --ctx 48");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(test::read_file(out + "/report.json").find("\"curve\""), std::string::npos);
+  EXPECT_NE(test::read_file(out + "/loss_curve.svg").find("</svg>"), std::string::npos);
 }
 
 TEST(DistillCli, BadInputIsOneLineAndExit2) {

@@ -58,6 +58,10 @@ DistillResult distill_indexers(const Model& model, Backend& backend, const Index
                                const std::vector<std::vector<int32_t>>& windows, const DistillOptions& options,
                                const std::function<void(const DistillStep&)>& on_step = {});
 
+// The training curve as a standalone SVG line chart: the loss per step (one marker per step), the
+// dense and sparse stages as separate series.
+std::string distill_curve_svg(const DistillResult& result, const std::string& title);
+
 // Writes `out_dir`/model.safetensors and config.json: every tensor of the model's checkpoint
 // unchanged (bytes and dtype) except the trained F layers' indexers (in their own dtype; block-FP8
 // ones in bf16, their scales dropped) and the S layers' indexer tensors, which are left out;

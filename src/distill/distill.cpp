@@ -8,6 +8,7 @@
 #include <map>
 
 #include "backend/backend.h"
+#include "calib/svg.h"
 #include "core/mapped_file.h"
 #include "distill/indexer_loss.h"
 #include "io/checkpoint_schema.h"
@@ -200,6 +201,20 @@ void write_distilled_checkpoint(const Model& model, const IndexPlan& plan, const
     const std::string src = model.dir() + "/" + extra;
     if (std::filesystem::is_regular_file(src, ec)) report::write_file(out_dir + "/" + extra, read_regular_file(src));
   }
+}
+
+std::string distill_curve_svg(const DistillResult& result, const std::string& title) {
+  svg::LineChart c;
+  c.title = title;
+  c.x_label = "step";
+  c.y_label = "loss (summed over F layers, per token)";
+  svg::Series dense{.name = "dense", .colour = "#1f77b4"};
+  svg::Series sparse{.name = "sparse", .colour = "#d62728", .marker = "square"};
+  for (const DistillStep& s : result.steps)
+    (s.sparse ? sparse : dense).points.push_back({.x = static_cast<double>(s.step), .y = s.loss});
+  for (svg::Series* s : {&dense, &sparse})
+    if (!s->points.empty()) c.series.push_back(std::move(*s));
+  return svg::line_chart(c);
 }
 
 }  // namespace indexcache

@@ -90,8 +90,10 @@ int run_distill(const DistillFlags& f) {
     j["curve"].push_back({{"step", s.step}, {"window", s.window}, {"sparse", s.sparse}, {"loss", s.loss},
                           {"grad_norm", s.grad_norm}});
   out.write("report.json", j.dump(1) + "\n");
+  out.write("loss_curve.svg", distill_curve_svg(r, "indexcache distill: " + plan.pattern() + ", stage " + f.stage +
+                                                       ", loss " + f.loss));
   fmt::print("loss   {:.5f} -> {:.5f} (summed over F layers, per token)\n", r.steps.front().loss, r.steps.back().loss);
-  fmt::print("wrote  {} (model.safetensors, config.json, report.json) in {}\n", f.out, report::format_duration(seconds));
+  fmt::print("wrote  {} (model.safetensors, config.json, report.json, loss_curve.svg) in {}\n", f.out, report::format_duration(seconds));
   return 0;
 }
 
