@@ -120,6 +120,105 @@ TEST(Distill, WrittenCheckpointLoadsWithTheTrainedIndexers) {
   for (float v : res.logits) ASSERT_TRUE(std::isfinite(v));
 }
 
+// A run resumed from the state file it wrote at step 3 ends bit for bit where the uninterrupted run
+// ends (indexers, curve), across the dense -> sparse switch of --stage both: the AdamW moments,
+// the step counter and the window order all come back.
+TEST(Distill, ResumedRunEqualsOneUninterruptedRun) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  const std::string state = test::make_temp_dir("distill-state") + "/state.safetensors";
+  DistillOptions o;
+  o.steps = 6;
+  o.lr = 1e-2;
+  o.stage = DistillStage::kBoth;
+  o.fingerprint = "test run";
+  o.state_every = 3;
+  int saved = 0;
+  o.on_state = [&](const DistillState& st) {
+    ++saved;
+    if (st.step == 3) write_distill_state(state, st);
+  };
+  const auto data = windows(2, 24, 256);
+  const DistillResult straight = distill_indexers(*model, *be, plan, data, o);
+  EXPECT_EQ(saved, 2);  // steps 3 and 6
+
+  const DistillState st = read_distill_state(state);
+  ASSERT_EQ(st.step, 3);
+  ASSERT_EQ(st.steps.size(), 3u);
+  EXPECT_EQ(st.fingerprint, "test run");
+  DistillOptions r = o;
+  r.on_state = nullptr;
+  r.resume = &st;
+  int steps_run = 0;
+  const DistillResult resumed = distill_indexers(*model, *be, plan, data, r, [&](const DistillStep& s) {
+    EXPECT_EQ(s.step, 4 + steps_run++);
+  });
+  EXPECT_EQ(steps_run, 3);
+  ASSERT_EQ(resumed.steps.size(), straight.steps.size());
+  for (size_t i = 0; i < straight.steps.size(); ++i) {
+    EXPECT_EQ(resumed.steps[i].loss, straight.steps[i].loss) << "step " << i + 1;
+    EXPECT_EQ(resumed.steps[i].window, straight.steps[i].window) << "step " << i + 1;
+    EXPECT_EQ(resumed.steps[i].sparse, straight.steps[i].sparse) << "step " << i + 1;
+  }
+  ASSERT_EQ(resumed.indexers.size(), straight.indexers.size());
+  for (size_t i = 0; i < straight.indexers.size(); ++i) {
+    EXPECT_EQ(resumed.indexers[i].wq_b, straight.indexers[i].wq_b) << "layer " << straight.indexers[i].layer;
+    EXPECT_EQ(resumed.indexers[i].wk, straight.indexers[i].wk);
+    EXPECT_EQ(resumed.indexers[i].k_norm_w, straight.indexers[i].k_norm_w);
+    EXPECT_EQ(resumed.indexers[i].k_norm_b, straight.indexers[i].k_norm_b);
+    EXPECT_EQ(resumed.indexers[i].weights_proj, straight.indexers[i].weights_proj);
+  }
+}
+
+TEST(Distill, BadStateIsAClearError) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  auto error_of = [&](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.exit_code(), 2);
+      return e.what();
+    }
+    return "no error";
+  };
+  // A checkpoint is not a state.
+  const std::string weights = model->dir() + "/model.safetensors";
+  EXPECT_NE(error_of([&] { read_distill_state(weights); }).find("not a distill state"), std::string::npos);
+  DistillOptions o;
+  o.steps = 2;
+  o.fingerprint = "a";
+  o.state_every = 1;
+  DistillState st;
+  o.on_state = [&](const DistillState& s) { st = s; };
+  distill_indexers(*model, *be, plan, windows(1, 8, 256), o);
+  ASSERT_EQ(st.step, 2);
+  DistillOptions r;
+  r.steps = 2;
+  r.resume = &st;
+  r.fingerprint = "b";
+  EXPECT_NE(error_of([&] { distill_indexers(*model, *be, plan, windows(1, 8, 256), r); }).find("other settings"),
+            std::string::npos);
+  r.fingerprint = "a";
+  r.steps = 1;  // the state is past the run's end
+  EXPECT_NE(error_of([&] { distill_indexers(*model, *be, plan, windows(1, 8, 256), r); }).find("--steps"),
+            std::string::npos);
+  r.steps = 2;
+  const IndexPlan other = IndexPlan::from_pattern("FSFSSF", 6, "plan");
+  EXPECT_NE(error_of([&] { distill_indexers(*model, *be, other, windows(1, 8, 256), r); }).find("F layers"),
+            std::string::npos);
+  // A state file with a tensor cut short.
+  const std::string path = test::make_temp_dir("distill-bad-state") + "/state.safetensors";
+  st.second_moments[0].wk.pop_back();
+  write_distill_state(path, st);
+  const DistillState back = read_distill_state(path);
+  r.resume = &back;
+  EXPECT_NE(error_of([&] { distill_indexers(*model, *be, plan, windows(1, 8, 256), r); }).find("wrong size"),
+            std::string::npos);
+}
+
 TEST(Distill, BadInputIsAClearError) {
   auto model = golden("glm_a");
   auto be = make_cpu_backend();

@@ -47,6 +47,31 @@ TEST(DistillCli, WritesAModelEveryCommandLoads) {
   EXPECT_NE(test::read_file(out + "/loss_curve.svg").find("</svg>"), std::string::npos);
 }
 
+// The state file is written, `--resume` of a finished run reads it back (same fingerprint in a
+// second process) and writes the same model; a state from other settings or no state is an error.
+TEST(DistillCli, ResumeContinuesFromTheStateFile) {
+  const std::string dir = test::make_temp_dir("distill-cli-resume");
+  const std::string data = ids_file(dir, 200), out = dir + "/out";
+  const std::string base = "distill -m " + kModel + " --plan FSSFSF --data " + data + " --ctx 48 --steps 4 --lr 0.01 ";
+  auto r = run_cli(base + "--save-every 2 --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string model = test::read_file(out + "/model.safetensors");
+  ASSERT_TRUE(std::filesystem::is_regular_file(out + "/distill_state.safetensors"));
+  std::filesystem::remove(out + "/model.safetensors");
+  r = run_cli(base + "--resume --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resume from step 4 of 4"), std::string::npos) << r.output;
+  EXPECT_TRUE(test::read_file(out + "/model.safetensors") == model) << "the resumed run wrote another model";
+  r = run_cli("distill -m " + kModel + " --plan FSSFSF --data " + data + " --ctx 48 --steps 4 --lr 0.02 --resume --out " + out);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("other settings"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+  r = run_cli(base + "--resume --out " + dir + "/fresh");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("no distill_state.safetensors"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+}
+
 TEST(DistillCli, BadInputIsOneLineAndExit2) {
   const std::string dir = test::make_temp_dir("distill-cli-bad");
   const std::string data = ids_file(dir, 200), tiny = dir + "/tiny.ids";

@@ -20,6 +20,8 @@ class Backend;
 enum class DistillStage { kDense, kSparse, kBoth };  // kBoth: dense for the first half of the steps
 enum class DistillTarget { kMulti, kSingle };        // served layers' mean, or the F layer alone
 
+struct DistillState;
+
 struct DistillOptions {
   int steps = 100;
   double lr = 1e-3;
@@ -29,6 +31,15 @@ struct DistillOptions {
   DistillStage stage = DistillStage::kDense;
   DistillTarget target = DistillTarget::kMulti;
   int query_block = 64;
+  // Continue a run from its state (the steps after resume->step; the same windows and options
+  // give the same result as one uninterrupted run); nullptr: from the checkpoint's indexers.
+  const DistillState* resume = nullptr;
+  // on_state sees the whole state every `state_every` steps and after the last (0: never).
+  int state_every = 0;
+  std::function<void(const DistillState&)> on_state;
+  // Says what the run is (model, plan, data, options; the caller's choice): stored in each state,
+  // and a resumed state must carry the same.
+  std::string fingerprint;
 };
 
 struct DistillStep {
@@ -49,6 +60,21 @@ struct DistillResult {
   std::vector<DistillStep> steps;
   std::vector<TrainedIndexer> indexers;  // one per F layer of the plan, in layer order
 };
+
+// A run after `step` steps: the trained indexers, AdamW's two moments of each (same shapes), the
+// steps so far, and a fingerprint of what must not change on resume (model, plan, data, options).
+struct DistillState {
+  int step = 0;
+  std::string fingerprint;
+  std::vector<TrainedIndexer> indexers, first_moments, second_moments;
+  std::vector<DistillStep> steps;
+};
+
+// The state as one safetensors file (f32 tensors "layer.L.NAME", ".m", ".v"; the rest in its
+// metadata), written to a temporary then renamed over `path`. read_distill_state throws
+// Error(kBadInput) naming the file for anything that is not such a state.
+void write_distill_state(const std::string& path, const DistillState& state);
+DistillState read_distill_state(const std::string& path);
 
 // Trains the indexers of `plan`'s F layers on `windows` (step s uses window s mod count, each from
 // position 0), the teacher being `model` under the all-F plan on `backend`. `on_step` sees each

@@ -1,6 +1,7 @@
 #include "indexcache/distill.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -29,6 +30,14 @@ using distill::IndexerParams;
 struct Moments {
   std::vector<float> m, v;
 };
+
+// A TrainedIndexer's tensors in IndexerParams::all() order (kTensorNames).
+std::array<std::vector<float>*, 5> fields(TrainedIndexer& t) {
+  return {&t.wq_b, &t.wk, &t.k_norm_w, &t.k_norm_b, &t.weights_proj};
+}
+std::array<const std::vector<float>*, 5> fields(const TrainedIndexer& t) {
+  return {&t.wq_b, &t.wk, &t.k_norm_w, &t.k_norm_b, &t.weights_proj};
+}
 
 std::string indexer_prefix(int layer) { return "model.layers." + std::to_string(layer) + ".self_attn.indexer."; }
 
@@ -81,11 +90,55 @@ DistillResult distill_indexers(const Model& model, Backend& backend, const Index
     for (const auto* t : students.back().all()) ms.push_back({std::vector<float>(t->size()), std::vector<float>(t->size())});
     moments.push_back(std::move(ms));
   }
+  DistillResult result;
+  int first_step = 1;
+  if (o.resume) {
+    const DistillState& r = *o.resume;
+    if (r.fingerprint != o.fingerprint)
+      throw_bad_input("--resume", "the state was written by a run with other settings (model, plan, data or options)");
+    if (r.indexers.size() != f_layers.size() || r.first_moments.size() != f_layers.size() ||
+        r.second_moments.size() != f_layers.size() || r.step < 0 || r.step > o.steps ||
+        r.steps.size() != static_cast<size_t>(r.step))
+      throw_bad_input("--resume", "the state does not fit this plan and --steps");
+    for (size_t i = 0; i < f_layers.size(); ++i) {
+      if (r.indexers[i].layer != f_layers[i]) throw_bad_input("--resume", "the state's layers are not the plan's F layers");
+      const auto p = students[i].all();
+      const auto src = fields(r.indexers[i]), m = fields(r.first_moments[i]), v = fields(r.second_moments[i]);
+      for (size_t t = 0; t < p.size(); ++t) {
+        if (src[t]->size() != p[t]->size() || m[t]->size() != p[t]->size() || v[t]->size() != p[t]->size())
+          throw_bad_input("--resume", "a tensor of layer " + std::to_string(f_layers[i]) + " has the wrong size");
+        *p[t] = *src[t];
+        moments[i][t].m = *m[t];
+        moments[i][t].v = *v[t];
+      }
+    }
+    result.steps = r.steps;
+    first_step = r.step + 1;
+  }
+  auto state_now = [&](int step) {
+    DistillState st;
+    st.step = step;
+    st.fingerprint = o.fingerprint;
+    st.steps = result.steps;
+    for (size_t i = 0; i < f_layers.size(); ++i) {
+      TrainedIndexer p{.layer = f_layers[i]}, m{.layer = f_layers[i]}, v{.layer = f_layers[i]};
+      const auto params = students[i].all();
+      const auto pd = fields(p), md = fields(m), vd = fields(v);
+      for (size_t t = 0; t < params.size(); ++t) {
+        *pd[t] = *params[t];
+        *md[t] = moments[i][t].m;
+        *vd[t] = moments[i][t].v;
+      }
+      st.indexers.push_back(std::move(p));
+      st.first_moments.push_back(std::move(m));
+      st.second_moments.push_back(std::move(v));
+    }
+    return st;
+  };
   const RopeTable rope = make_rope_table(s, longest);
   Session teacher(model, IndexPlan::full(s.num_layers), backend);
 
-  DistillResult result;
-  for (int step = 1; step <= o.steps; ++step) {
+  for (int step = first_step; step <= o.steps; ++step) {
     const int wi = (step - 1) % static_cast<int>(windows.size());
     const std::vector<int32_t>& ids = windows[wi];
     const bool sparse = o.stage == DistillStage::kSparse || (o.stage == DistillStage::kBoth && step > o.steps / 2);
@@ -137,6 +190,7 @@ DistillResult distill_indexers(const Model& model, Backend& backend, const Index
     }
     result.steps.push_back(st);
     if (on_step) on_step(st);
+    if (o.on_state && o.state_every > 0 && (step % o.state_every == 0 || step == o.steps)) o.on_state(state_now(step));
   }
   for (size_t i = 0; i < f_layers.size(); ++i) {
     IndexerParams& t = students[i];

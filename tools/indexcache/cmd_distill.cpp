@@ -4,6 +4,8 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <filesystem>
+#include <optional>
 
 #include "commands.h"
 #include "flags.h"
@@ -23,10 +25,28 @@ struct DistillFlags {
   DeviceFlags device;
   std::string model, plan, out, stage = "dense", loss = "multi";
   std::vector<std::string> data;
-  int ctx = 0, max_windows = 0, steps = 100, query_block = 64;
+  int ctx = 0, max_windows = 0, steps = 100, query_block = 64, save_every = 10;
   double lr = 1e-3, weight_decay = 0.0, clip = 1.0;
-  bool force = false;
+  bool force = false, resume = false;
 };
+
+constexpr const char* kStateFile = "distill_state.safetensors";
+
+// What a resumed run must share with the one that wrote its state: the model, the plan, every
+// training option and the data (FNV-1a over the windows' ids).
+std::string fingerprint(const std::string& dir, const IndexPlan& plan, const DistillFlags& f, int ctx,
+                        const std::vector<std::vector<int32_t>>& windows) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& w : windows) {
+    for (int32_t id : w) h = (h ^ static_cast<uint32_t>(id)) * 1099511628211ull;
+    h = (h ^ 0xFFFFFFFFu) * 1099511628211ull;  // window boundary
+  }
+  std::error_code ec;
+  const std::string model = std::filesystem::weakly_canonical(dir, ec).string();
+  return fmt::format("model={} plan={} stage={} loss={} steps={} lr={} wd={} clip={} qb={} ctx={} windows={} data={:016x}",
+                     model, plan.pattern(), f.stage, f.loss, f.steps, f.lr, f.weight_decay, f.clip, f.query_block, ctx,
+                     windows.size(), h);
+}
 
 int run_distill(const DistillFlags& f) {
   const std::string dir = resolve_model_dir(f.model);
@@ -51,6 +71,21 @@ int run_distill(const DistillFlags& f) {
   for (const auto& d : files) windows.insert(windows.end(), d.windows.begin(), d.windows.end());
   if (windows.empty()) throw_bad_input("--data", "no LM windows of --ctx tokens in the data");
 
+  o.fingerprint = fingerprint(dir, plan, f, ctx, windows);
+  std::optional<DistillState> resumed;
+  if (f.resume) {
+    const std::string path = out.file(kStateFile);
+    if (!std::filesystem::is_regular_file(path))
+      throw_bad_input("--resume", "no " + std::string(kStateFile) + " in " + quote_for_message(f.out) + " to resume from");
+    resumed = read_distill_state(path);
+    if (resumed->fingerprint != o.fingerprint)
+      throw_bad_input("--resume", "the state in " + quote_for_message(f.out) +
+                                      " was written with other settings (model, plan, data or options)");
+    o.resume = &*resumed;
+  }
+  o.state_every = f.save_every;
+  o.on_state = [&out](const DistillState& st) { write_distill_state(out.file(kStateFile), st); };
+
   LoadOptions lo;
   lo.require_indexer.assign(spec.num_layers, false);
   for (int l = 0; l < spec.num_layers; ++l) lo.require_indexer[l] = plan.is_full(l);
@@ -61,11 +96,12 @@ int run_distill(const DistillFlags& f) {
   fmt::print("plan   {} ({} F layers), stage {}, loss {}, {} steps, lr {}\n", plan.pattern(), plan.num_full(),
              f.stage, f.loss, f.steps, f.lr);
   fmt::print("data   {} windows of up to {} tokens\n", windows.size(), ctx);
+  if (resumed) fmt::print("resume from step {} of {}\n", resumed->step, f.steps);
   Progress progress;
   const auto t0 = std::chrono::steady_clock::now();
   double first = 0;
   const DistillResult r = distill_indexers(*model, *backend, plan, windows, o, [&](const DistillStep& s) {
-    if (s.step == 1) first = s.loss;
+    if (first == 0) first = resumed && !resumed->steps.empty() ? resumed->steps.front().loss : s.loss;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     progress.update(fmt::format("distill: step {}/{} | loss {:.5f} (step 1: {:.5f}) | grad norm {:.3g} | elapsed {} | ETA {}",
                                 s.step, f.steps, s.loss, first, s.grad_norm, report::format_duration(el),
@@ -122,6 +158,9 @@ Runner register_distill(CLI::App& app) {
       ->check(CLI::IsMember({"dense", "sparse", "both"}));
   app.add_option("--loss", f->loss, "multi (the served layers' mean, default) or single (the F layer alone)")
       ->check(CLI::IsMember({"multi", "single"}));
+  app.add_flag("--resume", f->resume, "continue the run whose state (" + std::string(kStateFile) + ") is in --out");
+  app.add_option("--save-every", f->save_every, "write the state every N steps and after the last (0: never; default 10)")
+      ->check(integer_in(0, 1 << 24));
   app.add_option("--query-block", f->query_block, "queries per block (bounds memory; default 64)")
       ->check(integer_in(1, 1 << 16));
   return [f] { return run_distill(*f); };
