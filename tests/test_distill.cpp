@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "distill/indexer_loss.h"
+#include "indexcache/calibrate.h"
 #include "indexcache/error.h"
 #include "indexcache/model.h"
 #include "indexcache/safetensors.h"
@@ -217,6 +218,54 @@ TEST(Distill, BadStateIsAClearError) {
   r.resume = &back;
   EXPECT_NE(error_of([&] { distill_indexers(*model, *be, plan, windows(1, 8, 256), r); }).find("wrong size"),
             std::string::npos);
+}
+
+// calibrate on a distilled model (indexers only in its F layers) starts from those layers: the
+// reference loss is that plan's, only its F layers are candidates, and the exact resume-at-layer
+// search still equals the naive one.
+TEST(Distill, CalibrateStartsFromADistilledModelsPlan) {
+  auto model = golden("glm_a");
+  auto be = make_cpu_backend();
+  const IndexPlan plan = IndexPlan::from_pattern("FSSFSF", 6, "plan");
+  DistillOptions o;
+  o.steps = 2;
+  o.lr = 1e-2;
+  const DistillResult r = distill_indexers(*model, *be, plan, windows(1, 24, 256), o);
+  const std::string out = test::make_temp_dir("distill-calib") + "/distilled";
+  write_distilled_checkpoint(*model, plan, r, out);
+  LoadOptions lo;
+  lo.require_indexer.assign(6, false);
+  auto distilled = Model::load(out, lo);
+  const auto data = windows(2, 32, 256);
+  CalibrateOptions co;
+  co.stop.keep_layers = 1;
+  const CalibrationState st = calibrate(*distilled, data, *be, co);
+  EXPECT_EQ(st.start_plan, "FSSFSF");
+  EXPECT_EQ(st.reference(), "start plan");
+  EXPECT_DOUBLE_EQ(st.full_loss, plan_loss(*distilled, plan, data, *be));
+  ASSERT_EQ(st.steps.size(), 2u);
+  ASSERT_EQ(st.steps[0].candidates.size(), 2u);
+  EXPECT_EQ(st.steps[0].candidates[0].layer, 3);
+  EXPECT_EQ(st.steps[0].candidates[1].layer, 5);
+  EXPECT_EQ(st.plan(), "FSSSSS");
+  co.naive = true;
+  const CalibrationState naive = calibrate(*distilled, data, *be, co);
+  for (size_t i = 0; i < st.steps.size(); ++i) {
+    EXPECT_EQ(naive.steps[i].flipped, st.steps[i].flipped);
+    EXPECT_EQ(naive.steps[i].loss, st.steps[i].loss);
+  }
+  EXPECT_LT(st.layer_forwards, naive.layer_forwards);
+  // A state begun on the original model (all-F) does not resume on the distilled one.
+  CalibrateOptions one;
+  one.stop.keep_layers = 5;
+  const CalibrationState all_f = calibrate(*model, data, *be, one);
+  ASSERT_EQ(all_f.start_plan, "");
+  try {
+    calibrate(*distilled, data, *be, co, all_f);
+    ADD_FAILURE() << "resumed a state from another start plan";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("began from plan FFFFFF"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Distill, BadInputIsAClearError) {

@@ -1,5 +1,5 @@
 // `indexcache distill` end to end on a golden model: the written directory loads in info, dump and
-// eval under its own plan (calibrate needs every layer's indexer, which a distilled model drops); bad input is a one-line error with exit 2.
+// eval under its own plan, and calibrate starts its search from that plan; bad input is a one-line error with exit 2.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -43,6 +43,12 @@ TEST(DistillCli, WritesAModelEveryCommandLoads) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   r = run_cli("eval -m " + out + " --data " + data + " --ctx 48");
   EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("calibrate -m " + out + " --data " + data + " --ctx 48 --keep-layers 2 --out " + dir + "/calib");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("start        FSSFSF"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("vs start plan"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("1/2 "), std::string::npos) << "a plan needing missing indexers was scored\n" << r.output;
+  EXPECT_NE(test::read_file(dir + "/calib/report.json").find("\"start_plan\": \"FSSFSF\""), std::string::npos);
   EXPECT_NE(test::read_file(out + "/report.json").find("\"curve\""), std::string::npos);
   EXPECT_NE(test::read_file(out + "/loss_curve.svg").find("</svg>"), std::string::npos);
 }

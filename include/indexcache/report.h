@@ -45,22 +45,22 @@ struct NamedPlan {
 };
 // `num_full` F layers spread evenly: layer floor(j * N / num_full) is F for j = 0..num_full-1.
 IndexPlan uniform_plan(int num_layers, int num_full);
-// The searched plan first, then uniform plans of its F count, 1/2, 1/4, 1/8 and all-F (plans equal
-// to one before them dropped).
-std::vector<NamedPlan> comparison_plans(const IndexPlan& searched);
+// The searched plan first, then uniform plans of its F count, 1/2, 1/4, 1/8, the search's start
+// plan (when it is not all-F) and all-F (plans equal to one before them dropped).
+std::vector<NamedPlan> comparison_plans(const IndexPlan& searched, const std::string& start_plan = "");
 
 struct PlanLoss {
   std::string name, plan;
   int full_layers = 0;
-  double loss = 0, increase_pct = 0;  // increase over all-F
+  double loss = 0, increase_pct = 0;  // increase over the state's reference (all-F or its start)
 };
-// Calibration loss of every comparison plan: the searched plan and all-F come from `state`, the
-// others are run on `batches`.
+// Calibration loss of every comparison plan the model can run (plans needing an indexer it lacks
+// are left out): the searched and start plans come from `state`, the others run on `batches`.
 std::vector<PlanLoss> score_comparison(const Model& model, const std::vector<std::vector<int32_t>>& batches,
                                        Backend& backend, const CalibrationState& state,
                                        const std::function<void(const std::string&)>& on_plan = {});
 // Text table: plan, pattern, F layers, loss, increase %.
-std::string loss_table(const std::vector<PlanLoss>& rows);
+std::string loss_table(const std::vector<PlanLoss>& rows, const std::string& reference = "all-F");
 
 // ---- exports -------------------------------------------------------------------------------------
 // config.json text with `indexer_types` and `index_topk_pattern` set to `plan` (added at the end

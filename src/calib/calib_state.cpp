@@ -16,8 +16,10 @@
 namespace indexcache {
 
 std::string CalibrationState::plan() const {
-  return steps.empty() ? std::string(num_layers, 'F') : steps.back().plan;
+  return steps.empty() ? start() : steps.back().plan;
 }
+std::string CalibrationState::start() const { return start_plan.empty() ? std::string(num_layers, 'F') : start_plan; }
+std::string CalibrationState::reference() const { return start_plan.empty() ? "all-F" : "start plan"; }
 
 namespace report {
 
@@ -34,6 +36,7 @@ std::string state_to_json(const CalibrationState& s, const StateMeta& m) {
   j["num_layers"] = s.num_layers;
   j["data_fingerprint"] = m.data_fingerprint;
   j["windows"] = m.windows;
+  if (!s.start_plan.empty()) j["start_plan"] = s.start_plan;
   j["full_loss"] = s.full_loss;
   j["layer_forwards"] = s.layer_forwards;
   j["naive_layer_forwards"] = s.naive_layer_forwards;
@@ -124,12 +127,17 @@ CalibrationState state_from_json(const std::string& text, const std::string& pat
     throw_bad_input(path, "state was made on other calibration data (files, --ctx or --max-windows differ)");
   if (j.contains("windows")) r.integer("windows", 0, std::numeric_limits<int64_t>::max());
   if (j.contains("model")) r.string("model");
+  if (j.contains("start_plan")) {
+    s.start_plan = r.string("start_plan");
+    const IndexPlan start = IndexPlan::from_pattern(s.start_plan, s.num_layers, path + ": key 'start_plan'");  // validates
+    if (!start.is_full(0)) r.fail("start_plan", "layer 0 must be F");
+  }
   s.full_loss = r.non_negative("full_loss");
   s.layer_forwards = r.integer("layer_forwards", 0, std::numeric_limits<int64_t>::max());
   s.naive_layer_forwards = r.integer("naive_layer_forwards", 0, std::numeric_limits<int64_t>::max());
 
   const json& steps = r.array("steps", static_cast<size_t>(s.num_layers - 1));
-  std::string prev(s.num_layers, 'F');
+  std::string prev = s.start();
   for (size_t i = 0; i < steps.size(); ++i) {
     const std::string key = fmt::format("steps[{}]", i);
     const StateReader e = r.object_at(steps[i], key);

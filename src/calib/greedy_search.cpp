@@ -30,9 +30,9 @@ int target_full_layers(const CalibrateStop& stop, int n) {
 
 class Search {
  public:
-  Search(const Model& m, const std::vector<std::vector<int32_t>>& b, Backend& be, const CalibrateOptions& o)
-      : model_(m), batches_(b), o_(o), session_(m, IndexPlan::full(m.spec().num_layers), be),
-        n_(m.spec().num_layers) {}
+  Search(const Model& m, const std::vector<std::vector<int32_t>>& b, Backend& be, const CalibrateOptions& o,
+         const IndexPlan& start)
+      : model_(m), batches_(b), o_(o), session_(m, start, be), n_(m.spec().num_layers), start_(start) {}
 
   // Full run of `plan` on every batch; keeps the traces; returns the mean loss.
   double run_base(const IndexPlan& plan, std::vector<BatchTrace>* traces) {
@@ -88,11 +88,14 @@ class Search {
     if (resume) {
       st = *resume;
       if (st.num_layers != n_) throw_bad_input("--resume", "state is for a model with " + std::to_string(st.num_layers) + " layers");
+      if (st.start() != start_.pattern())
+        throw_bad_input("--resume", "state began from plan " + st.start() + ", this model's indexers give " + start_.pattern());
     }
     st.num_layers = n_;
+    if (st.steps.empty()) st.start_plan = start_.num_full() == n_ ? "" : start_.pattern();
     state_ = &st;
     const int target = target_full_layers(o_.stop, n_);
-    IndexPlan plan = st.steps.empty() ? IndexPlan::full(n_) : IndexPlan::from_pattern(st.steps.back().plan, n_);
+    IndexPlan plan = IndexPlan::from_pattern(st.plan(), n_);
     std::vector<BatchTrace> base;
     const double base_loss = run_base(plan, &base);
     if (st.steps.empty()) {
@@ -132,7 +135,7 @@ class Search {
       }
       if (o_.stop.max_loss_increase && 100.0 * (best - st.full_loss) / st.full_loss > *o_.stop.max_loss_increase) {
         st.stop_reason = "the next flip (layer " + std::to_string(step.flipped) + ") would raise the loss " +
-                         std::to_string(100.0 * (best - st.full_loss) / st.full_loss) + " % over all-F";
+                         std::to_string(100.0 * (best - st.full_loss) / st.full_loss) + " % over " + st.reference();
         break;
       }
       std::string pattern = plan.pattern();
@@ -157,6 +160,7 @@ class Search {
   const CalibrateOptions& o_;
   Session session_;
   int n_;
+  IndexPlan start_;
   CalibrationState* state_ = nullptr;
 };
 
@@ -165,16 +169,18 @@ class Search {
 CalibrationState calibrate(const Model& model, const std::vector<std::vector<int32_t>>& batches, Backend& backend,
                            const CalibrateOptions& options, std::optional<CalibrationState> resume) {
   if (batches.empty()) throw_bad_input("calibration data", "no batches");
-  for (int l = 0; l < model.spec().num_layers; ++l)
-    if (!model.has_indexer(l))
-      throw_bad_input("calibrate", "layer " + std::to_string(l) + " has no indexer weights: the search needs all of them");
+  const int n = model.spec().num_layers;
+  if (!model.has_indexer(0)) throw_bad_input("calibrate", "layer 0 has no indexer weights (it is F in every plan)");
+  std::string start(n, 'S');
+  for (int l = 0; l < n; ++l)
+    if (model.has_indexer(l)) start[l] = 'F';
   if (options.stop.keep_fraction && !(*options.stop.keep_fraction > 0 && *options.stop.keep_fraction <= 1))
     throw_bad_input("--keep", "must be in (0, 1]");
   if (options.stop.keep_layers && (*options.stop.keep_layers < 1 || *options.stop.keep_layers > model.spec().num_layers))
     throw_bad_input("--keep-layers", "must be in [1, " + std::to_string(model.spec().num_layers) + "]");
   if (options.stop.max_loss_increase && !(*options.stop.max_loss_increase >= 0))
     throw_bad_input("--max-loss-increase", "must be >= 0");
-  Search search(model, batches, backend, options);
+  Search search(model, batches, backend, options, IndexPlan::from_pattern(start, n, "start plan"));
   return search.run(std::move(resume));
 }
 

@@ -62,14 +62,15 @@ IndexPlan uniform_plan(int n, int num_full) {
   return IndexPlan::from_pattern(p, n, "uniform plan");
 }
 
-std::vector<NamedPlan> comparison_plans(const IndexPlan& searched) {
+std::vector<NamedPlan> comparison_plans(const IndexPlan& searched, const std::string& start_plan) {
   const int n = searched.num_layers();
   std::vector<NamedPlan> all = {{"searched", searched},
                                 {fmt::format("uniform {}F", searched.num_full()), uniform_plan(n, searched.num_full())},
                                 {"1/2", IndexPlan::from_freq(2, 1, n)},
                                 {"1/4", IndexPlan::from_freq(4, 1, n)},
-                                {"1/8", IndexPlan::from_freq(8, 1, n)},
-                                {"all-F", IndexPlan::full(n)}};
+                                {"1/8", IndexPlan::from_freq(8, 1, n)}};
+  if (!start_plan.empty()) all.push_back({"start", IndexPlan::from_pattern(start_plan, n, "start plan")});
+  all.push_back({"all-F", IndexPlan::full(n)});
   std::vector<NamedPlan> out;
   for (auto& p : all) {
     auto same = std::find_if(out.begin(), out.end(), [&](const NamedPlan& q) { return q.plan.pattern() == p.plan.pattern(); });
@@ -88,12 +89,15 @@ std::vector<PlanLoss> score_comparison(const Model& model, const std::vector<std
   const double full = state.full_loss;
   const double searched_loss = state.steps.empty() ? full : state.steps.back().loss;
   std::vector<PlanLoss> rows;
-  for (const auto& np : comparison_plans(searched)) {
+  for (const auto& np : comparison_plans(searched, state.start_plan)) {
     const std::string pat = np.plan.pattern();
+    bool runnable = true;
+    for (int l = 0; l < np.plan.num_layers(); ++l) runnable = runnable && (!np.plan.is_full(l) || model.has_indexer(l));
+    if (!runnable) continue;
     double loss;
     if (pat == searched.pattern())
       loss = searched_loss;
-    else if (np.plan.num_full() == np.plan.num_layers())
+    else if (pat == state.start())
       loss = full;
     else {
       if (on_plan) on_plan(np.name);
@@ -104,13 +108,15 @@ std::vector<PlanLoss> score_comparison(const Model& model, const std::vector<std
   return rows;
 }
 
-std::string loss_table(const std::vector<PlanLoss>& rows) {
+std::string loss_table(const std::vector<PlanLoss>& rows, const std::string& reference) {
   size_t wn = 4, wp = 7;
   for (const auto& r : rows) wn = std::max(wn, r.name.size()), wp = std::max(wp, r.plan.size());
-  std::string o = fmt::format("  {:<{}}  {:<{}}  {:>4}  {:>10}  {:>9}\n", "plan", wn, "pattern", wp, "F", "loss", "vs all-F");
+  const std::string vs = "vs " + reference;
+  const size_t wv = std::max<size_t>(9, vs.size());
+  std::string o = fmt::format("  {:<{}}  {:<{}}  {:>4}  {:>10}  {:>{}}\n", "plan", wn, "pattern", wp, "F", "loss", vs, wv);
   for (const auto& r : rows)
-    o += fmt::format("  {:<{}}  {:<{}}  {:>4}  {:>10.5f}  {:>+7.2f} %\n", r.name, wn, r.plan, wp, r.full_layers, r.loss,
-                     r.increase_pct);
+    o += fmt::format("  {:<{}}  {:<{}}  {:>4}  {:>10.5f}  {:>{}}\n", r.name, wn, r.plan, wp, r.full_layers, r.loss,
+                     fmt::format("{:+.2f} %", r.increase_pct), wv);
   return o;
 }
 
@@ -175,6 +181,7 @@ ordered_json calibration_report(const CalibrationRun& r) {
   if (r.stop.max_loss_increase) stop["max_loss_increase_pct"] = *r.stop.max_loss_increase;
   j["stop"] = stop;
   j["stop_reason"] = s.stop_reason;
+  if (!s.start_plan.empty()) j["start_plan"] = s.start_plan;
   j["full_loss"] = s.full_loss;
   j["loss"] = s.steps.empty() ? s.full_loss : s.steps.back().loss;
   j["increase_pct"] = pct(j["loss"].get<double>(), s.full_loss);
@@ -187,7 +194,7 @@ ordered_json calibration_report(const CalibrationRun& r) {
     e["loss"] = st.loss;
     e["increase_pct"] = pct(st.loss, s.full_loss);
     e["plan"] = st.plan;
-    e["shared_layers"] = static_cast<int>(i + 1);
+    e["shared_layers"] = static_cast<int>(std::count(st.plan.begin(), st.plan.end(), 'S'));
     e["seconds"] = st.seconds;
     e["candidates"] = ordered_json::array();
     for (const auto& c : st.candidates)
@@ -237,17 +244,21 @@ std::string calibration_summary(const CalibrationRun& r) {
   if (r.stop.keep_fraction) rule += fmt::format("keep {} of the layers F", *r.stop.keep_fraction);
   if (r.stop.keep_layers) rule += (rule.empty() ? "" : ", ") + fmt::format("keep {} F layers", *r.stop.keep_layers);
   if (r.stop.max_loss_increase)
-    rule += (rule.empty() ? "" : ", ") + fmt::format("loss at most +{} % over all-F", *r.stop.max_loss_increase);
+    rule += (rule.empty() ? "" : ", ") + fmt::format("loss at most +{} % over {}", *r.stop.max_loss_increase, s.reference());
   o += fmt::format("search       greedy, {}: stopped: {}{}\n", rule, s.stop_reason,
                    r.resumed_steps >= 0 ? fmt::format(" (resumed after step {})", r.resumed_steps) : "");
-  o += fmt::format("  {:>4}  {:>5}  {:>10}  {:>9}  {:>8}\n", "step", "layer", "loss", "vs all-F", "time");
-  o += fmt::format("  {:>4}  {:>5}  {:>10.5f}  {:>+7.2f} %  {:>8}\n", 0, "-", s.full_loss, 0.0, "");
+  if (!s.start_plan.empty())
+    o += fmt::format("start        {}: the layers with indexers (the search only takes more away)\n", s.start_plan);
+  const std::string vs = "vs " + s.reference();
+  const size_t wv = std::max<size_t>(9, vs.size());
+  o += fmt::format("  {:>4}  {:>5}  {:>10}  {:>{}}  {:>8}\n", "step", "layer", "loss", vs, wv, "time");
+  o += fmt::format("  {:>4}  {:>5}  {:>10.5f}  {:>{}}  {:>8}\n", 0, "-", s.full_loss, "+0.00 %", wv, "");
   for (size_t i = 0; i < s.steps.size(); ++i)
-    o += fmt::format("  {:>4}  {:>5}  {:>10.5f}  {:>+7.2f} %  {:>8}\n", i + 1, s.steps[i].flipped, s.steps[i].loss,
-                     pct(s.steps[i].loss, s.full_loss), format_duration(s.steps[i].seconds));
+    o += fmt::format("  {:>4}  {:>5}  {:>10.5f}  {:>{}}  {:>8}\n", i + 1, s.steps[i].flipped, s.steps[i].loss,
+                     fmt::format("{:+.2f} %", pct(s.steps[i].loss, s.full_loss)), wv, format_duration(s.steps[i].seconds));
   o += fmt::format("plan         {} ({} F / {} layers)\n", plan.pattern(), plan.num_full(), plan.num_layers());
   o += "loss table   calibration loss (nats/token) of the searched plan and uniform plans\n";
-  o += loss_table(r.comparison);
+  o += loss_table(r.comparison, s.reference());
   const double ratio = s.naive_layer_forwards ? static_cast<double>(s.layer_forwards) / s.naive_layer_forwards : 0.0;
   o += fmt::format("layer-forwards  {} done, {} for the naive search: ratio {:.3f} ({:.1f} % saved)\n", s.layer_forwards,
                    s.naive_layer_forwards, ratio, 100.0 * (1.0 - ratio));
@@ -268,9 +279,11 @@ std::string loss_curve_svg(const CalibrationRun& r) {
   c.x_label = "number of S (shared) layers";
   c.y_label = "calibration loss (nats / token)";
   svg::Series searched{.name = "greedy search", .points = {}, .line = true, .colour = "#1f77b4", .marker = "circle"};
-  searched.points.push_back({0, s.full_loss, "all-F"});
+  const IndexPlan start = IndexPlan::from_pattern(s.start(), s.num_layers);
+  const int shared0 = s.num_layers - start.num_full();
+  searched.points.push_back({static_cast<double>(shared0), s.full_loss, s.start_plan.empty() ? "all-F" : "start"});
   for (size_t i = 0; i < s.steps.size(); ++i)
-    searched.points.push_back({static_cast<double>(i + 1), s.steps[i].loss,
+    searched.points.push_back({static_cast<double>(shared0 + i + 1), s.steps[i].loss,
                                i + 1 == s.steps.size() ? "L" + std::to_string(s.steps[i].flipped) + " (final)"
                                                        : "L" + std::to_string(s.steps[i].flipped)});
   c.series.push_back(std::move(searched));

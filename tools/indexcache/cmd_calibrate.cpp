@@ -77,7 +77,7 @@ int run_calibrate(const CalibrateFlags& f) {
   const int resumed_steps = resume ? static_cast<int>(resume->steps.size()) : -1;
 
   LoadOptions lo;
-  lo.require_indexer.assign(spec.num_layers, true);
+  lo.require_indexer.assign(spec.num_layers, false);  // every indexer present; the search starts from those layers
   auto model = Model::load(dir, lo);
   auto backend = open_backend(f.device, *model);
   const double load_seconds = since(t_start);
@@ -96,8 +96,9 @@ int run_calibrate(const CalibrateFlags& f) {
   opt.on_step = [&](const CalibrationState& s) {
     out.write(state_name, report::state_to_json(s, meta));
     const CalibrationStep& st = s.steps.back();
-    progress.note(fmt::format("step {}: layer {} -> S, loss {:.5f} ({:+.2f} % over all-F), {}", s.steps.size(), st.flipped,
-                              st.loss, 100.0 * (st.loss - s.full_loss) / s.full_loss, report::format_duration(st.seconds)));
+    progress.note(fmt::format("step {}: layer {} -> S, loss {:.5f} ({:+.2f} % over {}), {}", s.steps.size(), st.flipped,
+                              st.loss, 100.0 * (st.loss - s.full_loss) / s.full_loss, s.reference(),
+                              report::format_duration(st.seconds)));
     if (f.stop_after_steps > 0 && ++steps_this_run >= f.stop_after_steps) throw StopRequested{};
   };
   progress.note(fmt::format("calibrate: {} windows x {} tokens, {} layers{}", batches.size(), ctx, spec.num_layers,
@@ -165,7 +166,7 @@ Runner register_calibrate(CLI::App& app) {
   auto* keep_layers = app.add_option("--keep-layers", f->keep_layers, "stop at this many F layers")
                           ->check(integer_in(1, kMaxLayersFlag));
   auto* max_inc = app.add_option("--max-loss-increase", f->max_loss_increase,
-                                 "stop before a flip raising the loss more than X % over all-F");
+                                 "stop before a flip raising the loss more than X % over all-F (or the start plan of a model without every indexer)");
   keep->excludes(keep_layers)->excludes(max_inc);
   keep_layers->excludes(max_inc);
   app.add_option("--out", f->out,
