@@ -2,6 +2,7 @@
 // activations with f32 accumulation and an f32 residual, or f32 throughout for parity checks).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -26,5 +27,12 @@ std::string device_name(const Device& d);  // "cpu", "cuda:0", "cuda:0 (f32)"
 // The backend for `d`. Throws Error(kRuntime) with a one-line reason when it cannot be made
 // (a build without CUDA, no CUDA device, a GPU ordinal that does not exist).
 std::shared_ptr<Backend> make_backend(const Device& d);
+
+struct DeviceMemory {
+  int64_t free_bytes = 0, total_bytes = 0;
+};
+// The memory `d` runs in: the GPU's (free and total), or the host's physical memory (available
+// and total). Throws like make_backend for a device that cannot be used.
+DeviceMemory device_memory(const Device& d);
 
 }  // namespace indexcache

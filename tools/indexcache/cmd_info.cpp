@@ -12,7 +12,9 @@
 #include "flags.h"
 #include "indexcache/dtype.h"
 #include "indexcache/error.h"
+#include "indexcache/device.h"
 #include "indexcache/index_plan.h"
+#include "indexcache/memory_plan.h"
 #include "indexcache/model_spec.h"
 #include "indexcache/session.h"
 #include "indexcache/weight_store.h"
@@ -26,7 +28,13 @@ struct InfoFlags {
   std::string model;
   std::string plan;
   DeviceFlags device;
+  bool config_only = false;
+  int64_t ctx = 0;
+  int gpus = 1;
+  double gpu_memory_gib = 0, reserve_gib = 2;
 };
+
+double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
 void print_kv(const char* label, const KvCacheFootprint& f) {
   fmt::print("KV cache     {}: {} B/token ({} B latent x {} layers + {} B indexer keys x {} F layers)\n", label,
@@ -34,7 +42,79 @@ void print_kv(const char* label, const KvCacheFootprint& f) {
              f.indexer_bytes_per_token_per_layer, f.indexer_layers);
 }
 
+void print_fit(const char* label, const MemoryFit& fit, const MemoryPlan& p, const InfoFlags& f, double memory_gib,
+               const std::string& where, const char* note) {
+  const std::string devices =
+      fmt::format("{} x {:.1f} GiB {} ({:.1f} GiB reserved each)", f.gpus, memory_gib, where, f.reserve_gib);
+  if (!fit.fits) {
+    fmt::print("{} does not fit {}: {:.1f} GiB of weights, {:.1f} GiB to hold them{}\n", label, devices,
+               gib(fit.weight_bytes * f.gpus), gib(fit.weight_bytes * f.gpus + fit.free_bytes), note);
+    return;
+  }
+  fmt::print("{} fits {}: weights {:.1f} GiB per device, {:.1f} GiB left for the KV cache{}\n", label, devices,
+             gib(fit.weight_bytes), gib(fit.free_bytes), note);
+  fmt::print("{}   {} tokens under the plan ({} sequences of {}), {} under all-F ({} sequences): {:+.1f} %\n", label,
+             fit.tokens_plan, fit.sequences_plan, p.ctx, fit.tokens_full, fit.sequences_full,
+             fit.tokens_full ? 100.0 * (static_cast<double>(fit.tokens_plan) / fit.tokens_full - 1) : 0.0);
+}
+
+// `info --config-only`: the memory plan from config.json alone.
+int run_memory_plan(const InfoFlags& f) {
+  const std::string dir = resolve_model_dir(f.model);
+  const ModelSpec s = load_model_spec(dir);
+  const IndexPlan plan = resolve_plan(f.plan, s, dir);
+  const IndexPlan shipped = resolve_plan("", s, dir);
+  // Where it would run: GPUs of --gpu-memory (no GPU touched), the GPU of --device cuda, or the host.
+  const bool given_memory = f.gpu_memory_gib > 0;
+  Device device = resolve_device(f.device);
+  if (given_memory) device.kind = DeviceKind::kCuda;
+  const bool cuda = device.kind == DeviceKind::kCuda;
+  const int elem = cuda && device.precision == Precision::kBf16 ? 2 : 4;
+  double memory_gib = f.gpu_memory_gib;
+  std::string where = cuda ? "GPU" : "host";
+  if (!given_memory) {
+    const DeviceMemory m = device_memory(device);
+    memory_gib = gib(m.total_bytes);
+    where = cuda ? device_name(device) : "host memory";
+  }
+  MemoryPlanOptions o{.shipped_indexers = shipped, .plan = plan, .element_bytes = elem, .ctx = f.ctx, .devices = f.gpus,
+                      .device_bytes = static_cast<int64_t>(memory_gib * 1073741824.0),
+                      .reserve_bytes = static_cast<int64_t>(f.reserve_gib * 1073741824.0)};
+  const MemoryPlan p = memory_plan(s, o);
+
+  int moe_layers = 0;
+  for (bool m : s.layer_is_moe) moe_layers += m;
+  fmt::print("model        {} (config.json only: no weights read)\n", dir);
+  fmt::print("family       {}, {} layers ({} dense MLP, {} MoE), hidden {}, vocab {}, max positions {}\n", s.model_type,
+             s.num_layers, s.num_layers - moe_layers, moe_layers, s.hidden_size, s.vocab_size, s.max_position_embeddings);
+  fmt::print("plan         {} ({} F / {} layers); the checkpoint ships indexers in {} layers\n", plan.pattern(),
+             plan.num_full(), plan.num_layers(), shipped.num_full());
+  fmt::print("parameters   {:.2f} B (indexers {:.2f} B, {:.2f} %)", p.parameters / 1e9, p.indexer_parameters / 1e9,
+             100.0 * p.indexer_parameters / p.parameters);
+  if (s.num_mtp_layers > 0)
+    fmt::print("; MTP {} layer(s) {:.2f} B more, stored, not loaded", s.num_mtp_layers, p.mtp_parameters / 1e9);
+  fmt::print("\n");
+  std::string dtypes;
+  for (const StoredDtype& d : p.stored) dtypes += fmt::format("{}{} {:.2f} GiB", dtypes.empty() ? "" : ", ", d.dtype, gib(d.bytes));
+  fmt::print("stored       {} GiB as shipped: {}{}{}\n", fmt::format("{:.2f}", gib(p.stored_bytes)), dtypes,
+             s.quant.fp8 ? fmt::format(" (block FP8 {} x {})", s.quant.block_rows, s.quant.block_cols) : "",
+             s.num_mtp_layers > 0 ? fmt::format("; MTP {:.2f} GiB more", gib(p.mtp_stored_bytes)) : "");
+  fmt::print("placed       {:.2f} GiB: every weight as {} on {}{}\n", gib(p.placed_bytes), elem == 2 ? "bf16" : "f32",
+             cuda ? "cuda" : "the cpu", s.quant.fp8 && cuda ? " (this build places FP8 weights as bf16)" : "");
+  print_kv("all F", p.kv_full);
+  print_kv("plan ", p.kv_plan);
+  fmt::print("KV per seq.  {} tokens: {:.2f} GiB under the plan, {:.2f} GiB all-F ({} each)\n", p.ctx,
+             gib(p.kv_plan.bytes_per_token() * p.ctx), gib(p.kv_full.bytes_per_token() * p.ctx), elem == 2 ? "bf16" : "f32");
+  if (p.fit) print_fit("fit         ", *p.fit, p, f, memory_gib, where, "");
+  if (p.fit_stored)
+    print_fit("fit (fp8)   ", *p.fit_stored, p, f, memory_gib, where, " (weights kept in FP8: not in this build yet)");
+  return 0;
+}
+
 int run_info(const InfoFlags& f) {
+  if (f.config_only) return run_memory_plan(f);
+  if (f.ctx > 0 || f.gpus != 1 || f.gpu_memory_gib > 0)
+    throw_bad_input("--ctx/--gpus/--gpu-memory", "belong to the memory plan: add --config-only");
   const Device device = resolve_device(f.device);
   // The cache's element size on that device: bf16 on CUDA's default path, f32 otherwise.
   const int elem = device.kind == DeviceKind::kCuda && device.precision == Precision::kBf16 ? 2 : 4;
@@ -151,6 +231,19 @@ Runner register_info(CLI::App& app) {
   app.add_option("-m,--model", f->model, "model directory (default: the embedded model)");
   app.add_option("--plan", f->plan, "plan to report (default: the config's)")->check(non_empty());
   add_device_flags(app, f->device);
+  app.add_flag("--config-only", f->config_only,
+               "the memory plan from config.json alone (no weights read): weights per dtype, KV bytes per token, "
+               "tokens that fit");
+  app.add_option("--ctx", f->ctx, "with --config-only: tokens per sequence (default: max positions)")
+      ->check(integer_in(1, kMaxTokensFlag));
+  app.add_option("--gpus", f->gpus, "with --config-only: devices the model is spread over (default 1)")
+      ->check(integer_in(1, 1024));
+  app.add_option("--gpu-memory", f->gpu_memory_gib,
+                 "with --config-only: plan for GPUs of this many GiB each instead of asking the device")
+      ->check(CLI::Range(0.001, 1.0e6));
+  app.add_option("--reserve", f->reserve_gib,
+                 "with --config-only: GiB per device kept for activations and workspace (default 2)")
+      ->check(CLI::Range(0.0, 1.0e6));
   return [f] { return run_info(*f); };
 }
 

@@ -73,12 +73,8 @@ bool same_shape(const TensorView& a, const TensorView& b) {
   return true;
 }
 
-}  // namespace
-
-// ---------------------------------------------------------------- construction, memory
-
-CudaBackend::CudaBackend(int gpu, Precision precision)
-    : gpu_(gpu), precision_(precision), act_(precision == Precision::kF32 ? DType::kF32 : DType::kBF16) {
+// Makes `gpu` current; one-line errors when there is no such device.
+void select_gpu(int gpu) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
@@ -90,6 +86,15 @@ CudaBackend::CudaBackend(int gpu, Precision precision)
     throw_runtime("--gpu " + std::to_string(gpu),
                   "only " + std::to_string(count) + " CUDA device" + (count == 1 ? "" : "s"));
   IC_CUDA_CHECK(cudaSetDevice(gpu));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- construction, memory
+
+CudaBackend::CudaBackend(int gpu, Precision precision)
+    : gpu_(gpu), precision_(precision), act_(precision == Precision::kF32 ? DType::kF32 : DType::kBF16) {
+  select_gpu(gpu);
   device_label_ = "cuda:" + std::to_string(gpu);
   const std::string why = bk::kernels_unavailable_reason();
   if (!why.empty()) {
@@ -757,6 +762,13 @@ void CudaBackend::do_sparse_attention(const SparseAttentionOp& p) {
 
 std::unique_ptr<Backend> make_cuda_backend(int gpu, Precision precision) {
   return std::make_unique<cuda::CudaBackend>(gpu, precision);
+}
+
+DeviceMemory cuda_device_memory(int gpu) {
+  cuda::select_gpu(gpu);
+  size_t free_b = 0, total_b = 0;
+  IC_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return {static_cast<int64_t>(free_b), static_cast<int64_t>(total_b)};
 }
 
 }  // namespace indexcache

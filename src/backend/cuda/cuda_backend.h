@@ -20,5 +20,7 @@ namespace indexcache {
 // cannot run on the device. Allocations that do not fit throw "out of device memory: needs X GiB,
 // Y GiB free".
 std::unique_ptr<Backend> make_cuda_backend(int gpu, Precision precision);
+// Free and total memory of CUDA device `gpu` (same errors as make_cuda_backend for a missing one).
+DeviceMemory cuda_device_memory(int gpu);
 
 }  // namespace indexcache
