@@ -81,6 +81,7 @@ std::vector<DataFile> load_data_files(const std::vector<std::string>& paths, con
 enum class DataUse {
   kEval,         // held-out text (heldout*.txt) and the retrieval sets (retrieval*.jsonl)
   kCalibration,  // the calibration text (calibration*.txt)
+  kDistill,      // the distillation text (distill*.txt: training documents), else the calibration text
 };
 // The files in `data_dir` for `use`, sorted by name. Throws kBadInput naming the directory when
 // there are none (so the user knows to pass --data).

@@ -282,6 +282,21 @@ ChatFormat chat_format_for(Family family) {
   return family == Family::kGlmMoeDsa ? ChatFormat::glm() : ChatFormat::deepseek_v3();
 }
 
+namespace {
+bool is_default_file(const std::string& name, DataUse use) {
+  const auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+  switch (use) {
+    case DataUse::kEval:
+      return (starts("heldout") && ends_with(name, ".txt")) || (starts("retrieval") && ends_with(name, ".jsonl"));
+    case DataUse::kCalibration:
+      return starts("calibration") && ends_with(name, ".txt");
+    case DataUse::kDistill:
+      return starts("distill") && ends_with(name, ".txt");
+  }
+  return false;
+}
+}  // namespace
+
 std::vector<std::string> default_data_files(const std::string& data_dir, DataUse use) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -289,11 +304,7 @@ std::vector<std::string> default_data_files(const std::string& data_dir, DataUse
     for (const auto& e : fs::directory_iterator(data_dir, ec)) {
       if (!e.is_regular_file()) continue;
       const std::string name = e.path().filename().string();
-      const bool pick = use == DataUse::kCalibration
-                            ? name.rfind("calibration", 0) == 0 && ends_with(name, ".txt")
-                            : (name.rfind("heldout", 0) == 0 && ends_with(name, ".txt")) ||
-                                  (name.rfind("retrieval", 0) == 0 && ends_with(name, ".jsonl"));
-      if (pick) out.push_back(e.path().string());
+      if (is_default_file(name, use)) out.push_back(e.path().string());
     }
   }
   std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
@@ -303,6 +314,8 @@ std::vector<std::string> default_data_files(const std::string& data_dir, DataUse
     if (a.size() != b.size()) return a.size() < b.size();
     return a < b;
   });
+  // No distillation set: the calibration text.
+  if (out.empty() && use == DataUse::kDistill) return default_data_files(data_dir, DataUse::kCalibration);
   if (out.empty())
     throw_bad_input(data_dir, std::string("no default ") + (use == DataUse::kCalibration ? "calibration" : "evaluation") +
                                   " data there (give --data FILE)");

@@ -65,7 +65,7 @@ int run_distill(const DistillFlags& f) {
   o.target = f.loss == "single" ? DistillTarget::kSingle : DistillTarget::kMulti;
 
   const int ctx = resolve_ctx(f.ctx, spec.max_position_embeddings, 1024);
-  const auto files = load_model_data(dir, f.data, DataUse::kCalibration, embedded_data_dir(INDEXCACHE_DEFAULT_MODEL),
+  const auto files = load_model_data(dir, f.data, DataUse::kDistill, embedded_data_dir(INDEXCACHE_DEFAULT_MODEL),
                                      {.ctx = ctx, .max_windows = f.max_windows, .vocab_size = spec.vocab_size});
   std::vector<std::vector<int32_t>> windows;
   for (const auto& d : files) windows.insert(windows.end(), d.windows.begin(), d.windows.end());
@@ -146,7 +146,7 @@ Runner register_distill(CLI::App& app) {
       ->required()
       ->check(non_empty());
   app.add_flag("--force", f->force, "write into an existing non-empty directory that is not an indexcache output");
-  app.add_option("--data", f->data, ".txt, .jsonl or .ids training data (default: data/calibration*.txt)");
+  app.add_option("--data", f->data, ".txt, .jsonl or .ids training data (default: data/distill*.txt, else data/calibration*.txt)");
   app.add_option("--ctx", f->ctx, "window length in tokens (default: min(1024, max_position_embeddings))")
       ->check(integer_in(2, kMaxTokensFlag));
   app.add_option("--max-windows", f->max_windows, "windows per file (default: all)")->check(integer_in(0, kMaxCountFlag));
