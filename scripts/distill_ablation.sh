@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${B:-build/indexcache}
 O=${1:-/tmp/distill-ablation}
-STEPS=${STEPS:-30} CTX=${CTX:-4096} LR=${LR:-2e-3} DATA=${DATA:-data/calibration.txt} WINDOWS=${WINDOWS:-8}
+STEPS=${STEPS:-30} CTX=${CTX:-4096} LR=${LR:-2e-3} DATA=${DATA:-data/distill.txt} WINDOWS=${WINDOWS:-8}
 mkdir -p "$O"
 declare -A PLAN=([half]=1/2 [quarter]=1/4 [searched]=$(cat docs/calibrate/plan.txt))
 timed() {  # name, command...
@@ -37,6 +37,6 @@ score base --plan full --plan 1/2 --plan 1/4 --plan "${PLAN[searched]}"
 for p in half quarter searched; do
   for l in single multi; do score "$p-$l" -m "$O/$p-$l"; done
 done
-timed calibrate-quarter-multi "$B" calibrate -m "$O/quarter-multi" --data "$DATA" --ctx "$CTX" --keep-layers 2 \
+timed calibrate-quarter-multi "$B" calibrate -m "$O/quarter-multi" --data data/calibration.txt --ctx "$CTX" --keep-layers 2 \
   --out "$O/calib-quarter-multi" --force
 echo "done: $O"
